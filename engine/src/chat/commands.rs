@@ -1,0 +1,484 @@
+//! Command decisions: each validates one request against the current state (on the
+//! writer thread, so nothing can change in between) and proposes the events that
+//! record it. A refused command proposes nothing, so it writes nothing.
+
+use super::limits::Limits;
+use super::resolve::{MemberChat, Resolved, resolve, resolve_group, resolve_member, resolve_owned_group};
+use crate::error::EngineError;
+use crate::log::{DecideContext, ExpectedVersion, Proposal};
+use osmium_projections::StoreRead;
+use osmium_projections::limits::{MEMBER_DEFAULT_PERMISSIONS, PERMISSION_SEND_MEDIA, PERMISSION_SEND_MESSAGES};
+use osmium_projections::query;
+use osmium_projections::records::{ChatKind, load_invite, load_member, load_members, load_message, load_user};
+use osmium_proto::events::{self, event_envelope::Event};
+use osmium_proto::ids::{ChatId, MessageId, StreamId, UserId};
+use osmium_proto::{auth, chats, media, messages, types};
+
+fn chars_within(field: &'static str, text: &str, min: usize, max: usize) -> Result<(), EngineError> {
+    let count = text.chars().count();
+    if count < min || count > max {
+        return Err(EngineError::invalid(field, format!("must be {min} to {max} characters, got {count}")));
+    }
+    Ok(())
+}
+
+fn proposal(chat: ChatId, actor: UserId, events: Vec<Event>) -> Proposal {
+    Proposal {
+        stream: StreamId::Chat(chat),
+        expected_version: ExpectedVersion::Any,
+        actor,
+        events,
+        idempotency_key: None,
+    }
+}
+
+fn require_user(state: &dyn StoreRead, user: UserId) -> Result<(), EngineError> {
+    match load_user(state, user)? {
+        Some(_) => Ok(()),
+        None => Err(EngineError::not_found(format!("user {user}"))),
+    }
+}
+
+/// `upsert_user`: records a directory entry.
+pub(crate) fn upsert_user(limits: &Limits, user: types::User) -> Result<Proposal, EngineError> {
+    if user.id == 0 {
+        return Err(EngineError::invalid("id", "user ids are non-zero snowflakes"));
+    }
+    chars_within("name", &user.name, 1, limits.user_name_max_chars)?;
+    Ok(Proposal {
+        stream: StreamId::User(UserId(user.id)),
+        expected_version: ExpectedVersion::Any,
+        actor: UserId(user.id),
+        events: vec![Event::UserUpserted(events::UserUpserted { user: Some(user) })],
+        idempotency_key: None,
+    })
+}
+
+/// `create_chat`: a new group owned by the actor, with the listed users as members.
+pub(crate) fn create_chat(
+    ctx: &mut DecideContext<'_>,
+    limits: &Limits,
+    actor: UserId,
+    request: &chats::CreateChat,
+) -> Result<Proposal, EngineError> {
+    chars_within("name", &request.name, 1, limits.group_name_max_chars)?;
+    let mut members = Vec::with_capacity(request.users.len());
+    for user in &request.users {
+        let user = UserId(user.user_id);
+        if user != actor && !members.contains(&user) {
+            require_user(ctx.state, user)?;
+            members.push(user);
+        }
+    }
+    if members.len() + 1 > limits.group_members_max as usize {
+        return Err(EngineError::invalid("users", format!("a group has at most {} members", limits.group_members_max)));
+    }
+    let chat = ChatId(ctx.next_id());
+    let created = events::GroupCreated {
+        owner_id: actor.get(),
+        name: request.name.clone(),
+        member_ids: members.iter().map(|user| user.get()).collect(),
+    };
+    Ok(proposal(chat, actor, vec![Event::GroupCreated(created)]))
+}
+
+/// `edit_chat`: the owner renames, sets the photo or the highlighted message.
+pub(crate) fn edit_chat(
+    ctx: &mut DecideContext<'_>,
+    limits: &Limits,
+    actor: UserId,
+    request: &chats::EditChat,
+) -> Result<Proposal, EngineError> {
+    let group = resolve_owned_group(ctx.state, actor, request.chat_ref.as_ref(), "group settings")?;
+    if let Some(name) = &request.name {
+        chars_within("name", name, 1, limits.group_name_max_chars)?;
+    }
+    let highlighted = request.highlighted_msg_id.as_ref().and_then(|highlight| highlight.highlighted_msg_id);
+    if let Some(message) = highlighted.filter(|&id| id != 0) {
+        live_message(ctx.state, group.id, MessageId(message))?;
+    }
+    let edited = events::GroupEdited {
+        name: request.name.clone(),
+        highlighted_msg_id: highlighted,
+        photo: request.photo.as_ref().map(|photo| types::ChatPhoto { file_id: photo.file_id, preview: photo.preview.clone() }),
+    };
+    Ok(proposal(group.id, actor, vec![Event::GroupEdited(edited)]))
+}
+
+/// `add_chat_member`: the owner adds a user.
+pub(crate) fn add_chat_member(
+    ctx: &mut DecideContext<'_>,
+    limits: &Limits,
+    actor: UserId,
+    request: &chats::AddChatMember,
+) -> Result<Proposal, EngineError> {
+    let group = resolve_owned_group(ctx.state, actor, request.chat_ref.as_ref(), "members")?;
+    let user = UserId(request.user_id);
+    require_user(ctx.state, user)?;
+    if load_member(ctx.state, group.id, user)?.is_some() {
+        return Err(EngineError::AlreadyMember);
+    }
+    if group.chat.member_count >= limits.group_members_max {
+        return Err(EngineError::invalid("user_id", format!("the group is full ({} members)", limits.group_members_max)));
+    }
+    let added = events::MemberAdded { user_id: user.get(), added_by: actor.get(), invite_code: None };
+    Ok(proposal(group.id, actor, vec![Event::MemberAdded(added)]))
+}
+
+/// `remove_chat_member`: the owner removes someone, or anyone removes themselves (leaves).
+/// When the owner leaves, the longest-standing member becomes owner; when the last member
+/// leaves, the group is closed.
+pub(crate) fn remove_chat_member(
+    ctx: &mut DecideContext<'_>,
+    actor: UserId,
+    request: &chats::RemoveChatMember,
+) -> Result<Proposal, EngineError> {
+    let group = resolve_group(ctx.state, actor, request.chat_ref.as_ref(), "members")?;
+    let user = UserId(request.user_id);
+    if user != actor && !group.is_owner(actor) {
+        return Err(EngineError::denied("only the group owner can remove other members"));
+    }
+    if load_member(ctx.state, group.id, user)?.is_none() {
+        return Err(EngineError::not_found(format!("member {user}")));
+    }
+    let mut events = vec![Event::MemberRemoved(events::MemberRemoved { user_id: user.get(), removed_by: actor.get() })];
+    if group.is_owner(user) {
+        let successor = load_members(ctx.state, group.id)?
+            .into_iter()
+            .filter(|(member, _)| *member != user)
+            .min_by_key(|(_, record)| record.join_order);
+        events.push(match successor {
+            Some((successor, _)) => {
+                Event::OwnershipTransferred(events::OwnershipTransferred { new_owner_id: successor.get() })
+            }
+            None => Event::GroupClosed(events::GroupClosed {}),
+        });
+    }
+    Ok(proposal(group.id, actor, events))
+}
+
+/// The permissions `user` has in `chat`: owners and DM members may do everything,
+/// group members get `(defaults & !neg) | pos`.
+pub(crate) fn effective_permissions(chat: &MemberChat, user: UserId) -> u64 {
+    match &chat.chat.kind {
+        ChatKind::Direct { .. } => u64::MAX,
+        ChatKind::Group(group) if group.owner == user => u64::MAX,
+        ChatKind::Group(_) => {
+            let (pos, neg) = chat.member.overrides.unwrap_or((0, 0));
+            (MEMBER_DEFAULT_PERMISSIONS & !neg) | pos
+        }
+    }
+}
+
+fn media_from_ref(reference: &media::MediaRef) -> Result<media::MessageMedia, EngineError> {
+    use media::{media_ref::Ref, message_media::Media};
+    let missing_file = || EngineError::invalid("media", "an attachment needs its file");
+    let media = match reference.r#ref.as_ref() {
+        Some(Ref::Uploaded(uploaded)) => {
+            let file = uploaded.file.clone().ok_or_else(missing_file)?;
+            Media::File(media::MediaFile { file: Some(file) })
+        }
+        Some(Ref::Embed(embed)) => {
+            if embed.url.is_empty() {
+                return Err(EngineError::invalid("media", "an embed needs a url"));
+            }
+            Media::Embed(media::MediaEmbed {
+                url: embed.url.clone(),
+                title: embed.title.clone(),
+                description: embed.description.clone(),
+                file: embed.file.clone(),
+            })
+        }
+        None => return Err(EngineError::invalid("media", "empty media reference")),
+    };
+    Ok(media::MessageMedia { media: Some(media) })
+}
+
+/// The idempotency key of a message send: the sender and their `client_id`.
+pub(crate) fn send_idempotency_key(actor: UserId, client_id: u64) -> Vec<u8> {
+    let mut key = b"send:".to_vec();
+    key.extend_from_slice(&actor.to_be_bytes());
+    key.extend_from_slice(&client_id.to_be_bytes());
+    key
+}
+
+/// `send_message`: a new message; the first message of a DM creates the DM.
+pub(crate) fn send_message(
+    ctx: &mut DecideContext<'_>,
+    limits: &Limits,
+    actor: UserId,
+    request: &messages::SendMessage,
+) -> Result<Proposal, EngineError> {
+    chars_within("message", &request.message, 0, limits.message_text_max_chars)?;
+    if request.media.len() > limits.media_per_message_max {
+        return Err(EngineError::invalid("media", format!("at most {} attachments", limits.media_per_message_max)));
+    }
+    if request.entities.len() > limits.entities_per_message_max {
+        return Err(EngineError::invalid("entities", format!("at most {} entities", limits.entities_per_message_max)));
+    }
+    if request.message.is_empty() && request.media.is_empty() {
+        return Err(EngineError::invalid("message", "a message needs text or media"));
+    }
+    let text_units = request.message.encode_utf16().count() as u64;
+    if let Some(entity) = request.entities.iter().find(|e| u64::from(e.start_index) + u64::from(e.length) > text_units) {
+        return Err(EngineError::invalid(
+            "entities",
+            format!("entity at {}+{} runs past the text ({text_units} UTF-16 units)", entity.start_index, entity.length),
+        ));
+    }
+    let media = request.media.iter().map(media_from_ref).collect::<Result<Vec<_>, _>>()?;
+    let mut events = Vec::with_capacity(2);
+    let chat = match resolve(ctx.state, actor, request.chat_ref.as_ref())? {
+        Resolved::Member(chat) => {
+            let permissions = effective_permissions(&chat, actor);
+            if permissions & PERMISSION_SEND_MESSAGES == 0 {
+                return Err(EngineError::denied("sending messages is not allowed here"));
+            }
+            if !media.is_empty() && permissions & PERMISSION_SEND_MEDIA == 0 {
+                return Err(EngineError::denied("sending media is not allowed here"));
+            }
+            chat.id
+        }
+        Resolved::NoDirectChatYet { peer } => {
+            let chat = ChatId(ctx.next_id());
+            events.push(Event::DirectChatCreated(events::DirectChatCreated { user_a: actor.get(), user_b: peer.get() }));
+            chat
+        }
+    };
+    events.push(Event::MessageSent(events::MessageSent {
+        message_id: ctx.next_id(),
+        author_id: actor.get(),
+        text: request.message.clone(),
+        entities: request.entities.clone(),
+        media,
+        client_id: request.client_id,
+        r#type: types::MessageType::Unknown as i32,
+    }));
+    let mut proposal = proposal(chat, actor, events);
+    proposal.idempotency_key = request.client_id.map(|client_id| send_idempotency_key(actor, client_id));
+    Ok(proposal)
+}
+
+fn live_message(
+    state: &dyn StoreRead,
+    chat: ChatId,
+    message: MessageId,
+) -> Result<osmium_projections::records::MessageRecord, EngineError> {
+    match load_message(state, chat, message)? {
+        Some(record) if !record.deleted => Ok(record),
+        _ => Err(EngineError::not_found(format!("message {message}"))),
+    }
+}
+
+/// `edit_message`: the author changes the text.
+pub(crate) fn edit_message(
+    ctx: &mut DecideContext<'_>,
+    limits: &Limits,
+    actor: UserId,
+    request: &messages::EditMessage,
+) -> Result<Proposal, EngineError> {
+    let chat = resolve_member(ctx.state, actor, request.chat_ref.as_ref())?;
+    let message_id = MessageId(request.message_id);
+    let message = live_message(ctx.state, chat.id, message_id)?;
+    if message.author != actor {
+        return Err(EngineError::denied("only the author can edit a message"));
+    }
+    let text = request.message.clone().ok_or_else(|| EngineError::invalid("message", "missing"))?;
+    chars_within("message", &text, 0, limits.message_text_max_chars)?;
+    if text.is_empty() && message.media.is_empty() {
+        return Err(EngineError::invalid("message", "a message needs text or media"));
+    }
+    let edited = events::MessageEdited { message_id: message_id.get(), text, edited_at_ms: ctx.now_ms };
+    Ok(proposal(chat.id, actor, vec![Event::MessageEdited(edited)]))
+}
+
+/// `delete_message`: authors delete their messages; a group owner deletes any.
+pub(crate) fn delete_message(
+    ctx: &mut DecideContext<'_>,
+    limits: &Limits,
+    actor: UserId,
+    request: &messages::DeleteMessage,
+) -> Result<Proposal, EngineError> {
+    let chat = resolve_member(ctx.state, actor, request.chat_ref.as_ref())?;
+    if request.message_ids.is_empty() || request.message_ids.len() > limits.delete_message_ids_max {
+        return Err(EngineError::invalid("message_ids", format!("1 to {} ids", limits.delete_message_ids_max)));
+    }
+    let mut ids = request.message_ids.clone();
+    ids.sort_unstable();
+    ids.dedup();
+    for &id in &ids {
+        let message = live_message(ctx.state, chat.id, MessageId(id))?;
+        if message.author != actor && !chat.is_owner(actor) {
+            return Err(EngineError::denied("only the author or the group owner can delete a message"));
+        }
+    }
+    Ok(proposal(chat.id, actor, vec![Event::MessagesDeleted(events::MessagesDeleted { message_ids: ids })]))
+}
+
+/// `mark_chat_read`: read position = max(current, min(message_id, last message)).
+pub(crate) fn mark_chat_read(
+    ctx: &mut DecideContext<'_>,
+    actor: UserId,
+    request: &chats::MarkChatRead,
+) -> Result<Proposal, EngineError> {
+    let chat = resolve_member(ctx.state, actor, request.chat_ref.as_ref())?;
+    let current = chat.member.read_message_id;
+    let target = if chat.chat.has_messages(chat.id) {
+        current.max(MessageId(request.message_id).min(chat.chat.last_message_id))
+    } else {
+        current
+    };
+    let marked = events::ChatMarkedRead { user_id: actor.get(), message_id: target.get(), read_amount: request.read_amount };
+    Ok(proposal(chat.id, actor, vec![Event::ChatMarkedRead(marked)]))
+}
+
+/// `save_draft`: sets (or with `None`, clears) the actor's draft.
+pub(crate) fn save_draft(
+    ctx: &mut DecideContext<'_>,
+    limits: &Limits,
+    actor: UserId,
+    chat_ref: Option<&osmium_proto::refs::ChatRef>,
+    draft: Option<String>,
+) -> Result<Proposal, EngineError> {
+    let chat = resolve_member(ctx.state, actor, chat_ref)?;
+    if let Some(draft) = &draft {
+        chars_within("draft", draft, 0, limits.draft_max_chars)?;
+    }
+    let draft = draft.filter(|text| !text.is_empty());
+    Ok(proposal(chat.id, actor, vec![Event::DraftSaved(events::DraftSaved { user_id: actor.get(), draft })]))
+}
+
+/// `set_muted`: toggles the actor's notifications for a chat.
+pub(crate) fn set_muted(
+    ctx: &mut DecideContext<'_>,
+    actor: UserId,
+    chat_ref: Option<&osmium_proto::refs::ChatRef>,
+    muted: bool,
+) -> Result<Proposal, EngineError> {
+    let chat = resolve_member(ctx.state, actor, chat_ref)?;
+    Ok(proposal(chat.id, actor, vec![Event::MuteSet(events::MuteSet { user_id: actor.get(), muted })]))
+}
+
+/// `set_permission_overrides`: the owner sets a member's `pos`/`neg` bits.
+pub(crate) fn set_permission_overrides(
+    ctx: &mut DecideContext<'_>,
+    actor: UserId,
+    chat_ref: Option<&osmium_proto::refs::ChatRef>,
+    user: UserId,
+    overrides: types::PermissionOverrides,
+) -> Result<Proposal, EngineError> {
+    let group = resolve_owned_group(ctx.state, actor, chat_ref, "permissions")?;
+    if load_member(ctx.state, group.id, user)?.is_none() {
+        return Err(EngineError::not_found(format!("member {user}")));
+    }
+    if overrides.pos & overrides.neg != 0 {
+        return Err(EngineError::invalid("permissions", "a bit cannot be both granted (pos) and denied (neg)"));
+    }
+    let set = events::PermissionOverridesSet { user_id: user.get(), pos: overrides.pos, neg: overrides.neg };
+    Ok(proposal(group.id, actor, vec![Event::PermissionOverridesSet(set)]))
+}
+
+/// `create_chat_invite`: the owner creates a code for a group.
+pub(crate) fn create_chat_invite(
+    ctx: &mut DecideContext<'_>,
+    limits: &Limits,
+    actor: UserId,
+    request: &chats::CreateChatInvite,
+    code: String,
+) -> Result<Proposal, EngineError> {
+    let group = resolve_owned_group(ctx.state, actor, request.chat_ref.as_ref(), "invites")?;
+    if let Some(expires_at) = request.expires_at {
+        if expires_at <= ctx.now_ms {
+            return Err(EngineError::invalid("expires_at", "must be in the future (unix milliseconds)"));
+        }
+    }
+    if request.max_uses == Some(0) {
+        return Err(EngineError::invalid("max_uses", "must be at least 1 when given"));
+    }
+    let active = query::chat_invites(ctx.state, group.id)?
+        .iter()
+        .filter(|(_, invite)| invite.is_active(ctx.now_ms))
+        .count();
+    if active >= limits.invites_per_chat_max {
+        return Err(EngineError::invalid("chat_ref", format!("a chat has at most {} active invites", limits.invites_per_chat_max)));
+    }
+    if load_invite(ctx.state, &code)?.is_some() {
+        return Err(EngineError::Conflict {
+            stream: StreamId::Chat(group.id),
+            expected: ExpectedVersion::Any,
+            found: osmium_proto::ids::StreamVersion::EMPTY,
+        });
+    }
+    let created = events::InviteCreated {
+        code,
+        creator_id: actor.get(),
+        expires_at_ms: request.expires_at,
+        max_uses: request.max_uses,
+        created_at_ms: ctx.now_ms,
+    };
+    Ok(proposal(group.id, actor, vec![Event::InviteCreated(created)]))
+}
+
+/// `delete_chat_invite`: the invite's creator or the group owner revokes it.
+pub(crate) fn delete_chat_invite(
+    ctx: &mut DecideContext<'_>,
+    actor: UserId,
+    request: &chats::DeleteChatInvite,
+) -> Result<Proposal, EngineError> {
+    let invite = load_invite(ctx.state, &request.code)?.ok_or(EngineError::InviteNotFound)?;
+    let chat_ref = super::group_ref(invite.chat);
+    let group = resolve_group(ctx.state, actor, Some(&chat_ref), "invites").map_err(|_| EngineError::InviteNotFound)?;
+    if invite.creator != actor && !group.is_owner(actor) {
+        return Err(EngineError::denied("only the invite's creator or the group owner can delete it"));
+    }
+    let deleted = events::InviteDeleted { code: request.code.clone(), deleted_by: actor.get() };
+    Ok(proposal(group.id, actor, vec![Event::InviteDeleted(deleted)]))
+}
+
+/// The checks shared by `lookup_invite` and `use_invite`: the invite exists, is not
+/// expired at `now_ms` and not used up, and its group is open.
+pub(crate) fn usable_invite(
+    state: &dyn StoreRead,
+    code: &str,
+    now_ms: u64,
+) -> Result<osmium_projections::records::InviteRecord, EngineError> {
+    let invite = load_invite(state, code)?.ok_or(EngineError::InviteNotFound)?;
+    let open = osmium_projections::records::load_chat(state, invite.chat)?
+        .is_some_and(|chat| chat.group().is_some_and(|group| !group.closed));
+    if !open {
+        return Err(EngineError::InviteNotFound);
+    }
+    if invite.is_expired(now_ms) {
+        return Err(EngineError::InviteExpired);
+    }
+    if invite.is_used_up() {
+        return Err(EngineError::InviteUsedUp);
+    }
+    Ok(invite)
+}
+
+/// `use_invite`: joins the invite's group and counts one use.
+pub(crate) fn use_invite(
+    ctx: &mut DecideContext<'_>,
+    limits: &Limits,
+    actor: UserId,
+    request: &auth::UseInvite,
+) -> Result<Proposal, EngineError> {
+    let invite = usable_invite(ctx.state, &request.code, ctx.now_ms)?;
+    if load_member(ctx.state, invite.chat, actor)?.is_some() {
+        return Err(EngineError::AlreadyMember);
+    }
+    let chat = osmium_projections::records::load_chat(ctx.state, invite.chat)?.ok_or(EngineError::InviteNotFound)?;
+    if chat.member_count >= limits.group_members_max {
+        return Err(EngineError::invalid("code", format!("the group is full ({} members)", limits.group_members_max)));
+    }
+    let events = vec![
+        Event::InviteUsed(events::InviteUsed { code: request.code.clone(), user_id: actor.get() }),
+        Event::MemberAdded(events::MemberAdded {
+            user_id: actor.get(),
+            added_by: invite.creator.get(),
+            invite_code: Some(request.code.clone()),
+        }),
+    ];
+    Ok(proposal(invite.chat, actor, events))
+}

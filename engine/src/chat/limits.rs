@@ -1,0 +1,59 @@
+//! Named limits of the chat API. Each is checked before anything is written, and a
+//! request over a limit gets [`crate::EngineError::InvalidArgument`] naming the field.
+
+/// Bounds on requests and state, configurable per engine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest message text, in characters.
+    pub message_text_max_chars: usize,
+    /// Longest draft, in characters.
+    pub draft_max_chars: usize,
+    /// Longest group name, in characters (names are 1 to this many characters).
+    pub group_name_max_chars: usize,
+    /// Largest group, in members.
+    pub group_members_max: u32,
+    /// Most active invites one chat can have.
+    pub invites_per_chat_max: usize,
+    /// Most attachments on one message.
+    pub media_per_message_max: usize,
+    /// Most entities on one message.
+    pub entities_per_message_max: usize,
+    /// Most messages deleted by one call.
+    pub delete_message_ids_max: usize,
+    /// `get_chats` page size when the request names none.
+    pub get_chats_limit_default: u32,
+    /// Largest `get_chats` page (larger requests are capped to it).
+    pub get_chats_limit_max: u32,
+    /// `get_history` page size when the request names none.
+    pub history_limit_default: u32,
+    /// Largest `get_history` page (larger requests are capped to it).
+    pub history_limit_max: u32,
+    /// Longest user name, in characters.
+    pub user_name_max_chars: usize,
+    /// How long a typing indicator lasts after its last refresh, in milliseconds.
+    pub typing_expiry_ms: u64,
+    /// Updates buffered per subscription before a slow subscriber is disconnected.
+    pub subscription_queue_max: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            message_text_max_chars: 4_096,
+            draft_max_chars: 4_096,
+            group_name_max_chars: 100,
+            group_members_max: 20_000,
+            invites_per_chat_max: 100,
+            media_per_message_max: 10,
+            entities_per_message_max: 100,
+            delete_message_ids_max: 100,
+            get_chats_limit_default: 50,
+            get_chats_limit_max: 100,
+            history_limit_default: 50,
+            history_limit_max: 100,
+            user_name_max_chars: 100,
+            typing_expiry_ms: 6_000,
+            subscription_queue_max: 1_024,
+        }
+    }
+}

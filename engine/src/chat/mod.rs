@@ -1,0 +1,446 @@
+//! The async chat API a backend embeds: [`ChatEngine`].
+//!
+//! Every state-changing call is a command: it is validated against the current state on
+//! the log's writer thread, recorded as events, folded into the projections in the same
+//! write batch, acknowledged once durable, and then published to subscribers. Reads go
+//! to a consistent snapshot of the projections. Typing is the one exception: ephemeral,
+//! never in the log.
+//!
+//! # Semantics
+//! - A DM is addressed as `ChatRef.user` from either side and is created by its first
+//!   message; it then appears in both users' lists. `ChatRef.self` is the caller's own chat.
+//! - `last_message_id` is the newest non-deleted message, or the chat id when there is none.
+//! - `unread_count` for a member = non-deleted messages after their read position not
+//!   written by them. Sending moves the sender's read position to the new message.
+//!   A member's read position starts at the last message when they join.
+//! - `mark_chat_read(m)` sets the read position to `max(current, min(m, last message))`:
+//!   it never moves back, and always publishes `UpdateConversationLastRead` (with the
+//!   unread count, also when 0) to the user's subscriptions.
+//! - `last_read_message_id` is shown clamped to `last_message_id` (the message read last
+//!   may have been deleted since) and as 0 while the chat has no message.
+//! - Deleting a message someone has not read lowers their count; editing changes none.
+//!   Muted conversations count unread like any other; updates carry `notify`.
+//! - A draft is per user per chat and is cleared when that user sends a message there.
+//! - `get_chats` orders by `last_message_id` descending; `max_id` pages backwards
+//!   (`last_message_id < max_id`), `min_id` alone pages forwards (the conversations just
+//!   above it); `limit` defaults to 50 and is capped at 100.
+//! - Groups are owner-based: only the owner edits the group, adds or removes others,
+//!   sets permission overrides and creates, lists or deletes invites (an invite's creator
+//!   may delete it too); any member may leave; when the owner leaves, the
+//!   longest-standing member becomes owner; a group left empty is closed.
+//! - Effective permissions = `(member defaults & !neg) | pos`; `send_message` needs
+//!   SEND_MESSAGES (4) and, with media, SEND_MEDIA (32). Owners and DM members may do all.
+//! - Non-members (never joined, removed, or the group closed) get `NotFound` for anything
+//!   about a group.
+//! - Invites: 128 random bits from the OS, URL-safe base64; groups only; `expires_at` in
+//!   the future and `max_uses >= 1` when given. `use_invite` fails distinctly for unknown
+//!   or deleted, expired, used up, and already a member (no use counted).
+//! - Typing expires `typing_expiry_ms` after the last refresh (publishing `typing = false`);
+//!   sending a message clears it.
+
+mod commands;
+pub mod limits;
+mod resolve;
+pub mod updates;
+mod views;
+
+use crate::error::EngineError;
+use crate::log::{Appended, Decide, DecideContext, EventLog, LogConfig, Proposal};
+use crate::rocks::RocksView;
+use limits::Limits;
+use osmium_projections::query::ChatListPage;
+use osmium_projections::records::load_member;
+use osmium_projections::{StoreRead, query};
+use osmium_proto::events::event_envelope::Event;
+use osmium_proto::ids::{ChatId, MessageId, Position, UserId};
+use osmium_proto::refs::{ChatRef, GroupRef, chat_ref::Ref};
+use osmium_proto::{auth, chats, messages, types};
+use std::path::Path;
+use std::sync::Arc;
+use updates::{Subscription, TaggedUpdate, TypingState, UpdateHub};
+pub use views::InviteInfo;
+
+/// How to open a [`ChatEngine`].
+#[derive(Clone, Debug, Default)]
+pub struct EngineConfig {
+    /// The event log's settings (durability, queue bounds, clock, snowflake worker).
+    pub log: LogConfig,
+    /// Request and state limits.
+    pub limits: Limits,
+}
+
+/// Bytes of OS randomness in an invite code (128 bits).
+pub const INVITE_CODE_RANDOM_BYTES: usize = 16;
+
+pub(crate) fn group_ref(chat: ChatId) -> ChatRef {
+    ChatRef { r#ref: Some(Ref::Group(GroupRef { group_id: chat.get() })) }
+}
+
+struct EngineInner {
+    log: EventLog,
+    limits: Limits,
+    hub: Arc<UpdateHub>,
+    typing: Arc<TypingState>,
+    clock: Arc<dyn crate::clock::Clock>,
+    background: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for EngineInner {
+    fn drop(&mut self) {
+        for task in &self.background {
+            task.abort();
+        }
+    }
+}
+
+/// The embedded engine: a cheap-to-clone async handle on one data directory.
+#[derive(Clone)]
+pub struct ChatEngine {
+    inner: Arc<EngineInner>,
+}
+
+impl std::fmt::Debug for ChatEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatEngine").field("log", &self.inner.log).finish_non_exhaustive()
+    }
+}
+
+impl ChatEngine {
+    /// Opens the data directory at `path` (created when missing). Must be called inside a
+    /// tokio runtime: the update fan-out and typing expiry run as tasks on it.
+    pub async fn open(path: impl AsRef<Path>, config: EngineConfig) -> Result<ChatEngine, EngineError> {
+        let clock = config.log.clock.clone();
+        let log = EventLog::open(path, config.log)?;
+        let hub = Arc::new(UpdateHub::default());
+        let typing = Arc::new(TypingState::new(clock.clone(), config.limits.typing_expiry_ms));
+        let fan_out = tokio::spawn(updates::fan_out(log.shared().clone(), hub.clone(), typing.clone(), log.subscribe()));
+        let inner = Arc::new_cyclic(|weak: &std::sync::Weak<EngineInner>| {
+            let weak = weak.clone();
+            let expiry = tokio::spawn(async move {
+                let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+                loop {
+                    tick.tick().await;
+                    let Some(inner) = weak.upgrade() else { return };
+                    ChatEngine { inner }.expire_typing();
+                }
+            });
+            EngineInner { log, limits: config.limits, hub, typing, clock, background: vec![fan_out, expiry] }
+        });
+        Ok(ChatEngine { inner })
+    }
+
+    /// The event log underneath (for reads of the raw log and the live tail).
+    pub fn log(&self) -> &EventLog {
+        &self.inner.log
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
+    async fn command(
+        &self,
+        decide: impl FnOnce(&mut DecideContext<'_>, &Limits) -> Result<Proposal, EngineError> + Send + 'static,
+    ) -> Result<Appended, EngineError> {
+        let limits = self.inner.limits.clone();
+        let decide: Decide = Box::new(move |ctx| decide(ctx, &limits));
+        self.inner.log.submit(decide).await
+    }
+
+    fn read<T>(&self, read: impl FnOnce(&dyn StoreRead) -> Result<T, EngineError>) -> Result<T, EngineError> {
+        let shared = self.inner.log.shared();
+        let view = RocksView::snapshot(&shared.db, shared.slot);
+        read(&view)
+    }
+
+    /// Live updates for `user`, from now on, on every chat they are in.
+    pub fn subscribe(&self, user: UserId) -> Subscription {
+        self.inner.hub.subscribe(user, self.inner.limits.subscription_queue_max)
+    }
+
+    // ---- users ------------------------------------------------------------------
+
+    /// Adds or replaces a user's directory entry (where responses' `users` come from).
+    pub async fn upsert_user(&self, user: types::User) -> Result<(), EngineError> {
+        self.command(move |_, limits| commands::upsert_user(limits, user)).await.map(drop)
+    }
+
+    // ---- chats ------------------------------------------------------------------
+
+    /// The caller's conversations, newest first (see the module docs for paging).
+    pub async fn get_chats(&self, actor: UserId, request: chats::GetChats) -> Result<chats::Chats, EngineError> {
+        let limits = &self.inner.limits;
+        let limit = match request.limit {
+            None => limits.get_chats_limit_default,
+            Some(0) => return Err(EngineError::invalid("limit", "must be at least 1")),
+            Some(limit) => limit.min(limits.get_chats_limit_max),
+        };
+        let page = ChatListPage {
+            limit: limit as usize,
+            max_id: request.max_id.map(MessageId),
+            min_id: request.min_id.map(MessageId),
+        };
+        self.read(|view| Ok(views::chats_view(view, actor, page)?))
+    }
+
+    /// One conversation with its last message, users and group.
+    pub async fn get_chat(&self, actor: UserId, request: chats::GetChat) -> Result<chats::Chat, EngineError> {
+        self.read(|view| {
+            let chat = resolve::resolve_member(view, actor, request.chat_ref.as_ref())?;
+            views::chat_view(view, actor, chat.id)?.ok_or_else(|| EngineError::not_found("chat"))
+        })
+    }
+
+    /// Creates a group owned by the caller.
+    pub async fn create_chat(&self, actor: UserId, request: chats::CreateChat) -> Result<types::Group, EngineError> {
+        let appended = self.command(move |ctx, limits| commands::create_chat(ctx, limits, actor, &request)).await?;
+        let chat = chat_of(&appended)?;
+        self.read(|view| {
+            let record = osmium_projections::records::load_chat(view, chat)?.ok_or_else(|| EngineError::not_found("chat"))?;
+            query::group_view(view, actor, chat, &record)?.ok_or_else(|| EngineError::not_found("chat"))
+        })
+    }
+
+    /// Renames the group, sets its photo or highlighted message (owner only).
+    pub async fn edit_chat(&self, actor: UserId, request: chats::EditChat) -> Result<chats::Chat, EngineError> {
+        let appended = self.command(move |ctx, limits| commands::edit_chat(ctx, limits, actor, &request)).await?;
+        self.chat_after(actor, &appended)
+    }
+
+    /// Adds a member (owner only).
+    pub async fn add_chat_member(&self, actor: UserId, request: chats::AddChatMember) -> Result<(), EngineError> {
+        self.command(move |ctx, limits| commands::add_chat_member(ctx, limits, actor, &request)).await.map(drop)
+    }
+
+    /// Removes a member (owner only), or leaves when `user_id` is the caller.
+    pub async fn remove_chat_member(&self, actor: UserId, request: chats::RemoveChatMember) -> Result<(), EngineError> {
+        self.command(move |ctx, _| commands::remove_chat_member(ctx, actor, &request)).await.map(drop)
+    }
+
+    // ---- messages ---------------------------------------------------------------
+
+    /// Sends a message; `client_id` makes retries idempotent.
+    pub async fn send_message(
+        &self,
+        actor: UserId,
+        request: messages::SendMessage,
+    ) -> Result<messages::SentMessage, EngineError> {
+        let appended = self.command(move |ctx, limits| commands::send_message(ctx, limits, actor, &request)).await?;
+        let message_id = appended
+            .events
+            .iter()
+            .find_map(|event| match &event.event {
+                Some(Event::MessageSent(sent)) => Some(sent.message_id),
+                _ => None,
+            })
+            .ok_or_else(|| EngineError::Corrupt {
+                what: "events recorded for a send".into(),
+                expected: "a message_sent event".into(),
+                found: format!("{} other events", appended.events.len()),
+            })?;
+        Ok(messages::SentMessage { message_id })
+    }
+
+    /// Edits the text of the caller's message.
+    pub async fn edit_message(&self, actor: UserId, request: messages::EditMessage) -> Result<(), EngineError> {
+        self.command(move |ctx, limits| commands::edit_message(ctx, limits, actor, &request)).await.map(drop)
+    }
+
+    /// Deletes messages (the author's own, or any as group owner).
+    pub async fn delete_message(&self, actor: UserId, request: messages::DeleteMessage) -> Result<(), EngineError> {
+        self.command(move |ctx, limits| commands::delete_message(ctx, limits, actor, &request)).await.map(drop)
+    }
+
+    /// A page of non-deleted messages, oldest first.
+    pub async fn get_history(&self, actor: UserId, request: messages::GetHistory) -> Result<messages::Messages, EngineError> {
+        let limits = &self.inner.limits;
+        let limit = match request.limit {
+            None => limits.history_limit_default,
+            Some(0) => return Err(EngineError::invalid("limit", "must be at least 1")),
+            Some(limit) => limit.min(limits.history_limit_max),
+        };
+        self.read(|view| {
+            let chat = resolve::resolve_member(view, actor, request.chat_ref.as_ref())?;
+            let from = views::history_from(request.offset.as_ref());
+            Ok(views::history_view(view, actor, chat.id, from, limit as usize)?)
+        })
+    }
+
+    // ---- read state and settings ------------------------------------------------
+
+    /// Moves the caller's read position forward (never back).
+    pub async fn mark_chat_read(&self, actor: UserId, request: chats::MarkChatRead) -> Result<(), EngineError> {
+        self.command(move |ctx, _| commands::mark_chat_read(ctx, actor, &request)).await.map(drop)
+    }
+
+    /// Saves (or with `None` or an empty string, clears) the caller's draft in a chat.
+    pub async fn save_draft(&self, actor: UserId, chat_ref: ChatRef, draft: Option<String>) -> Result<(), EngineError> {
+        self.command(move |ctx, limits| commands::save_draft(ctx, limits, actor, Some(&chat_ref), draft)).await.map(drop)
+    }
+
+    /// Mutes or unmutes a chat for the caller.
+    pub async fn set_muted(&self, actor: UserId, chat_ref: ChatRef, muted: bool) -> Result<(), EngineError> {
+        self.command(move |ctx, _| commands::set_muted(ctx, actor, Some(&chat_ref), muted)).await.map(drop)
+    }
+
+    /// Sets a member's permission overrides (owner only).
+    pub async fn set_permission_overrides(
+        &self,
+        actor: UserId,
+        chat_ref: ChatRef,
+        user: UserId,
+        overrides: types::PermissionOverrides,
+    ) -> Result<(), EngineError> {
+        self.command(move |ctx, _| commands::set_permission_overrides(ctx, actor, Some(&chat_ref), user, overrides))
+            .await
+            .map(drop)
+    }
+
+    /// Starts or stops the caller's typing indicator (ephemeral: never logged).
+    pub async fn set_typing(&self, actor: UserId, request: chats::SetTyping) -> Result<(), EngineError> {
+        let (chat_id, members, record) = self.read(|view| {
+            let chat = resolve::resolve_member(view, actor, request.chat_ref.as_ref())?;
+            let members = osmium_projections::records::load_members(view, chat.id)?;
+            Ok((chat.id, members, chat.chat))
+        })?;
+        if self.inner.typing.set(chat_id, actor, request.typing) {
+            let position = self.inner.log.last_position();
+            for (user, _) in members.iter().filter(|(user, _)| *user != actor) {
+                let mut update = updates::typing_update(&record, chat_id, *user, actor, request.typing, position);
+                if let Some(osmium_proto::updates::update::Update::ChatTyping(typing)) = update.update.update.as_mut() {
+                    typing.action = request.action;
+                }
+                self.inner.hub.publish(*user, update);
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes `typing = false` for every indicator past its expiry. Runs every 500 ms
+    /// on its own; tests call it after moving a manual clock.
+    pub fn expire_typing(&self) {
+        for (chat_id, typist) in self.inner.typing.take_expired() {
+            let found = self.read(|view| {
+                let Some(chat) = osmium_projections::records::load_chat(view, chat_id)? else { return Ok(None) };
+                Ok(Some((chat, osmium_projections::records::load_members(view, chat_id)?)))
+            });
+            let Ok(Some((chat, members))) = found else { continue };
+            let position = self.inner.log.last_position();
+            for (user, _) in members.iter().filter(|(user, _)| *user != typist) {
+                self.inner.hub.publish(*user, updates::typing_update(&chat, chat_id, *user, typist, false, position));
+            }
+        }
+    }
+
+    // ---- invites ----------------------------------------------------------------
+
+    /// Creates an invite code for a group (owner only).
+    pub async fn create_chat_invite(
+        &self,
+        actor: UserId,
+        request: chats::CreateChatInvite,
+    ) -> Result<auth::CreatedInvite, EngineError> {
+        let code = new_invite_code()?;
+        let appended =
+            self.command(move |ctx, limits| commands::create_chat_invite(ctx, limits, actor, &request, code)).await?;
+        appended
+            .events
+            .iter()
+            .find_map(|event| match &event.event {
+                Some(Event::InviteCreated(created)) => Some(auth::CreatedInvite { code: created.code.clone() }),
+                _ => None,
+            })
+            .ok_or_else(|| EngineError::Corrupt {
+                what: "events recorded for an invite".into(),
+                expected: "an invite_created event".into(),
+                found: "none".into(),
+            })
+    }
+
+    /// The group's active invites (owner only).
+    pub async fn list_chat_invites(
+        &self,
+        actor: UserId,
+        request: chats::ListChatInvites,
+    ) -> Result<auth::InviteList, EngineError> {
+        let now_ms = self.inner.clock.now_ms();
+        self.read(|view| {
+            let group = resolve::resolve_owned_group(view, actor, request.chat_ref.as_ref(), "invites")?;
+            let mut invites = Vec::new();
+            for (code, invite) in query::chat_invites(view, group.id)? {
+                if invite.is_active(now_ms) {
+                    invites.push(views::invite_preview(view, actor, &code, &invite)?);
+                }
+            }
+            Ok(auth::InviteList { invites })
+        })
+    }
+
+    /// Every invite of the group with its use counters, active or not (owner only).
+    pub async fn chat_invite_details(&self, actor: UserId, chat_ref: ChatRef) -> Result<Vec<InviteInfo>, EngineError> {
+        self.read(|view| {
+            let group = resolve::resolve_owned_group(view, actor, Some(&chat_ref), "invites")?;
+            Ok(query::chat_invites(view, group.id)?.into_iter().map(|(code, record)| InviteInfo::new(code, &record)).collect())
+        })
+    }
+
+    /// Revokes an invite (its creator or the group owner). Members who joined with it stay.
+    pub async fn delete_chat_invite(&self, actor: UserId, request: chats::DeleteChatInvite) -> Result<(), EngineError> {
+        self.command(move |ctx, _| commands::delete_chat_invite(ctx, actor, &request)).await.map(drop)
+    }
+
+    /// What an invite leads to; fails like `use_invite` would for unusable codes.
+    pub async fn lookup_invite(&self, actor: UserId, request: auth::LookupInvite) -> Result<auth::InvitePreview, EngineError> {
+        let now_ms = self.inner.clock.now_ms();
+        self.read(|view| {
+            let invite = commands::usable_invite(view, &request.code, now_ms)?;
+            views::invite_preview(view, actor, &request.code, &invite)
+        })
+    }
+
+    /// Joins a group with an invite code, counting one use.
+    pub async fn use_invite(&self, actor: UserId, request: auth::UseInvite) -> Result<(), EngineError> {
+        self.command(move |ctx, limits| commands::use_invite(ctx, limits, actor, &request)).await.map(drop)
+    }
+
+    /// Whether `user` is a member of the group `chat` (for embedders' authorization checks).
+    pub fn is_member(&self, chat: ChatId, user: UserId) -> Result<bool, EngineError> {
+        self.read(|view| Ok(load_member(view, chat, user)?.is_some()))
+    }
+
+    /// The newest durable log position.
+    pub fn last_position(&self) -> Position {
+        self.inner.log.last_position()
+    }
+
+    fn chat_after(&self, actor: UserId, appended: &Appended) -> Result<chats::Chat, EngineError> {
+        let chat = chat_of(appended)?;
+        self.read(|view| views::chat_view(view, actor, chat)?.ok_or_else(|| EngineError::not_found("chat")))
+    }
+}
+
+fn chat_of(appended: &Appended) -> Result<ChatId, EngineError> {
+    match osmium_projections::stream_of(&appended.events.first().cloned().unwrap_or_default())? {
+        osmium_proto::ids::StreamId::Chat(chat) => Ok(chat),
+        stream => Err(EngineError::Corrupt {
+            what: "stream of a chat command".into(),
+            expected: "a chat stream".into(),
+            found: stream.to_string(),
+        }),
+    }
+}
+
+/// A fresh invite code: [`INVITE_CODE_RANDOM_BYTES`] from the OS, URL-safe base64 without padding.
+fn new_invite_code() -> Result<String, EngineError> {
+    use base64::Engine as _;
+    let mut bytes = [0u8; INVITE_CODE_RANDOM_BYTES];
+    getrandom::fill(&mut bytes).map_err(|err| EngineError::Io {
+        path: std::path::PathBuf::from("<os random source>"),
+        source: std::io::Error::other(err.to_string()),
+    })?;
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// For updates: re-exported so embedders can name the type.
+pub type Update = TaggedUpdate;

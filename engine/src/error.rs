@@ -1,0 +1,200 @@
+//! The engine's one error type, and its mapping to the protocol's `RPCError`.
+
+use osmium_proto::ids::{Position, StreamId, StreamVersion};
+use osmium_projections::ProjectionError;
+use std::path::PathBuf;
+
+/// Everything the engine can answer instead of a result.
+///
+/// Command errors (`NotFound` .. `Overloaded`) mean nothing was written. Storage,
+/// corruption and open errors are for the operator; [`EngineError::rpc_code`] maps
+/// every variant to a protocol error code (see the table in README.md).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    // ---- command outcomes -------------------------------------------------
+    /// The chat, message, user or invite does not exist for this caller (also used for
+    /// groups the caller is not a member of, so that their existence does not leak).
+    #[error("not found: {what}")]
+    NotFound {
+        /// What was looked for.
+        what: String,
+    },
+    /// The caller may not do this.
+    #[error("permission denied: {reason}")]
+    PermissionDenied {
+        /// Which rule refused it.
+        reason: String,
+    },
+    /// A request field is out of bounds or malformed.
+    #[error("invalid argument `{field}`: {reason}")]
+    InvalidArgument {
+        /// The field, as named in the protocol.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The stream is not at the expected version: someone else appended first.
+    #[error("conflict on {stream}: expected version {expected:?}, found {found}")]
+    Conflict {
+        /// The stream appended to.
+        stream: StreamId,
+        /// What the caller expected.
+        expected: crate::log::ExpectedVersion,
+        /// The stream's actual version.
+        found: StreamVersion,
+    },
+    /// The invite code is unknown or was deleted.
+    #[error("invite not found")]
+    InviteNotFound,
+    /// The invite is past its expiry.
+    #[error("invite expired")]
+    InviteExpired,
+    /// The invite has reached its `max_uses`.
+    #[error("invite used up")]
+    InviteUsedUp,
+    /// The user is already a member of the chat.
+    #[error("already a member")]
+    AlreadyMember,
+    /// The commit queue is full; retry later.
+    #[error("engine overloaded: {queue_max} commands already queued")]
+    Overloaded {
+        /// The queue's bound.
+        queue_max: usize,
+    },
+
+    // ---- opening a directory ----------------------------------------------
+    /// Another process (or another engine in this process) has the directory open.
+    #[error("data directory {path} is in use by another engine (lock file held); stop it first")]
+    DirectoryInUse {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// The directory holds something that is not an osmium-state engine.
+    #[error("{path} is not an osmium-state data directory: {reason}")]
+    NotAnEngineDirectory {
+        /// The directory.
+        path: PathBuf,
+        /// What gave it away.
+        reason: String,
+    },
+    /// The directory was written by a newer engine with a format this one cannot read.
+    #[error("data directory format version {found} is newer than the supported {supported}; upgrade osmium-state")]
+    NewerFormat {
+        /// The directory's format version.
+        found: u32,
+        /// The newest this build reads.
+        supported: u32,
+    },
+    /// The projections were written with another schema version: rebuild them.
+    #[error(
+        "projection schema version {found} does not match this engine's {expected}; \
+         run `osmium-replay rebuild --data-dir <dir>` to rebuild them from the log"
+    )]
+    ProjectionSchemaMismatch {
+        /// The stored version.
+        found: u32,
+        /// The version this engine writes.
+        expected: u32,
+    },
+    /// The projections do not cover the log (never happens with one engine writing both).
+    #[error(
+        "projections are at position {checkpoint} but the log ends at {last_position}; \
+         run `osmium-replay rebuild --data-dir <dir>`"
+    )]
+    ProjectionsBehind {
+        /// The projections' checkpoint.
+        checkpoint: Position,
+        /// The log's last position.
+        last_position: Position,
+    },
+
+    // ---- storage and corruption ---------------------------------------------
+    /// A record at `position` does not decode.
+    #[error("event at position {position} does not decode: {reason}")]
+    Decode {
+        /// Where the bad record is.
+        position: Position,
+        /// The decoder's message.
+        reason: String,
+    },
+    /// Stored data contradicts itself.
+    #[error("corrupt data directory: {what}: expected {expected}, found {found}")]
+    Corrupt {
+        /// What was checked.
+        what: String,
+        /// What it should have been.
+        expected: String,
+        /// What it was.
+        found: String,
+    },
+    /// The projections could not be folded or read.
+    #[error(transparent)]
+    Projection(#[from] ProjectionError),
+    /// RocksDB failed.
+    #[error("storage error while {context}: {source}")]
+    Storage {
+        /// What the engine was doing.
+        context: &'static str,
+        /// RocksDB's error.
+        source: rocksdb::Error,
+    },
+    /// A file system operation failed.
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// An earlier commit failed; the writer refuses further writes until reopened, because
+    /// it can no longer tell what reached the disk.
+    #[error("the log writer stopped after a failed commit ({reason}); reopen the engine")]
+    WriterFailed {
+        /// The failure that stopped it.
+        reason: String,
+    },
+    /// The engine is shutting down or was dropped.
+    #[error("the engine is closed")]
+    Closed,
+}
+
+impl EngineError {
+    pub(crate) fn storage(context: &'static str) -> impl FnOnce(rocksdb::Error) -> EngineError {
+        move |source| EngineError::Storage { context, source }
+    }
+
+    pub(crate) fn not_found(what: impl Into<String>) -> EngineError {
+        EngineError::NotFound { what: what.into() }
+    }
+
+    pub(crate) fn denied(reason: impl Into<String>) -> EngineError {
+        EngineError::PermissionDenied { reason: reason.into() }
+    }
+
+    pub(crate) fn invalid(field: &'static str, reason: impl Into<String>) -> EngineError {
+        EngineError::InvalidArgument { field, reason: reason.into() }
+    }
+
+    /// The protocol error code (`RPCError.error_code`) for this error. See README.md.
+    pub fn rpc_code(&self) -> u32 {
+        match self {
+            EngineError::InvalidArgument { .. } => 400,
+            EngineError::PermissionDenied { .. } => 403,
+            EngineError::NotFound { .. } => 404,
+            EngineError::InviteNotFound => 404,
+            EngineError::Conflict { .. } => 409,
+            EngineError::AlreadyMember => 409,
+            EngineError::InviteExpired => 410,
+            EngineError::InviteUsedUp => 410,
+            EngineError::Overloaded { .. } => 429,
+            EngineError::Closed | EngineError::WriterFailed { .. } => 503,
+            _ => 500,
+        }
+    }
+
+    /// The protocol's `RPCError` for this error.
+    pub fn to_rpc_error(&self) -> osmium_proto::core::RpcError {
+        osmium_proto::core::RpcError { error_code: self.rpc_code(), error_message: self.to_string() }
+    }
+}

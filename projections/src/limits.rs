@@ -1,0 +1,18 @@
+//! Named limits of the projections (TigerBeetle style: everything has a bound).
+
+/// Chats with at most this many members keep one chat-list entry per member, moved on
+/// every new last message (a send writes `2 * members` small keys). Larger chats are
+/// listed through `userid_chatid_largechat` and sorted at query time, so that a send to
+/// a 10,000-member group writes a constant number of keys.
+pub const CHAT_LIST_FANOUT_MAX: u32 = 256;
+
+/// Permission bit: may send messages (protocol bitfield).
+pub const PERMISSION_SEND_MESSAGES: u64 = 4;
+/// Permission bit: may attach media (protocol bitfield).
+pub const PERMISSION_SEND_MEDIA: u64 = 32;
+/// What a group member may do before overrides.
+pub const MEMBER_DEFAULT_PERMISSIONS: u64 = PERMISSION_SEND_MESSAGES | PERMISSION_SEND_MEDIA;
+
+/// The current projection schema version. Bump it whenever a key layout or record
+/// encoding changes; an engine refuses to serve projections of another version.
+pub const PROJECTION_SCHEMA_VERSION: u32 = 1;

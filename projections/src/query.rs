@@ -1,0 +1,363 @@
+//! Reads of the projections, shaped as protocol views for one viewer. Everything here
+//! is read-only and derived: unread counts are computed from sequence numbers, never
+//! stored.
+
+use crate::error::ProjectionError;
+use crate::keys;
+use crate::records::{
+    ChatKind, ChatRecord, MemberRecord, MessageRecord, UserRecord, decode, load_chat, load_members, load_user,
+};
+use crate::store::{Direction, ScanRange, StoreRead, Table};
+use osmium_proto::ids::{ChatId, MessageId, UserId};
+use osmium_proto::prost::Message as _;
+use osmium_proto::{media, refs, types};
+use std::ops::ControlFlow;
+
+/// The sequence number of the newest message (deleted or not) with an id at most
+/// `message`; 0 when there is none.
+pub fn seq_at_or_before(
+    store: &(impl StoreRead + ?Sized),
+    chat: ChatId,
+    message: MessageId,
+) -> Result<u64, ProjectionError> {
+    let prefix = keys::chat(chat);
+    let start = keys::message(chat, message);
+    let mut found = Ok(0);
+    store.scan(
+        Table::ChatidMsgidMessage,
+        ScanRange::prefix_reverse(&prefix).starting_at(&start),
+        &mut |key, value| {
+            found = decode::<MessageRecord>(Table::ChatidMsgidMessage, key, value).map(|record| record.seq);
+            ControlFlow::Break(())
+        },
+    )?;
+    found
+}
+
+/// Unread messages for a member: non-deleted messages after the read position. The
+/// member's own messages are never after it, because sending moves it to the message.
+pub fn unread_count(
+    store: &(impl StoreRead + ?Sized),
+    chat_id: ChatId,
+    chat: &ChatRecord,
+    member: &MemberRecord,
+) -> Result<u32, ProjectionError> {
+    if member.read_seq >= chat.last_seq {
+        return Ok(0);
+    }
+    let prefix = keys::chat(chat_id);
+    let start = keys::deleted_seq(chat_id, member.read_seq + 1);
+    let mut deleted_after = 0u64;
+    store.scan(Table::ChatidSeqDeleted, ScanRange::prefix(&prefix).starting_at(&start), &mut |_, _| {
+        deleted_after += 1;
+        ControlFlow::Continue(())
+    })?;
+    let unread = (chat.last_seq - member.read_seq).saturating_sub(deleted_after);
+    Ok(u32::try_from(unread).unwrap_or(u32::MAX))
+}
+
+/// How `viewer` addresses `chat`: a group by its id, a DM by the other user, the self chat as `self`.
+pub fn chat_ref_for(viewer: UserId, chat_id: ChatId, chat: &ChatRecord) -> refs::ChatRef {
+    let reference = match chat.kind {
+        ChatKind::Group(_) => refs::chat_ref::Ref::Group(refs::GroupRef { group_id: chat_id.get() }),
+        ChatKind::Direct { user_a, user_b } if user_a == user_b => refs::chat_ref::Ref::Self_(refs::RefSelf {}),
+        ChatKind::Direct { user_a, user_b } => {
+            let other = if viewer == user_a { user_b } else { user_a };
+            refs::chat_ref::Ref::User(refs::UserRef { user_id: other.get() })
+        }
+    };
+    refs::ChatRef { r#ref: Some(reference) }
+}
+
+/// `viewer`'s Conversation for a chat they are a member of.
+///
+/// `last_read_message_id` is the stored read position, but never above
+/// `last_message_id` (the read message may have been deleted since), and 0 while the
+/// chat has no message.
+pub fn conversation(
+    store: &(impl StoreRead + ?Sized),
+    viewer: UserId,
+    chat_id: ChatId,
+    chat: &ChatRecord,
+    member: &MemberRecord,
+) -> Result<types::Conversation, ProjectionError> {
+    let last_read = if chat.has_messages(chat_id) {
+        member.read_message_id.min(chat.last_message_id)
+    } else {
+        MessageId(0)
+    };
+    Ok(types::Conversation {
+        chat_ref: Some(chat_ref_for(viewer, chat_id, chat)),
+        last_message_id: chat.last_message_id.get(),
+        last_read_message_id: last_read.get(),
+        unread_count: unread_count(store, chat_id, chat, member)?,
+        draft: member.draft.clone(),
+        permissions: member.overrides.map(|(pos, neg)| types::PermissionOverrides { pos, neg }),
+        muted: member.muted,
+    })
+}
+
+/// One page of a user's chat list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChatListPage {
+    /// At most this many conversations.
+    pub limit: usize,
+    /// Only conversations whose last message id is below this.
+    pub max_id: Option<MessageId>,
+    /// Only conversations whose last message id is above this.
+    pub min_id: Option<MessageId>,
+}
+
+/// The chats of `user` in `page`, ordered by last message id, newest first.
+///
+/// With only `min_id`, the page holds the `limit` conversations just above `min_id`
+/// (forward paging); otherwise the `limit` newest below `max_id` (backward paging).
+/// Last message ids are unique (message and chat ids share one snowflake space), so
+/// paging visits every conversation exactly once.
+pub fn chat_list(
+    store: &(impl StoreRead + ?Sized),
+    user: UserId,
+    page: ChatListPage,
+) -> Result<Vec<(MessageId, ChatId)>, ProjectionError> {
+    let above = |id: MessageId| page.min_id.is_none_or(|min| id > min);
+    let below = |id: MessageId| page.max_id.is_none_or(|max| id < max);
+    let forward = page.min_id.is_some() && page.max_id.is_none();
+    if page.limit == 0 || page.max_id == Some(MessageId(0)) {
+        return Ok(Vec::new());
+    }
+    let prefix = keys::user_prefix(user);
+    let start = if forward {
+        page.min_id.and_then(|min| min.get().checked_add(1)).map(|first| keys::chat_list_entry(user, MessageId(first), ChatId(0)))
+    } else {
+        page.max_id.map(|max| keys::chat_list_entry(user, MessageId(max.get() - 1), ChatId(u64::MAX)))
+    };
+    if forward && start.is_none() {
+        return Ok(Vec::new()); // min_id = u64::MAX: nothing is above it
+    }
+    let direction = if forward { Direction::Forward } else { Direction::Reverse };
+    let range = ScanRange { prefix: &prefix, start: start.as_deref(), direction };
+    let mut entries = Vec::with_capacity(page.limit);
+    let mut failure = None;
+    store.scan(Table::UseridLastmsgidChatidChatlist, range, &mut |key, _| match keys::parse_chat_list_entry(key) {
+        Ok((last, chat)) if above(last) && below(last) => {
+            entries.push((last, chat));
+            if entries.len() >= page.limit { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+        }
+        Ok(_) => ControlFlow::Break(()), // past the other bound
+        Err(err) => {
+            failure = Some(err);
+            ControlFlow::Break(())
+        }
+    })?;
+    if let Some(err) = failure {
+        return Err(err);
+    }
+    for chat in large_chats(store, user)? {
+        let record = load_chat(store, chat)?.ok_or_else(|| ProjectionError::Inconsistent {
+            position: 0,
+            reason: format!("user {user} lists large chat {chat}, which does not exist"),
+        })?;
+        if above(record.last_message_id) && below(record.last_message_id) {
+            entries.push((record.last_message_id, chat));
+        }
+    }
+    if forward {
+        entries.sort_unstable();
+        entries.truncate(page.limit);
+        entries.reverse();
+    } else {
+        entries.sort_unstable_by(|a, b| b.cmp(a));
+        entries.truncate(page.limit);
+    }
+    Ok(entries)
+}
+
+fn large_chats(store: &(impl StoreRead + ?Sized), user: UserId) -> Result<Vec<ChatId>, ProjectionError> {
+    let prefix = keys::user_prefix(user);
+    let mut chats = Vec::new();
+    let mut failure = None;
+    store.scan(Table::UseridChatidLargechat, ScanRange::prefix(&prefix), &mut |key, _| {
+        match keys::large_chat_chat(key) {
+            Ok(chat) => chats.push(chat),
+            Err(err) => {
+                failure = Some(err);
+                return ControlFlow::Break(());
+            }
+        }
+        ControlFlow::Continue(())
+    })?;
+    failure.map_or(Ok(chats), Err)
+}
+
+/// The protocol `Group` of a group chat as `viewer` sees it; participants in join order.
+pub fn group_view(
+    store: &(impl StoreRead + ?Sized),
+    viewer: UserId,
+    chat_id: ChatId,
+    chat: &ChatRecord,
+) -> Result<Option<types::Group>, ProjectionError> {
+    let Some(group) = chat.group() else { return Ok(None) };
+    let mut members = load_members(store, chat_id)?;
+    members.sort_by_key(|(_, member)| member.join_order);
+    Ok(Some(types::Group {
+        id: chat_id.get(),
+        name: group.name.clone(),
+        owner: group.owner == viewer,
+        participant_ids: members.into_iter().map(|(user, _)| user.get()).collect(),
+        photo: group.photo.as_ref().map(|(file_id, preview)| types::ChatPhoto { file_id: *file_id, preview: preview.clone() }),
+    }))
+}
+
+/// The protocol `Message` for a stored message, addressed as `chat_ref`.
+pub fn message_view(
+    chat_ref: refs::ChatRef,
+    chat_id: ChatId,
+    message_id: MessageId,
+    record: &MessageRecord,
+) -> Result<types::Message, ProjectionError> {
+    let corrupt = |what: &str, err: osmium_proto::prost::DecodeError| ProjectionError::Decode {
+        table: Table::ChatidMsgidMessage,
+        key_hex: crate::error::hex(&keys::message(chat_id, message_id)),
+        reason: format!("{what}: {err}"),
+    };
+    let entities = record
+        .entities
+        .iter()
+        .map(|bytes| types::MessageEntity::decode(bytes.as_slice()).map_err(|err| corrupt("entity", err)))
+        .collect::<Result<_, _>>()?;
+    let media = record
+        .media
+        .iter()
+        .map(|bytes| media::MessageMedia::decode(bytes.as_slice()).map_err(|err| corrupt("media", err)))
+        .collect::<Result<_, _>>()?;
+    Ok(types::Message {
+        chat_ref: Some(chat_ref),
+        message_id: message_id.get(),
+        author_id: record.author.get(),
+        message: record.text.clone(),
+        media,
+        entities,
+        edited_at: record.edited_at_ms,
+        r#type: (record.message_type != 0).then_some(record.message_type),
+    })
+}
+
+/// The protocol `User` for a directory entry; a user never upserted shows with an empty name.
+pub fn user_view(store: &(impl StoreRead + ?Sized), user: UserId) -> Result<types::User, ProjectionError> {
+    let record = load_user(store, user)?.unwrap_or(UserRecord {
+        name: String::new(),
+        username: None,
+        photo: None,
+        bot: false,
+        icon: None,
+        color: None,
+    });
+    Ok(types::User {
+        id: user.get(),
+        name: record.name,
+        username: record.username,
+        photo: record.photo.map(|(file_id, preview)| types::ChatPhoto { file_id, preview }),
+        bot: record.bot,
+        icon: record.icon,
+        color: record.color,
+    })
+}
+
+/// Where a history page starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HistoryFrom {
+    /// The newest messages.
+    Latest,
+    /// Messages with ids above this one, oldest first.
+    Since(MessageId),
+    /// Messages with ids below this one, newest first.
+    Before(MessageId),
+    /// Messages on both sides of this one (half before, the rest at or after).
+    Around(MessageId),
+}
+
+/// Up to `limit` non-deleted messages of a chat, returned oldest first.
+pub fn history(
+    store: &(impl StoreRead + ?Sized),
+    chat_id: ChatId,
+    from: HistoryFrom,
+    limit: usize,
+) -> Result<Vec<(MessageId, MessageRecord)>, ProjectionError> {
+    let collect = |start: Option<Vec<u8>>, direction: Direction, limit: usize| {
+        let prefix = keys::chat(chat_id);
+        let range = ScanRange { prefix: &prefix, start: start.as_deref(), direction };
+        let mut found = Vec::new();
+        let mut failure = None;
+        if limit == 0 {
+            return Ok(found);
+        }
+        store.scan(Table::ChatidMsgidMessage, range, &mut |key, value| {
+            match decode::<MessageRecord>(Table::ChatidMsgidMessage, key, value)
+                .and_then(|record| Ok((keys::message_id(key)?, record)))
+            {
+                Ok((_, record)) if record.deleted => {}
+                Ok(entry) => found.push(entry),
+                Err(err) => {
+                    failure = Some(err);
+                    return ControlFlow::Break(());
+                }
+            }
+            if found.len() >= limit { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+        })?;
+        failure.map_or(Ok(found), Err)
+    };
+    let key = |id: u64| Some(keys::message(chat_id, MessageId(id)));
+    let mut messages = match from {
+        HistoryFrom::Latest => collect(None, Direction::Reverse, limit)?,
+        HistoryFrom::Before(id) if id.get() == 0 => Vec::new(),
+        HistoryFrom::Before(id) => collect(key(id.get() - 1), Direction::Reverse, limit)?,
+        HistoryFrom::Since(id) => match id.get().checked_add(1) {
+            Some(first) => collect(key(first), Direction::Forward, limit)?,
+            None => Vec::new(),
+        },
+        HistoryFrom::Around(id) => {
+            let before = limit / 2;
+            let mut older = if id.get() == 0 { Vec::new() } else { collect(key(id.get() - 1), Direction::Reverse, before)? };
+            let newer = collect(key(id.get()), Direction::Forward, limit - older.len())?;
+            older.reverse();
+            older.extend(newer);
+            return Ok(older);
+        }
+    };
+    if !matches!(from, HistoryFrom::Since(_)) {
+        messages.reverse();
+    }
+    Ok(messages)
+}
+
+/// Active and inactive invites of a chat: `(code, record)` in code order.
+pub fn chat_invites(
+    store: &(impl StoreRead + ?Sized),
+    chat_id: ChatId,
+) -> Result<Vec<(String, crate::records::InviteRecord)>, ProjectionError> {
+    let prefix = keys::chat(chat_id);
+    let mut codes = Vec::new();
+    let mut failure = None;
+    store.scan(Table::ChatidCodeInvite, ScanRange::prefix(&prefix), &mut |key, _| {
+        match keys::chat_invite_code(key) {
+            Ok(code) => codes.push(code),
+            Err(err) => {
+                failure = Some(err);
+                return ControlFlow::Break(());
+            }
+        }
+        ControlFlow::Continue(())
+    })?;
+    if let Some(err) = failure {
+        return Err(err);
+    }
+    let mut invites = Vec::with_capacity(codes.len());
+    for code in codes {
+        let record = crate::records::load_invite(store, &code)?.ok_or_else(|| ProjectionError::Inconsistent {
+            position: 0,
+            reason: format!("chat {chat_id} lists invite {code}, which does not exist"),
+        })?;
+        invites.push((code, record));
+    }
+    Ok(invites)
+}

@@ -1,0 +1,320 @@
+//! Values of the projection tables: serde structs encoded with bincode (standard
+//! config: little-endian, variable-length integers). Changing any of them means
+//! bumping [`crate::limits::PROJECTION_SCHEMA_VERSION`].
+
+use crate::error::{ProjectionError, hex};
+use crate::keys;
+use crate::store::{ScanRange, Store, StoreRead, Table};
+use osmium_proto::ids::{ChatId, MessageId, Position, UserId};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use std::ops::ControlFlow;
+
+/// Encodes a record.
+pub fn encode<T: Serialize>(record: &T) -> Vec<u8> {
+    // Invariant: bincode's serde encoder into a Vec fails only for types serde cannot
+    // describe (e.g. maps with non-string keys in some formats); our records are plain
+    // structs, enums, integers, strings and byte vectors, so it cannot fail.
+    bincode::serde::encode_to_vec(record, bincode::config::standard()).unwrap_or_default()
+}
+
+/// Decodes a record read from `table` under `key`.
+pub fn decode<T: DeserializeOwned>(table: Table, key: &[u8], bytes: &[u8]) -> Result<T, ProjectionError> {
+    let decoded = bincode::serde::decode_from_slice(bytes, bincode::config::standard());
+    match decoded {
+        Ok((record, read)) if read == bytes.len() => Ok(record),
+        Ok((_, read)) => Err(ProjectionError::Decode {
+            table,
+            key_hex: hex(key),
+            reason: format!("{} trailing bytes", bytes.len() - read),
+        }),
+        Err(err) => Err(ProjectionError::Decode { table, key_hex: hex(key), reason: err.to_string() }),
+    }
+}
+
+/// Reads and decodes one record.
+pub fn load<T: DeserializeOwned>(
+    store: &(impl StoreRead + ?Sized),
+    table: Table,
+    key: &[u8],
+) -> Result<Option<T>, ProjectionError> {
+    store.get(table, key)?.map(|bytes| decode(table, key, &bytes)).transpose()
+}
+
+/// Encodes and writes one record.
+pub fn save<T: Serialize>(store: &mut (impl Store + ?Sized), table: Table, key: Vec<u8>, record: &T) {
+    store.put(table, key, encode(record));
+}
+
+/// What kind of chat a [`ChatRecord`] is.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum ChatKind {
+    /// An owner-based group.
+    Group(GroupInfo),
+    /// A DM between two users; `user_a == user_b` for a user's own (self) chat.
+    Direct {
+        /// One side.
+        user_a: UserId,
+        /// The other side.
+        user_b: UserId,
+    },
+}
+
+/// Group-only chat state.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct GroupInfo {
+    /// Display name (1..=100 chars).
+    pub name: String,
+    /// The owner: the only member who edits the group and manages members and invites.
+    pub owner: UserId,
+    /// Group photo: file id and preview bytes.
+    pub photo: Option<(u64, Vec<u8>)>,
+    /// The highlighted (pinned) message, if any.
+    pub highlighted: Option<MessageId>,
+    /// Set when the last member left: the group serves nobody any more.
+    pub closed: bool,
+}
+
+/// `chatid_chat`: one chat's shared state.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct ChatRecord {
+    /// Group or direct chat.
+    pub kind: ChatKind,
+    /// Messages ever sent here; the newest message's sequence number (deleted ones included).
+    pub last_seq: u64,
+    /// The newest non-deleted message, or the chat's own id when there is none.
+    pub last_message_id: MessageId,
+    /// Current members.
+    pub member_count: u32,
+    /// Members ever joined: the next member's join order (longest-standing = lowest).
+    pub joins: u64,
+    /// Whether the chat list is kept through `userid_chatid_largechat` (see
+    /// [`crate::limits::CHAT_LIST_FANOUT_MAX`]). Once set it stays set.
+    pub large: bool,
+}
+
+impl ChatRecord {
+    /// The group part, for group chats.
+    pub fn group(&self) -> Option<&GroupInfo> {
+        match &self.kind {
+            ChatKind::Group(group) => Some(group),
+            ChatKind::Direct { .. } => None,
+        }
+    }
+
+    /// Whether the chat has at least one non-deleted message.
+    pub fn has_messages(&self, chat: ChatId) -> bool {
+        self.last_message_id.get() != chat.get()
+    }
+}
+
+/// `chatid_userid_member`: one member's own view of a chat.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct MemberRecord {
+    /// Order of joining the chat (lower = longer-standing).
+    pub join_order: u64,
+    /// Sequence number of the newest message this member has read.
+    pub read_seq: u64,
+    /// The message id the read position was set to (0 before any).
+    pub read_message_id: MessageId,
+    /// Unsent draft.
+    pub draft: Option<String>,
+    /// Notifications muted (unread counting is unaffected).
+    pub muted: bool,
+    /// Permission overrides `(pos, neg)` set by the owner.
+    pub overrides: Option<(u64, u64)>,
+}
+
+/// `chatid_msgid_message`: a message, or the tombstone of a deleted one.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct MessageRecord {
+    /// Position in the chat's send order, from 1.
+    pub seq: u64,
+    /// Who sent it.
+    pub author: UserId,
+    /// When it was recorded (unix ms).
+    pub sent_at_ms: u64,
+    /// Set once deleted; a tombstone keeps only `seq` and `author`.
+    pub deleted: bool,
+    /// Text (empty in a tombstone).
+    pub text: String,
+    /// Protobuf-encoded `MessageEntity` values.
+    pub entities: Vec<Vec<u8>>,
+    /// Protobuf-encoded `MessageMedia` values.
+    pub media: Vec<Vec<u8>>,
+    /// Last edit time (unix ms).
+    pub edited_at_ms: Option<u64>,
+    /// Protocol `MessageType` value.
+    pub message_type: i32,
+    /// The sender's idempotency key.
+    pub client_id: Option<u64>,
+}
+
+/// `code_invite`: an invite code's state.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct InviteRecord {
+    /// The group it admits to.
+    pub chat: ChatId,
+    /// Who created it.
+    pub creator: UserId,
+    /// When it was created (unix ms).
+    pub created_at_ms: u64,
+    /// Expiry (unix ms), if any.
+    pub expires_at_ms: Option<u64>,
+    /// Use limit, if any.
+    pub max_uses: Option<u32>,
+    /// Successful uses so far (never above `max_uses`).
+    pub uses: u32,
+}
+
+impl InviteRecord {
+    /// Whether the invite is past its expiry at `now_ms`.
+    pub fn is_expired(&self, now_ms: u64) -> bool {
+        self.expires_at_ms.is_some_and(|expires| now_ms >= expires)
+    }
+
+    /// Whether every allowed use is taken.
+    pub fn is_used_up(&self) -> bool {
+        self.max_uses.is_some_and(|max| self.uses >= max)
+    }
+
+    /// Whether it can still be used at `now_ms`.
+    pub fn is_active(&self, now_ms: u64) -> bool {
+        !self.is_expired(now_ms) && !self.is_used_up()
+    }
+}
+
+/// `userid_user`: a user directory entry (the protocol `User`, minus transport details).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct UserRecord {
+    /// Display name.
+    pub name: String,
+    /// Unique handle, if any.
+    pub username: Option<String>,
+    /// Photo: file id and preview bytes.
+    pub photo: Option<(u64, Vec<u8>)>,
+    /// Whether the account is a bot.
+    pub bot: bool,
+    /// Icon file id.
+    pub icon: Option<u64>,
+    /// Accent colour.
+    pub color: Option<u32>,
+}
+
+/// Typed reads of single records.
+pub fn load_chat(store: &(impl StoreRead + ?Sized), chat: ChatId) -> Result<Option<ChatRecord>, ProjectionError> {
+    load(store, Table::ChatidChat, &keys::chat(chat))
+}
+
+/// The member record of `user` in `chat`, if a member.
+pub fn load_member(
+    store: &(impl StoreRead + ?Sized),
+    chat: ChatId,
+    user: UserId,
+) -> Result<Option<MemberRecord>, ProjectionError> {
+    load(store, Table::ChatidUseridMember, &keys::member(chat, user))
+}
+
+/// A message or tombstone.
+pub fn load_message(
+    store: &(impl StoreRead + ?Sized),
+    chat: ChatId,
+    message: MessageId,
+) -> Result<Option<MessageRecord>, ProjectionError> {
+    load(store, Table::ChatidMsgidMessage, &keys::message(chat, message))
+}
+
+/// An invite by code.
+pub fn load_invite(store: &(impl StoreRead + ?Sized), code: &str) -> Result<Option<InviteRecord>, ProjectionError> {
+    load(store, Table::CodeInvite, &keys::invite(code))
+}
+
+/// A user directory entry.
+pub fn load_user(store: &(impl StoreRead + ?Sized), user: UserId) -> Result<Option<UserRecord>, ProjectionError> {
+    load(store, Table::UseridUser, &keys::user(user))
+}
+
+/// The DM (or self chat) between two users, if it exists.
+pub fn load_direct_chat(
+    store: &(impl StoreRead + ?Sized),
+    a: UserId,
+    b: UserId,
+) -> Result<Option<ChatId>, ProjectionError> {
+    let key = keys::direct_chat(a, b);
+    match store.get(Table::UseridUseridDm, &key)? {
+        None => Ok(None),
+        Some(bytes) => match <[u8; 8]>::try_from(bytes.as_slice()) {
+            Ok(raw) => Ok(Some(ChatId::from_be_bytes(raw))),
+            Err(_) => Err(ProjectionError::Decode {
+                table: Table::UseridUseridDm,
+                key_hex: hex(&key),
+                reason: format!("expected an 8-byte chat id, found {} bytes", bytes.len()),
+            }),
+        },
+    }
+}
+
+/// Every member of `chat` with their record, in user id order.
+pub fn load_members(
+    store: &(impl StoreRead + ?Sized),
+    chat: ChatId,
+) -> Result<Vec<(UserId, MemberRecord)>, ProjectionError> {
+    let prefix = keys::members_of(chat);
+    let mut members = Vec::new();
+    let mut failure = None;
+    store.scan(Table::ChatidUseridMember, ScanRange::prefix(&prefix), &mut |key, value| {
+        let parsed = keys::member_user(key)
+            .and_then(|user| Ok((user, decode::<MemberRecord>(Table::ChatidUseridMember, key, value)?)));
+        match parsed {
+            Ok(member) => {
+                members.push(member);
+                ControlFlow::Continue(())
+            }
+            Err(err) => {
+                failure = Some(err);
+                ControlFlow::Break(())
+            }
+        }
+    })?;
+    match failure {
+        Some(err) => Err(err),
+        None => Ok(members),
+    }
+}
+
+/// The projection slot's checkpoint: the last folded log position.
+pub fn load_checkpoint(store: &(impl StoreRead + ?Sized)) -> Result<Position, ProjectionError> {
+    load_u64(store, keys::META_CHECKPOINT).map(|position| Position(position.unwrap_or(0)))
+}
+
+/// The schema version the projection slot was written with, if it was ever written.
+pub fn load_schema_version(store: &(impl StoreRead + ?Sized)) -> Result<Option<u32>, ProjectionError> {
+    let Some(bytes) = store.get(Table::ProjectionMeta, keys::META_SCHEMA_VERSION)? else { return Ok(None) };
+    <[u8; 4]>::try_from(bytes.as_slice()).map(|raw| Some(u32::from_be_bytes(raw))).map_err(|_| {
+        ProjectionError::Decode {
+            table: Table::ProjectionMeta,
+            key_hex: hex(keys::META_SCHEMA_VERSION),
+            reason: format!("expected 4 bytes, found {}", bytes.len()),
+        }
+    })
+}
+
+fn load_u64(store: &(impl StoreRead + ?Sized), key: &[u8]) -> Result<Option<u64>, ProjectionError> {
+    let Some(bytes) = store.get(Table::ProjectionMeta, key)? else { return Ok(None) };
+    <[u8; 8]>::try_from(bytes.as_slice()).map(|raw| Some(u64::from_be_bytes(raw))).map_err(|_| {
+        ProjectionError::Decode {
+            table: Table::ProjectionMeta,
+            key_hex: hex(key),
+            reason: format!("expected 8 bytes, found {}", bytes.len()),
+        }
+    })
+}
+
+/// Records the checkpoint and the schema version.
+pub fn save_checkpoint(store: &mut (impl Store + ?Sized), position: Position) {
+    store.put(Table::ProjectionMeta, keys::META_CHECKPOINT.to_vec(), position.to_be_bytes().to_vec());
+    store.put(
+        Table::ProjectionMeta,
+        keys::META_SCHEMA_VERSION.to_vec(),
+        crate::limits::PROJECTION_SCHEMA_VERSION.to_be_bytes().to_vec(),
+    );
+}
