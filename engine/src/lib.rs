@@ -17,6 +17,7 @@
 //! [`log::IDEMPOTENCY_KEY_MAX_BYTES`] per idempotency key, `commit_queue_max` queued
 //! commands (then [`EngineError::Overloaded`]), `commit_batch_max` commands per batch.
 
+pub mod chat;
 pub mod clock;
 pub mod error;
 pub mod log;
@@ -25,4 +26,5 @@ pub mod schema;
 
 pub use clock::{Clock, ManualClock, SnowflakeGenerator, SystemClock};
 pub use error::EngineError;
+pub use chat::{ChatEngine, EngineConfig};
 pub use log::{Appended, CommittedBatch, Durability, EventLog, ExpectedVersion, LogConfig};

@@ -308,7 +308,7 @@ fn check_format(db: &DB, path: &Path) -> Result<(ProjectionSlot, Position), Engi
     };
     match read_meta(db, schema::META_FORMAT_VERSION)? {
         None if last_in_log == Position::ZERO => {
-            let cf = db.cf_handle(CF_META).ok_or_else(|| EngineError::Closed)?;
+            let cf = db.cf_handle(CF_META).ok_or(EngineError::Closed)?;
             let mut batch = WriteBatch::default();
             batch.put_cf(cf, schema::META_FORMAT_VERSION, schema::FORMAT_VERSION.to_be_bytes());
             batch.put_cf(cf, schema::META_PROJECTION_SLOT, [ProjectionSlot::A.tag()]);
@@ -550,10 +550,10 @@ impl EventLog {
 impl Drop for EventLog {
     fn drop(&mut self) {
         self.submit.take(); // the writer drains the queue, then stops
-        if let Some(writer) = self.writer.take() {
-            if writer.join().is_err() {
-                tracing::error!("the log writer thread panicked");
-            }
+        if let Some(writer) = self.writer.take()
+            && writer.join().is_err()
+        {
+            tracing::error!("the log writer thread panicked");
         }
     }
 }

@@ -1,6 +1,8 @@
 //! The event log's contract: ordering, conflicts, idempotency, concurrency, durability
 //! across reopen, and typed errors for bad directories and records.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use osmium_engine::log::{EventLog, ExpectedVersion, LogConfig};
 use osmium_engine::schema::{CF_META, CF_POSITION_EVENT, META_FORMAT_VERSION};
 use osmium_engine::{EngineError, ManualClock};

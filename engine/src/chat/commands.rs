@@ -387,10 +387,8 @@ pub(crate) fn create_chat_invite(
     code: String,
 ) -> Result<Proposal, EngineError> {
     let group = resolve_owned_group(ctx.state, actor, request.chat_ref.as_ref(), "invites")?;
-    if let Some(expires_at) = request.expires_at {
-        if expires_at <= ctx.now_ms {
-            return Err(EngineError::invalid("expires_at", "must be in the future (unix milliseconds)"));
-        }
+    if request.expires_at.is_some_and(|expires_at| expires_at <= ctx.now_ms) {
+        return Err(EngineError::invalid("expires_at", "must be in the future (unix milliseconds)"));
     }
     if request.max_uses == Some(0) {
         return Err(EngineError::invalid("max_uses", "must be at least 1 when given"));

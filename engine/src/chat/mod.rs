@@ -113,7 +113,7 @@ impl ChatEngine {
         let log = EventLog::open(path, config.log)?;
         let hub = Arc::new(UpdateHub::default());
         let typing = Arc::new(TypingState::new(clock.clone(), config.limits.typing_expiry_ms));
-        let fan_out = tokio::spawn(updates::fan_out(log.shared().clone(), hub.clone(), typing.clone(), log.subscribe()));
+        let fan_out = tokio::spawn(updates::fan_out(Arc::downgrade(log.shared()), hub.clone(), typing.clone(), log.subscribe()));
         let inner = Arc::new_cyclic(|weak: &std::sync::Weak<EngineInner>| {
             let weak = weak.clone();
             let expiry = tokio::spawn(async move {

@@ -92,8 +92,11 @@ fn update(kind: updates::update::Update) -> updates::Update {
 }
 
 /// Runs until the log closes: turns every committed batch into user updates.
+///
+/// It holds the log only weakly, so that dropping the engine closes the database (and
+/// releases the directory lock) at once, not when this task is next polled.
 pub(crate) async fn fan_out(
-    shared: Arc<LogShared>,
+    shared: std::sync::Weak<LogShared>,
     hub: Arc<UpdateHub>,
     typing: Arc<TypingState>,
     mut batches: broadcast::Receiver<Arc<CommittedBatch>>,
@@ -104,6 +107,7 @@ pub(crate) async fn fan_out(
                 if !hub.has_subscribers() && !typing.any() {
                     continue;
                 }
+                let Some(shared) = shared.upgrade() else { return };
                 let view = RocksView::snapshot(&shared.db, shared.slot);
                 for event in &batch.events {
                     if let Err(err) = publish_event(&view, &hub, &typing, event) {
@@ -310,7 +314,7 @@ impl TypingState {
     pub(crate) fn take_expired(&self) -> Vec<(ChatId, UserId)> {
         let now = self.clock.now_ms();
         let Ok(mut state) = self.typing.lock() else { return Vec::new() };
-        let expired: Vec<_> = state.iter().filter(|(_, &until)| now >= until).map(|(&key, _)| key).collect();
+        let expired: Vec<_> = state.iter().filter(|(_, until)| now >= **until).map(|(&key, _)| key).collect();
         for key in &expired {
             state.remove(key);
         }

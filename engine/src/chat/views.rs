@@ -80,13 +80,7 @@ pub(crate) fn chats_view(view: &dyn StoreRead, viewer: UserId, page: ChatListPag
         })?;
         response.chats.push(query::conversation(view, viewer, chat_id, &chat, &member)?);
         let group = query::group_view(view, viewer, chat_id, &chat)?;
-        match (&chat.kind, &group) {
-            (osmium_projections::records::ChatKind::Direct { user_a, user_b }, _) => {
-                ids.insert(*user_a);
-                ids.insert(*user_b);
-            }
-            _ => {}
-        }
+        referenced_users(&chat, None, &mut ids);
         if let Some(message) = last_message(view, viewer, chat_id, &chat)? {
             ids.insert(UserId(message.author_id));
             response.messages.push(message);

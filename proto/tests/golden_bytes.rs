@@ -1,0 +1,151 @@
+//! Wire compatibility: byte strings written by hand from the protobuf encoding rules
+//! decode to the expected fields and re-encode to the same bytes.
+//! Tag byte = (field number << 3) | wire type (0 varint, 1 fixed64, 2 length-delimited).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use osmium_proto::chats::{GetChats, MarkChatRead};
+use osmium_proto::core::{ClientMessage, RpcError, RpcResult, client_message, rpc_result};
+use osmium_proto::messages::SendMessage;
+use osmium_proto::prost::Message;
+use osmium_proto::refs::{ChatRef, GroupRef, RefSelf, UserRef, chat_ref};
+use osmium_proto::types::{Conversation, PermissionOverrides, User};
+use osmium_proto::updates::{Update, UpdateConversationLastRead, update};
+
+fn group_ref_7() -> Vec<u8> {
+    // ChatRef.group (3, LEN) = 0x1a, 9 bytes: GroupRef.group_id (1, fixed64) = 0x09 + 7 LE
+    vec![0x1a, 0x09, 0x09, 7, 0, 0, 0, 0, 0, 0, 0]
+}
+
+fn mark_chat_read_bytes() -> Vec<u8> {
+    let mut bytes = vec![0x0a, 0x0b]; // chat_ref (1, LEN), 11 bytes
+    bytes.extend(group_ref_7());
+    bytes.extend([0x11, 0x2c, 0x01, 0, 0, 0, 0, 0, 0]); // message_id (2, fixed64) = 300
+    bytes.extend([0x18, 0x03]); // read_amount (3, varint) = 3
+    bytes
+}
+
+fn group_7() -> ChatRef {
+    ChatRef { r#ref: Some(chat_ref::Ref::Group(GroupRef { group_id: 7 })) }
+}
+
+#[test]
+fn get_chats_golden_bytes_decode_and_reencode() {
+    let bytes = [
+        0x08, 0x0a, // limit (1, varint) = 10
+        0x11, 8, 7, 6, 5, 4, 3, 2, 1, // max_id (2, fixed64) = 0x0102030405060708
+        0x19, 5, 0, 0, 0, 0, 0, 0, 0, // min_id (3, fixed64) = 5
+    ];
+    let decoded = GetChats::decode(&bytes[..]).unwrap();
+    assert_eq!(decoded, GetChats { limit: Some(10), max_id: Some(0x0102_0304_0506_0708), min_id: Some(5) });
+    assert_eq!(decoded.encode_to_vec(), bytes);
+}
+
+#[test]
+fn mark_chat_read_golden_bytes_decode_and_reencode() {
+    let bytes = mark_chat_read_bytes();
+    let decoded = MarkChatRead::decode(&bytes[..]).unwrap();
+    assert_eq!(decoded, MarkChatRead { chat_ref: Some(group_7()), message_id: 300, read_amount: Some(3) });
+    assert_eq!(decoded.encode_to_vec(), bytes);
+}
+
+#[test]
+fn conversation_golden_bytes_decode_and_reencode() {
+    let mut bytes = vec![0x0a, 0x0b, 0x0a, 0x09, 0x09, 9, 0, 0, 0, 0, 0, 0, 0]; // chat_ref.user (1) = 9
+    bytes.extend([0x11, 100, 0, 0, 0, 0, 0, 0, 0]); // last_message_id (2, fixed64) = 100
+    bytes.extend([0x19, 90, 0, 0, 0, 0, 0, 0, 0]); // last_read_message_id (3, fixed64) = 90
+    bytes.extend([0x28, 0x04]); // unread_count (5, varint) = 4
+    bytes.extend([0x32, 0x02, b'h', b'i']); // draft (6, LEN) = "hi"
+    bytes.extend([0x3a, 0x12, 0x09, 4, 0, 0, 0, 0, 0, 0, 0, 0x11, 32, 0, 0, 0, 0, 0, 0, 0]); // permissions (7)
+    bytes.extend([0x40, 0x01]); // muted (8, varint) = true
+    let decoded = Conversation::decode(&bytes[..]).unwrap();
+    let expected = Conversation {
+        chat_ref: Some(ChatRef { r#ref: Some(chat_ref::Ref::User(UserRef { user_id: 9 })) }),
+        last_message_id: 100,
+        last_read_message_id: 90,
+        unread_count: 4,
+        draft: Some("hi".into()),
+        permissions: Some(PermissionOverrides { pos: 4, neg: 32 }),
+        muted: true,
+    };
+    assert_eq!(decoded, expected);
+    assert_eq!(decoded.encode_to_vec(), bytes);
+}
+
+#[test]
+fn client_message_with_mark_chat_read_golden_bytes_decode_and_reencode() {
+    let inner = mark_chat_read_bytes();
+    let mut bytes = vec![0x08, 0x07]; // id (1, varint) = 7
+    bytes.extend([0xaa, 0x01, inner.len() as u8]); // chats_mark_chat_read (21, LEN): tag 170 as varint
+    bytes.extend(&inner);
+    let decoded = ClientMessage::decode(&bytes[..]).unwrap();
+    assert_eq!(decoded.id, 7);
+    assert!(matches!(
+        &decoded.message,
+        Some(client_message::Message::ChatsMarkChatRead(mark)) if mark.message_id == 300 && mark.chat_ref == Some(group_7())
+    ));
+    assert_eq!(decoded.encode_to_vec(), bytes);
+}
+
+#[test]
+fn client_message_with_send_message_golden_bytes_decode_and_reencode() {
+    let send = [
+        0x0a, 0x02, 0x22, 0x00, // chat_ref (1) = { self (4) = {} }
+        0x12, 0x02, b'y', b'o', // message (2) = "yo"
+        0x49, 77, 0, 0, 0, 0, 0, 0, 0, // client_id (9, fixed64) = 77
+    ];
+    let mut bytes = vec![0x08, 0x01, 0x22, send.len() as u8]; // id = 1; messages_send_message (4, LEN)
+    bytes.extend(send);
+    let decoded = ClientMessage::decode(&bytes[..]).unwrap();
+    let expected = SendMessage {
+        chat_ref: Some(ChatRef { r#ref: Some(chat_ref::Ref::Self_(RefSelf {})) }),
+        message: "yo".into(),
+        client_id: Some(77),
+        ..SendMessage::default()
+    };
+    assert_eq!(decoded.message, Some(client_message::Message::MessagesSendMessage(expected)));
+    assert_eq!(decoded.encode_to_vec(), bytes);
+}
+
+#[test]
+fn rpc_result_with_an_error_golden_bytes_decode_and_reencode() {
+    let bytes = [
+        0x08, 0x05, // req_id (1) = 5
+        0x12, 0x07, // error (2, LEN), 7 bytes
+        0x08, 0x94, 0x03, // error_code (1, varint) = 404
+        0x12, 0x02, b'n', b'f', // error_message (2) = "nf"
+    ];
+    let decoded = RpcResult::decode(&bytes[..]).unwrap();
+    let error = RpcError { error_code: 404, error_message: "nf".into() };
+    assert_eq!(decoded, RpcResult { req_id: 5, result: Some(rpc_result::Result::Error(error)) });
+    assert_eq!(decoded.encode_to_vec(), bytes);
+}
+
+#[test]
+fn update_conversation_last_read_golden_bytes_keep_an_explicit_zero_unread_count() {
+    let mut inner = vec![0x0a, 0x0b];
+    inner.extend(group_ref_7());
+    inner.extend([0x11, 0x2c, 0x01, 0, 0, 0, 0, 0, 0]); // last_read_message_id (2) = 300
+    inner.extend([0x18, 0x00]); // unread_count (3, optional varint) = 0, present
+    let mut bytes = vec![0xc2, 0x01, inner.len() as u8]; // conversation_last_read (24, LEN)
+    bytes.extend(&inner);
+    let decoded = Update::decode(&bytes[..]).unwrap();
+    let expected = UpdateConversationLastRead {
+        chat_ref: Some(group_7()),
+        last_read_message_id: 300,
+        unread_count: Some(0),
+        unread_mentions_count: None,
+    };
+    assert_eq!(decoded.update, Some(update::Update::ConversationLastRead(expected)));
+    assert_eq!(decoded.encode_to_vec(), bytes);
+}
+
+#[test]
+fn fields_from_newer_clients_are_skipped_not_rejected() {
+    // User.status (4) is skipped by the chat subset; a client may still send it.
+    let user = [0x09, 1, 0, 0, 0, 0, 0, 0, 0, 0x12, 0x01, b'a', 0x22, 0x03, b'x', b'y', b'z'];
+    assert_eq!(User::decode(&user[..]).unwrap(), User { id: 1, name: "a".into(), ..User::default() });
+    // Later revisions add Conversation.unread_mentions_count (9).
+    let conversation = [0x28, 0x02, 0x48, 0x05];
+    assert_eq!(Conversation::decode(&conversation[..]).unwrap().unread_count, 2);
+}

@@ -1,0 +1,135 @@
+//! `get_chats`: order, paging, limits, large groups, and a whole day in a small group.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+use common::*;
+use osmium_state::proto::ids::UserId;
+use osmium_state::proto::{auth, chats, types};
+
+#[tokio::test]
+async fn get_chats_orders_by_last_message_newest_first() {
+    let f = fixture().await;
+    let quiet = create_group(&f.engine, ANN, &[BOB]).await;
+    send(&f.engine, BOB, &dm(ANN), "dm").await;
+    let busy = create_group(&f.engine, ANN, &[CAT]).await;
+    let newest = send(&f.engine, CAT, &group(busy), "latest").await;
+    let list = chat_list(&f.engine, ANN, chats::GetChats::default()).await;
+    assert_eq!(list.len(), 3);
+    assert_eq!(list[0], newest.get());
+    assert_eq!(list[2], quiet, "a group without messages sorts by its own id");
+    assert!(list.windows(2).all(|pair| pair[0] > pair[1]));
+}
+
+#[tokio::test]
+async fn paging_with_max_id_or_min_id_visits_every_conversation_exactly_once() {
+    let f = fixture().await;
+    for peer in 2..=6 {
+        send(&f.engine, ANN, &dm(UserId(peer)), "hi").await;
+    }
+    for _ in 0..4 {
+        create_group(&f.engine, ANN, &[BOB]).await;
+    }
+    let all = chat_list(&f.engine, ANN, chats::GetChats::default()).await;
+    assert_eq!(all.len(), 9);
+    for limit in 1..=5 {
+        let mut backwards = Vec::new();
+        let mut max_id = None;
+        loop {
+            let page = chat_list(&f.engine, ANN, chats::GetChats { limit: Some(limit), max_id, min_id: None }).await;
+            if page.is_empty() {
+                break;
+            }
+            max_id = page.last().copied();
+            backwards.extend(page);
+        }
+        assert_eq!(backwards, all, "max_id paging at limit {limit}");
+        let mut forwards = Vec::new();
+        let mut min_id = Some(0);
+        loop {
+            let page = chat_list(&f.engine, ANN, chats::GetChats { limit: Some(limit), max_id: None, min_id }).await;
+            if page.is_empty() {
+                break;
+            }
+            min_id = page.first().copied();
+            forwards.splice(0..0, page);
+        }
+        assert_eq!(forwards, all, "min_id paging at limit {limit}");
+    }
+}
+
+#[tokio::test]
+async fn the_page_size_defaults_to_50_and_is_capped_at_100() {
+    let f = fixture().await;
+    for _ in 0..120 {
+        create_group(&f.engine, ANN, &[]).await;
+    }
+    assert_eq!(chat_list(&f.engine, ANN, chats::GetChats::default()).await.len(), 50);
+    assert_eq!(chat_list(&f.engine, ANN, chats::GetChats { limit: Some(500), ..Default::default() }).await.len(), 100);
+}
+
+#[tokio::test]
+async fn a_group_above_the_fan_out_limit_is_listed_and_ordered_like_any_other() {
+    let f = fixture().await;
+    for id in 1_000..1_300 {
+        f.engine.upsert_user(types::User { id, name: format!("u{id}"), ..Default::default() }).await.unwrap();
+    }
+    let members: Vec<UserId> = (1_000..1_300).map(UserId).collect();
+    let big = create_group(&f.engine, ANN, &members).await;
+    send(&f.engine, ANN, &dm(BOB), "small chat").await;
+    let list = chat_list(&f.engine, UserId(1_000), chats::GetChats::default()).await;
+    assert_eq!(list, [big]);
+    let newest = send(&f.engine, UserId(1_299), &group(big), "to everyone").await;
+    let ann = chat_list(&f.engine, ANN, chats::GetChats::default()).await;
+    assert_eq!(ann[0], newest.get());
+    assert_eq!(conversation(&f.engine, UserId(1_000), &group(big)).await.unread_count, 1);
+    let older = chat_list(&f.engine, ANN, chats::GetChats { max_id: Some(newest.get()), ..Default::default() }).await;
+    assert_eq!(older.len(), 1, "the DM only");
+}
+
+/// A day in a small group: created, invite, join by code, chat, read on two devices,
+/// leave, owner hand-over; checked against the expected chat lists.
+#[tokio::test]
+async fn a_whole_day_in_a_small_group() {
+    let f = fixture().await;
+    let id = create_group(&f.engine, ANN, &[BOB]).await;
+    let code = f
+        .engine
+        .create_chat_invite(ANN, chats::CreateChatInvite { chat_ref: Some(group(id)), expires_at: None, max_uses: Some(2) })
+        .await
+        .unwrap()
+        .code;
+    f.engine.use_invite(CAT, auth::UseInvite { code: code.clone() }).await.unwrap();
+    let morning = send(&f.engine, ANN, &group(id), "good morning").await;
+    send(&f.engine, BOB, &group(id), "morning!").await;
+    let lunch = send(&f.engine, CAT, &group(id), "lunch?").await;
+
+    let mut cat_phone = f.engine.subscribe(CAT);
+    mark_read(&f.engine, CAT, &group(id), lunch).await; // on the laptop
+    let seen_on_phone = loop {
+        let update = cat_phone.next().await.unwrap();
+        if let Some(osmium_state::proto::updates::update::Update::ConversationLastRead(read)) = update.update.update {
+            break read;
+        }
+    };
+    assert_eq!((seen_on_phone.last_read_message_id, seen_on_phone.unread_count), (lunch.get(), Some(0)));
+
+    let ann_view = conversation(&f.engine, ANN, &group(id)).await;
+    assert_eq!((ann_view.unread_count, ann_view.last_read_message_id), (2, morning.get()));
+
+    f.engine.remove_chat_member(ANN, chats::RemoveChatMember { chat_ref: Some(group(id)), user_id: ANN.get() }).await.unwrap();
+    let evening = send(&f.engine, BOB, &group(id), "ann left, bob owns it now").await;
+    let bob_chat = f.engine.get_chat(BOB, chats::GetChat { chat_ref: Some(group(id)) }).await.unwrap();
+    let bob_group = bob_chat.group.unwrap();
+    assert!(bob_group.owner, "bob joined before cat");
+    assert_eq!(bob_group.participant_ids, [BOB.get(), CAT.get()]);
+
+    let cat_list = f.engine.get_chats(CAT, chats::GetChats::default()).await.unwrap();
+    assert_eq!(cat_list.chats.len(), 1);
+    assert_eq!(cat_list.chats[0].last_message_id, evening.get());
+    assert_eq!(cat_list.chats[0].unread_count, 1);
+    assert_eq!(cat_list.messages[0].message, "ann left, bob owns it now");
+    assert_eq!(cat_list.groups[0].participant_ids, [BOB.get(), CAT.get()]);
+    assert!(f.engine.get_chats(ANN, chats::GetChats::default()).await.unwrap().chats.is_empty());
+    let details = f.engine.chat_invite_details(BOB, group(id)).await.unwrap();
+    assert_eq!(details[0].uses, 1);
+}

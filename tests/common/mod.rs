@@ -1,0 +1,94 @@
+//! Shared fixtures of the integration tests: an engine on a temp directory with a manual
+//! clock, users 1..=6 in the directory, and short names for chat references.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use osmium_state::proto::ids::{MessageId, UserId};
+use osmium_state::proto::refs::{ChatRef, GroupRef, RefSelf, UserRef, chat_ref::Ref};
+use osmium_state::proto::{chats, messages, types};
+use osmium_state::{ChatEngine, EngineConfig, EngineError, LogConfig, ManualClock};
+use std::sync::Arc;
+
+pub const START_MS: u64 = 1_750_000_000_000;
+
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+    pub engine: ChatEngine,
+    pub clock: ManualClock,
+}
+
+pub fn config(clock: &ManualClock) -> EngineConfig {
+    EngineConfig {
+        log: LogConfig { clock: Arc::new(clock.clone()), ..LogConfig::default() },
+        ..EngineConfig::default()
+    }
+}
+
+pub async fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let engine = ChatEngine::open(dir.path(), config(&clock)).await.unwrap();
+    for id in 1..=6 {
+        engine.upsert_user(types::User { id, name: format!("user{id}"), ..Default::default() }).await.unwrap();
+    }
+    Fixture { dir, engine, clock }
+}
+
+impl Fixture {
+    /// Closes the engine and opens the same directory again.
+    pub async fn reopen(self) -> Fixture {
+        let Fixture { dir, engine, clock } = self;
+        drop(engine);
+        let engine = ChatEngine::open(dir.path(), config(&clock)).await.unwrap();
+        Fixture { dir, engine, clock }
+    }
+}
+
+pub const ANN: UserId = UserId(1);
+pub const BOB: UserId = UserId(2);
+pub const CAT: UserId = UserId(3);
+pub const DAN: UserId = UserId(4);
+pub const EVE: UserId = UserId(5);
+
+pub fn dm(peer: UserId) -> ChatRef {
+    ChatRef { r#ref: Some(Ref::User(UserRef { user_id: peer.get() })) }
+}
+
+pub fn group(id: u64) -> ChatRef {
+    ChatRef { r#ref: Some(Ref::Group(GroupRef { group_id: id })) }
+}
+
+pub fn own_chat() -> ChatRef {
+    ChatRef { r#ref: Some(Ref::Self_(RefSelf {})) }
+}
+
+pub async fn send(engine: &ChatEngine, actor: UserId, chat: &ChatRef, text: &str) -> MessageId {
+    let request = messages::SendMessage { chat_ref: Some(*chat), message: text.into(), ..Default::default() };
+    MessageId(engine.send_message(actor, request).await.unwrap().message_id)
+}
+
+pub async fn create_group(engine: &ChatEngine, owner: UserId, members: &[UserId]) -> u64 {
+    let users = members.iter().map(|user| UserRef { user_id: user.get() }).collect();
+    engine.create_chat(owner, chats::CreateChat { users, name: "crew".into() }).await.unwrap().id
+}
+
+pub async fn conversation(engine: &ChatEngine, actor: UserId, chat: &ChatRef) -> types::Conversation {
+    conversation_result(engine, actor, chat).await.unwrap()
+}
+
+pub async fn conversation_result(
+    engine: &ChatEngine,
+    actor: UserId,
+    chat: &ChatRef,
+) -> Result<types::Conversation, EngineError> {
+    let chat = engine.get_chat(actor, chats::GetChat { chat_ref: Some(*chat) }).await?;
+    Ok(chat.chat.unwrap())
+}
+
+pub async fn mark_read(engine: &ChatEngine, actor: UserId, chat: &ChatRef, message: MessageId) {
+    let request = chats::MarkChatRead { chat_ref: Some(*chat), message_id: message.get(), read_amount: None };
+    engine.mark_chat_read(actor, request).await.unwrap();
+}
+
+pub async fn chat_list(engine: &ChatEngine, actor: UserId, request: chats::GetChats) -> Vec<u64> {
+    engine.get_chats(actor, request).await.unwrap().chats.iter().map(|c| c.last_message_id).collect()
+}
