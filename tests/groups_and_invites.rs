@@ -327,3 +327,42 @@ async fn errors_map_to_protocol_rpc_errors() {
     assert_eq!(invalid.error_code, 400);
     assert!(invalid.error_message.contains("limit"));
 }
+
+#[tokio::test]
+async fn group_size_and_invites_per_chat_are_bounded_by_the_configured_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = osmium_state::ManualClock::new(START_MS);
+    let mut config = common::config(&clock);
+    config.limits.group_members_max = 3;
+    config.limits.invites_per_chat_max = 2;
+    let engine = osmium_state::ChatEngine::open(dir.path(), config).await.unwrap();
+    for id in 1..=5 {
+        engine.upsert_user(types::User { id, name: format!("u{id}"), ..Default::default() }).await.unwrap();
+    }
+    let too_big = chats::CreateChat { users: [2, 3, 4].map(|user_id| refs::UserRef { user_id }).to_vec(), name: "g".into() };
+    assert!(matches!(engine.create_chat(ANN, too_big).await, Err(EngineError::InvalidArgument { field: "users", .. })));
+    let id = create_group(&engine, ANN, &[BOB, CAT]).await;
+    assert!(matches!(engine.add_chat_member(ANN, add(id, DAN)).await, Err(EngineError::InvalidArgument { field: "user_id", .. })));
+    for _ in 0..2 {
+        engine.create_chat_invite(ANN, invite_request(id, None, None)).await.unwrap();
+    }
+    let third = engine.create_chat_invite(ANN, invite_request(id, None, None)).await;
+    assert!(matches!(third, Err(EngineError::InvalidArgument { field: "chat_ref", .. })));
+}
+
+#[tokio::test]
+async fn the_projections_always_equal_a_fold_of_the_log() {
+    let f = fixture().await;
+    let id = create_group(&f.engine, ANN, &[BOB, CAT]).await;
+    let code = invite(&f, id, Some(3)).await;
+    f.engine.use_invite(DAN, use_code(&code)).await.unwrap();
+    let message = send(&f.engine, BOB, &group(id), "hello").await;
+    send(&f.engine, DAN, &dm(EVE), "hi eve").await;
+    f.engine.set_muted(CAT, group(id), true).await.unwrap();
+    f.engine.set_permission_overrides(ANN, group(id), DAN, types::PermissionOverrides { pos: 0, neg: 32 }).await.unwrap();
+    mark_read(&f.engine, CAT, &group(id), message).await;
+    f.engine.delete_message(ANN, messages::DeleteMessage { chat_ref: Some(group(id)), message_ids: vec![message.get()] }).await.unwrap();
+    f.engine.remove_chat_member(ANN, remove(id, ANN)).await.unwrap();
+    f.engine.delete_chat_invite(BOB, chats::DeleteChatInvite { code }).await.unwrap();
+    assert_projections_equal_a_fold_of_the_log(&f.engine);
+}

@@ -19,7 +19,7 @@ use crate::error::EngineError;
 use crate::rocks::RocksView;
 use crate::schema::{self, CF_IDEMKEY_POSITION, CF_META, CF_POSITION_EVENT, CF_STREAMID_VERSION_POSITION, ProjectionSlot};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
-use osmium_projections::{Overlay, StoreRead, records};
+use osmium_projections::{MemStore, Overlay, Store, StoreRead, Table, records};
 use osmium_proto::events::{EventEnvelope, StreamRef, event_envelope::Event, stream_ref::Stream};
 use osmium_proto::ids::{Position, StreamId, StreamVersion, UserId};
 use osmium_proto::prost::Message as _;
@@ -533,6 +533,26 @@ impl EventLog {
         }
         iter.status().map_err(EngineError::storage("reading the stream index"))?;
         positions.into_iter().map(|position| read_one(shared, position)).collect()
+    }
+
+    /// Every entry of the served projection slot, copied into memory (for verification:
+    /// compare with a fold of the log into a fresh [`MemStore`]).
+    pub fn projection_contents(&self) -> Result<MemStore, EngineError> {
+        let shared = &self.shared;
+        let snapshot = shared.db.snapshot();
+        let mut contents = MemStore::new();
+        for table in Table::ALL {
+            let mut options = rocksdb::ReadOptions::default();
+            options.set_snapshot(&snapshot);
+            let mut iter = shared.db.raw_iterator_cf_opt(shared.cf(shared.slot.column_family(table))?, options);
+            iter.seek_to_first();
+            while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
+                contents.put(table, key.to_vec(), value.to_vec());
+                iter.next();
+            }
+            iter.status().map_err(EngineError::storage("reading projections"))?;
+        }
+        Ok(contents)
     }
 
     /// The newest durable position, as a `watch` that changes after every commit.

@@ -248,3 +248,31 @@ fn overwrite(path: &std::path::Path, cf: &str, key: &[u8], value: &[u8]) {
     let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), path, names).unwrap();
     db.put_cf(db.cf_handle(cf).unwrap(), key, value).unwrap();
 }
+
+#[tokio::test]
+async fn projections_of_another_schema_version_are_refused_with_a_rebuild_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = EventLog::open(dir.path(), config()).unwrap();
+        upsert(&log, 1, "a").await.unwrap();
+    }
+    overwrite(dir.path(), "projection_meta#a", b"schema_version", &99u32.to_be_bytes());
+    let opened = EventLog::open(dir.path(), config());
+    assert!(matches!(opened, Err(EngineError::ProjectionSchemaMismatch { found: 99, expected: 1 })), "{opened:?}");
+    assert!(opened.unwrap_err().to_string().contains("osmium-replay rebuild"));
+}
+
+#[tokio::test]
+async fn meta_last_position_disagreeing_with_the_log_is_a_corruption_error_with_expected_and_found() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = EventLog::open(dir.path(), config()).unwrap();
+        upsert(&log, 1, "a").await.unwrap();
+    }
+    overwrite(dir.path(), CF_META, b"last_position", &5u64.to_be_bytes());
+    let opened = EventLog::open(dir.path(), config());
+    assert!(
+        matches!(&opened, Err(EngineError::Corrupt { expected, found, .. }) if expected == "5" && found == "1"),
+        "{opened:?}"
+    );
+}

@@ -92,3 +92,24 @@ pub async fn mark_read(engine: &ChatEngine, actor: UserId, chat: &ChatRef, messa
 pub async fn chat_list(engine: &ChatEngine, actor: UserId, request: chats::GetChats) -> Vec<u64> {
     engine.get_chats(actor, request).await.unwrap().chats.iter().map(|c| c.last_message_id).collect()
 }
+
+/// Folds the whole log from scratch into memory and compares it with the live projections.
+pub fn assert_projections_equal_a_fold_of_the_log(engine: &ChatEngine) {
+    use osmium_state::proto::ids::Position;
+    let mut rebuilt = osmium_state::projections::MemStore::new();
+    let mut from = Position(1);
+    loop {
+        let events = engine.log().read_all(from, 1_000).unwrap();
+        let Some(last) = events.last() else { break };
+        from = Position(last.position + 1);
+        for event in &events {
+            osmium_state::projections::apply(&mut rebuilt, event).unwrap();
+        }
+    }
+    let live = engine.log().projection_contents().unwrap();
+    for table in osmium_state::projections::Table::ALL {
+        let live_entries: Vec<_> = live.entries(table).collect();
+        let rebuilt_entries: Vec<_> = rebuilt.entries(table).collect();
+        assert_eq!(live_entries, rebuilt_entries, "table {table:?} differs from a fold of the log");
+    }
+}
