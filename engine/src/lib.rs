@@ -21,6 +21,7 @@ pub mod chat;
 pub mod clock;
 pub mod error;
 pub mod log;
+pub mod maintenance;
 mod rocks;
 pub mod schema;
 

@@ -221,7 +221,7 @@ impl std::fmt::Debug for EventLog {
     }
 }
 
-fn db_options() -> Options {
+pub(crate) fn db_options() -> Options {
     let mut options = Options::default();
     options.create_if_missing(true);
     options.create_missing_column_families(true);
@@ -230,17 +230,43 @@ fn db_options() -> Options {
     options
 }
 
-/// Opens (creating when missing) the RocksDB database of a data directory after checking
-/// that it is one, and returns it with the directory lock held.
-fn open_database(path: &Path) -> Result<(DB, File), EngineError> {
+/// Takes the directory's lock file, or says who holds it.
+fn lock_directory(path: &Path) -> Result<File, EngineError> {
     let io = |source| EngineError::Io { path: path.to_path_buf(), source };
     std::fs::create_dir_all(path).map_err(io)?;
     let lock = File::options().create(true).truncate(false).write(true).open(path.join(LOCK_FILE_NAME)).map_err(io)?;
     match lock.try_lock() {
-        Ok(()) => {}
-        Err(TryLockError::WouldBlock) => return Err(EngineError::DirectoryInUse { path: path.to_path_buf() }),
-        Err(TryLockError::Error(source)) => return Err(io(source)),
+        Ok(()) => Ok(lock),
+        Err(TryLockError::WouldBlock) => Err(EngineError::DirectoryInUse { path: path.to_path_buf() }),
+        Err(TryLockError::Error(source)) => Err(io(source)),
     }
+}
+
+/// Opens the RocksDB database of a data directory read-only, without taking the lock: a
+/// running engine may hold it. Sees the state as of the open.
+pub(crate) fn open_database_read_only(path: &Path) -> Result<DB, EngineError> {
+    if !path.join("CURRENT").exists() {
+        return Err(EngineError::NotAnEngineDirectory {
+            path: path.to_path_buf(),
+            reason: "it holds no RocksDB database".into(),
+        });
+    }
+    let options = db_options();
+    let existing = DB::list_cf(&options, path).map_err(EngineError::storage("listing column families"))?;
+    if !existing.iter().any(|name| name == CF_META) {
+        return Err(EngineError::NotAnEngineDirectory {
+            path: path.to_path_buf(),
+            reason: "it is a RocksDB database without the osmium-state `meta` column family".into(),
+        });
+    }
+    DB::open_cf_for_read_only(&options, path, existing, false).map_err(EngineError::storage("opening the database read-only"))
+}
+
+/// Opens (creating when missing) the RocksDB database of a data directory after checking
+/// that it is one, and returns it with the directory lock held.
+pub(crate) fn open_database(path: &Path) -> Result<(DB, File), EngineError> {
+    let io = |source| EngineError::Io { path: path.to_path_buf(), source };
+    let lock = lock_directory(path)?;
     let has_rocksdb = path.join("CURRENT").exists();
     if !has_rocksdb {
         let foreign = std::fs::read_dir(path)
@@ -276,7 +302,7 @@ fn open_database(path: &Path) -> Result<(DB, File), EngineError> {
     Ok((db, lock))
 }
 
-fn read_meta(db: &DB, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError> {
+pub(crate) fn read_meta(db: &DB, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError> {
     let cf = db.cf_handle(CF_META).ok_or_else(|| EngineError::Corrupt {
         what: "column families".into(),
         expected: CF_META.into(),
@@ -285,9 +311,9 @@ fn read_meta(db: &DB, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError> {
     db.get_cf(cf, key).map_err(EngineError::storage("reading meta"))
 }
 
-/// Checks the format version (writing it into a new directory) and returns the active
-/// projection slot and the last position, cross-checked against the log itself.
-fn check_format(db: &DB, path: &Path) -> Result<(ProjectionSlot, Position), EngineError> {
+/// Checks the format version (writing it into a new directory when `writable`) and returns
+/// the active projection slot and the last position, cross-checked against the log itself.
+pub(crate) fn check_format(db: &DB, path: &Path, writable: bool) -> Result<(ProjectionSlot, Position), EngineError> {
     let last_in_log = {
         let cf = db.cf_handle(CF_POSITION_EVENT).ok_or_else(|| EngineError::Corrupt {
             what: "column families".into(),
@@ -307,6 +333,12 @@ fn check_format(db: &DB, path: &Path) -> Result<(ProjectionSlot, Position), Engi
         }
     };
     match read_meta(db, schema::META_FORMAT_VERSION)? {
+        None if last_in_log == Position::ZERO && !writable => {
+            return Err(EngineError::NotAnEngineDirectory {
+                path: path.to_path_buf(),
+                reason: "it was never initialised by an engine".into(),
+            });
+        }
         None if last_in_log == Position::ZERO => {
             let cf = db.cf_handle(CF_META).ok_or(EngineError::Closed)?;
             let mut batch = WriteBatch::default();
@@ -395,7 +427,7 @@ impl EventLog {
     pub fn open(path: impl AsRef<Path>, config: LogConfig) -> Result<EventLog, EngineError> {
         let path = path.as_ref();
         let (db, lock) = open_database(path)?;
-        let (slot, last_position) = check_format(&db, path)?;
+        let (slot, last_position) = check_format(&db, path, true)?;
         let shared = Arc::new(LogShared {
             db,
             path: path.to_path_buf(),
@@ -592,10 +624,25 @@ fn read_one(shared: &LogShared, position: Position) -> Result<EventEnvelope, Eng
 }
 
 pub(crate) fn read_all(shared: &LogShared, from: Position, limit: usize) -> Result<Vec<EventEnvelope>, EngineError> {
-    let durable = shared.durable_position();
+    read_events(&shared.db, from, shared.durable_position(), limit)
+}
+
+/// Up to `limit` events from `from` to `durable` (inclusive), checking that positions are
+/// gapless and that every record decodes.
+pub(crate) fn read_events(
+    db: &DB,
+    from: Position,
+    durable: Position,
+    limit: usize,
+) -> Result<Vec<EventEnvelope>, EngineError> {
     let from = from.max(Position(1));
     let mut events = Vec::with_capacity(limit.min(4_096));
-    let mut iter = shared.db.raw_iterator_cf(shared.cf(CF_POSITION_EVENT)?);
+    let cf = db.cf_handle(CF_POSITION_EVENT).ok_or_else(|| EngineError::Corrupt {
+        what: "column families".into(),
+        expected: CF_POSITION_EVENT.into(),
+        found: "none".into(),
+    })?;
+    let mut iter = db.raw_iterator_cf(cf);
     iter.seek(schema::event_key(from));
     let mut expected = from;
     while let (Some(key), Some(value)) = (iter.key(), iter.value()) {

@@ -2,7 +2,7 @@
 //! optionally pinned to a snapshot so that a multi-key query sees one consistent state.
 
 use crate::schema::ProjectionSlot;
-use osmium_projections::store::{Direction, ScanRange, StoreRead, Table, Visit};
+use osmium_projections::store::{Direction, ScanRange, StoreRead, Table, Visit, prefix_successor};
 use osmium_projections::ProjectionError;
 use rocksdb::{DB, ReadOptions, Snapshot};
 
@@ -44,17 +44,6 @@ impl std::fmt::Debug for RocksView<'_> {
     }
 }
 
-/// The smallest byte string greater than every string starting with `prefix`, if any.
-fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
-    let mut successor = prefix.to_vec();
-    while let Some(last) = successor.pop() {
-        if last < u8::MAX {
-            successor.push(last + 1);
-            return Some(successor);
-        }
-    }
-    None
-}
 
 impl StoreRead for RocksView<'_> {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, ProjectionError> {
@@ -97,14 +86,3 @@ impl StoreRead for RocksView<'_> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::prefix_successor;
-
-    #[test]
-    fn prefix_successor_increments_the_last_byte_below_255() {
-        assert_eq!(prefix_successor(&[1, 2]), Some(vec![1, 3]));
-        assert_eq!(prefix_successor(&[1, 255]), Some(vec![2]));
-        assert_eq!(prefix_successor(&[255, 255]), None);
-    }
-}

@@ -129,6 +129,42 @@ impl<'a> ScanRange<'a> {
     }
 }
 
+/// The smallest byte string greater than every string starting with `prefix`, if any.
+pub fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut successor = prefix.to_vec();
+    while let Some(last) = successor.pop() {
+        if last < u8::MAX {
+            successor.push(last + 1);
+            return Some(successor);
+        }
+    }
+    None
+}
+
+/// The entries of an ordered map that lie in `range`, in scan order, found by seeking
+/// (not by filtering the whole map).
+fn in_range<'m, V>(
+    map: &'m BTreeMap<Vec<u8>, V>,
+    range: ScanRange<'m>,
+) -> Box<dyn Iterator<Item = (&'m Vec<u8>, &'m V)> + 'm> {
+    use std::ops::Bound::{Excluded, Included, Unbounded};
+    let prefix = range.prefix;
+    match range.direction {
+        Direction::Forward => {
+            let lower = range.start.map_or(prefix, |start| start.max(prefix)).to_vec();
+            Box::new(map.range((Included(lower), Unbounded)).take_while(move |(key, _)| key.starts_with(prefix)))
+        }
+        Direction::Reverse => {
+            let upper = match (range.start, prefix_successor(prefix)) {
+                (Some(start), _) => Included(start.to_vec()),
+                (None, Some(successor)) => Excluded(successor),
+                (None, None) => Unbounded,
+            };
+            Box::new(map.range((Unbounded, upper)).rev().take_while(move |(key, _)| key.starts_with(prefix)))
+        }
+    }
+}
+
 /// A visitor's answer: go on, or stop the scan.
 pub type Visit = ControlFlow<()>;
 
@@ -189,14 +225,7 @@ impl StoreRead for MemStore {
         visit: &mut dyn FnMut(&[u8], &[u8]) -> Visit,
     ) -> Result<(), ProjectionError> {
         let Some(entries) = self.tables.get(&table) else { return Ok(()) };
-        let in_range = entries.iter().filter(|(key, _)| range.contains(key));
-        let mut visit_all = |mut iter: Box<dyn Iterator<Item = (&Vec<u8>, &Vec<u8>)>>| {
-            iter.try_for_each(|(key, value)| visit(key, value))
-        };
-        let _stopped = match range.direction {
-            Direction::Forward => visit_all(Box::new(in_range)),
-            Direction::Reverse => visit_all(Box::new(in_range.rev())),
-        };
+        let _stopped = in_range(entries, range).try_for_each(|(key, value)| visit(key, value));
         Ok(())
     }
 }
@@ -307,27 +336,19 @@ impl<B: StoreRead + ?Sized> StoreRead for Overlay<'_, B> {
             return self.base.scan(table, range, visit);
         };
         // Merge the base's entries with the pending ones, pending first on equal keys.
-        let pending_in_range: Vec<(&[u8], Option<&[u8]>)> = {
-            let items = pending.iter().filter(|(key, _)| range.contains(key));
-            let items: Vec<_> = items.map(|(k, v)| (k.as_slice(), v.as_deref())).collect();
-            match range.direction {
-                Direction::Forward => items,
-                Direction::Reverse => items.into_iter().rev().collect(),
-            }
-        };
+        let mut pending_in_range = in_range(pending, range).map(|(k, v)| (k.as_slice(), v.as_deref())).peekable();
         let before = |a: &[u8], b: &[u8]| match range.direction {
             Direction::Forward => a < b,
             Direction::Reverse => a > b,
         };
-        let mut next_pending = 0usize;
         let mut stopped = false;
         // Emits pending entries that come before `bound` (all of them when `bound` is None).
         let mut drain_pending = |bound: Option<&[u8]>, visit: &mut dyn FnMut(&[u8], &[u8]) -> Visit, stopped: &mut bool| {
-            while let Some(&(key, value)) = pending_in_range.get(next_pending) {
+            while let Some(&(key, value)) = pending_in_range.peek() {
                 if *stopped || bound.is_some_and(|b| !before(key, b)) {
                     break;
                 }
-                next_pending += 1;
+                pending_in_range.next();
                 if let Some(value) = value
                     && visit(key, value).is_break()
                 {
@@ -361,5 +382,17 @@ impl<B: StoreRead + ?Sized> Store for Overlay<'_, B> {
 
     fn delete(&mut self, table: Table, key: Vec<u8>) {
         self.pending.tables.entry(table).or_default().insert(key, None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_successor;
+
+    #[test]
+    fn prefix_successor_increments_the_last_byte_below_255() {
+        assert_eq!(prefix_successor(&[1, 2]), Some(vec![1, 3]));
+        assert_eq!(prefix_successor(&[1, 255]), Some(vec![2]));
+        assert_eq!(prefix_successor(&[255, 255]), None);
     }
 }

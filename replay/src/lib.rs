@@ -1,11 +1,15 @@
 //! # osmium-replay
 //!
-//! The operator's tool: drives a demo workload through the engine and, as the replay
-//! issue lands, rebuilds, verifies and inspects projections from the event log.
+//! The operator's tool for a data directory: rebuild the projections from the event log,
+//! verify them against an independent fold, check the log's integrity, print statistics,
+//! dump events, show a user's chat list, and drive a demo workload.
 //!
-//! **What it owns:** command-line parsing, progress output and the demo workload.
+//! **What it owns:** command-line parsing, output formats (text and `--json`), progress
+//! reporting, and the demo workload.
 //!
 //! **What it must never do:** fold events by any other code than
-//! `osmium_projections::apply`, or write to a data directory that a running engine holds.
+//! `osmium_projections::apply` (it goes through `osmium_engine::maintenance`), or write to
+//! a data directory that a running engine holds (rebuild takes the engine's lock).
 
 pub mod demo;
+pub mod progress;

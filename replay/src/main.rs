@@ -1,76 +1,393 @@
 //! `osmium-replay`: see `osmium-replay --help`.
 
 use clap::{Parser, Subcommand};
+use osmium_engine::EngineError;
+use osmium_engine::maintenance::DataDirectory;
+use osmium_projections::query::{self, ChatListPage};
+use osmium_projections::records::{load_chat, load_member, load_message};
+use osmium_proto::ids::{ChatId, Position, UserId};
 use osmium_replay::demo::{self, DemoPlan};
-use std::path::PathBuf;
+use osmium_replay::progress::Reporter;
+use serde_json::json;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Instant;
 
-/// Operator tool for an osmium-state data directory.
+/// Operator tool for an osmium-state data directory: rebuild and verify the projections
+/// from the event log, check the log, inspect it, and run a demo workload.
 ///
-/// Exit codes: 0 success, 1 a check found a difference, 2 an error (bad arguments,
-/// unreadable or locked directory, storage failure).
+/// Exit codes: 0 success; 1 `verify` or `check` found a difference or a problem;
+/// 2 an error (bad arguments, a directory that is missing, locked or not an engine's,
+/// a storage failure).
 #[derive(Debug, Parser)]
-#[command(name = "osmium-replay", version)]
+#[command(name = "osmium-replay", version, after_help = "Example: osmium-replay --data-dir ./data verify")]
 struct Cli {
     /// The engine's data directory (a RocksDB directory).
     #[arg(long, global = true, default_value = "./data")]
     data_dir: PathBuf,
+    /// Machine-readable output: one JSON document (JSON lines for `dump`); no progress.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Drive a deterministic demo workload through the engine into the data directory.
+    /// Fold the whole log into the unused projection slot, then switch to it atomically.
     ///
-    /// Example: osmium-replay demo --data-dir ./data --seed 7 --users 200 --messages 20000
+    /// Needs the directory to itself: refuses while an engine runs on it. Interrupted
+    /// (Ctrl-C, kill -9, disk full), it leaves the served projections untouched; running
+    /// it again starts over. Prints the rate (events/s) and the total time.
+    #[command(after_help = "Example: osmium-replay --data-dir ./data rebuild")]
+    Rebuild,
+    /// Fold the log independently in memory and compare with the served projections.
+    ///
+    /// Exit 0 when they match; exit 1 and print the first differences (table, key,
+    /// expected, found) when they do not. Works while an engine runs (read-only).
+    #[command(after_help = "Example: osmium-replay --data-dir ./data verify --limit 20")]
+    Verify {
+        /// Differences to print at most.
+        #[arg(long, default_value_t = 10)]
+        limit: usize,
+    },
+    /// Check the log's integrity: gapless positions, every record decodes, the per-chat
+    /// index agrees with the log, the checkpoint is not ahead of the log. Exit 1 on a problem.
+    #[command(after_help = "Example: osmium-replay --data-dir ./data check")]
+    Check {
+        /// Problems to print at most.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Events by kind, records per projection table, positions, bytes on disk per column family.
+    #[command(after_help = "Example: osmium-replay --data-dir ./data stats --json")]
+    Stats,
+    /// Print events as readable lines (or JSON lines with --json).
+    #[command(after_help = "Example: osmium-replay --data-dir ./data dump --chat 912899 --kind message_sent --limit 20")]
+    Dump {
+        /// First position to print.
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        /// Events to print at most.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Only events of this chat.
+        #[arg(long)]
+        chat: Option<u64>,
+        /// Only events of this kind (e.g. message_sent, chat_marked_read).
+        #[arg(long)]
+        kind: Option<String>,
+    },
+    /// A user's chat list as `get_chats` returns it: unread counts and last messages.
+    #[command(after_help = "Example: osmium-replay --data-dir ./data chats --user 1000001 --limit 10")]
+    Chats {
+        /// The user.
+        #[arg(long)]
+        user: u64,
+        /// Conversations to print at most.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Drive a realistic workload through the engine, then rebuild and verify.
+    ///
+    /// DMs and groups of mixed sizes (two with up to 2,000 members when there are enough
+    /// users), Zipf-skewed activity, reads, drafts, mutes, edits, deletions, invites
+    /// created, used, expired and deleted, and members leaving. The script is
+    /// deterministic for a seed. The defaults take about a minute on 2 cores.
+    #[command(after_help = "Example: osmium-replay --data-dir ./data demo --seed 7 --users 2000 --messages 50000")]
     Demo {
         /// Seed of every random choice.
         #[arg(long, default_value_t = 42)]
         seed: u64,
-        /// Users to create.
-        #[arg(long, default_value_t = 500)]
+        /// Users in the directory.
+        #[arg(long, default_value_t = 2_000)]
         users: u64,
-        /// Messages to send.
-        #[arg(long, default_value_t = 20_000)]
+        /// Messages to send (reads, drafts, invites... are added in proportion).
+        #[arg(long, default_value_t = 40_000)]
         messages: u64,
-        /// Groups to create.
-        #[arg(long, default_value_t = 50)]
-        groups: u64,
+        /// Commands in flight at once.
+        #[arg(long, default_value_t = 32)]
+        workers: usize,
     },
+}
+
+/// A run's outcome: success, a difference found, or an error.
+enum Outcome {
+    Clean,
+    Differences,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(runtime) => runtime,
+    match run(&cli) {
+        Ok(Outcome::Clean) => ExitCode::SUCCESS,
+        Ok(Outcome::Differences) => ExitCode::from(1),
         Err(err) => {
-            eprintln!("error: cannot start the async runtime: {err}");
-            return ExitCode::from(2);
+            if cli.json {
+                println!("{}", json!({ "error": err.to_string() }));
+            } else {
+                eprintln!("error: {err}");
+            }
+            ExitCode::from(2)
         }
-    };
-    match cli.command {
-        Command::Demo { seed, users, messages, groups } => {
-            let plan = DemoPlan { seed, users, messages, groups };
-            match runtime.block_on(demo::run(&cli.data_dir, &plan)) {
-                Ok(summary) => {
-                    let seconds = summary.elapsed.as_secs_f64();
-                    println!(
-                        "demo: {} commands ({} messages) in {:.2}s = {:.0} commands/s; log now holds {} events in {}",
-                        summary.commands,
-                        summary.messages,
-                        seconds,
-                        summary.commands as f64 / seconds.max(1e-9),
-                        summary.last_position,
-                        cli.data_dir.display()
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(err) => {
-                    eprintln!("error: {err}");
-                    ExitCode::from(2)
-                }
+    }
+}
+
+fn run(cli: &Cli) -> Result<Outcome, EngineError> {
+    let dir = cli.data_dir.as_path();
+    match &cli.command {
+        Command::Rebuild => rebuild(dir, cli.json).map(|()| Outcome::Clean),
+        Command::Verify { limit } => verify(dir, *limit, cli.json),
+        Command::Check { limit } => check(dir, *limit, cli.json),
+        Command::Stats => stats(dir, cli.json).map(|()| Outcome::Clean),
+        Command::Dump { from, limit, chat, kind } => dump(dir, *from, *limit, *chat, kind.as_deref(), cli.json),
+        Command::Chats { user, limit } => chats(dir, UserId(*user), *limit, cli.json),
+        Command::Demo { seed, users, messages, workers } => {
+            let plan = DemoPlan { seed: *seed, users: *users, messages: *messages, workers: *workers };
+            demo(dir, &plan, cli.json)
+        }
+    }
+}
+
+fn rebuild(dir: &Path, json_output: bool) -> Result<(), EngineError> {
+    let mut directory = DataDirectory::open_exclusive(dir)?;
+    let mut reporter = Reporter::new("rebuild", json_output);
+    let started = Instant::now();
+    let report = directory.rebuild(&mut |done, total| reporter.update(done, total))?;
+    reporter.finish();
+    let seconds = started.elapsed().as_secs_f64();
+    let rate = report.events as f64 / seconds.max(1e-9);
+    if json_output {
+        println!("{}", json!({ "events": report.events, "seconds": seconds, "events_per_second": rate }));
+    } else {
+        println!("rebuilt projections from {} events in {seconds:.2}s ({rate:.0} events/s); now serving them", report.events);
+    }
+    Ok(())
+}
+
+fn verify(dir: &Path, limit: usize, json_output: bool) -> Result<Outcome, EngineError> {
+    let directory = DataDirectory::open_read_only(dir)?;
+    let mut reporter = Reporter::new("verify", json_output);
+    let differences = directory.verify(limit, &mut |done, total| reporter.update(done, total))?;
+    reporter.finish();
+    let events = directory.last_position().get();
+    if json_output {
+        let listed: Vec<_> = differences
+            .iter()
+            .map(|d| json!({ "table": d.table.name(), "key": d.key, "expected": d.expected, "found": d.found }))
+            .collect();
+        println!("{}", json!({ "events": events, "matches": differences.is_empty(), "differences": listed }));
+    } else if differences.is_empty() {
+        println!("projections match a fold of the log ({events} events)");
+    } else {
+        println!("projections differ from a fold of the log ({events} events); first differences:");
+        for difference in &differences {
+            println!("  {} {}:", difference.table.name(), difference.key);
+            println!("    expected: {}", difference.expected);
+            println!("    found:    {}", difference.found);
+        }
+    }
+    Ok(if differences.is_empty() { Outcome::Clean } else { Outcome::Differences })
+}
+
+fn check(dir: &Path, limit: usize, json_output: bool) -> Result<Outcome, EngineError> {
+    let directory = DataDirectory::open_read_only(dir)?;
+    let mut reporter = Reporter::new("check", json_output);
+    let problems = directory.check(limit, &mut |done, total| reporter.update(done, total))?;
+    reporter.finish();
+    let events = directory.last_position().get();
+    if json_output {
+        let listed: Vec<_> = problems.iter().map(|p| json!({ "location": p.location, "problem": p.problem })).collect();
+        println!("{}", json!({ "events": events, "ok": problems.is_empty(), "problems": listed }));
+    } else if problems.is_empty() {
+        println!("log is intact: {events} events, gapless, all decode, index and checkpoint agree");
+    } else {
+        println!("log has problems:");
+        for problem in &problems {
+            println!("  {}: {}", problem.location, problem.problem);
+        }
+    }
+    Ok(if problems.is_empty() { Outcome::Clean } else { Outcome::Differences })
+}
+
+fn stats(dir: &Path, json_output: bool) -> Result<(), EngineError> {
+    let directory = DataDirectory::open_read_only(dir)?;
+    let stats = directory.stats()?;
+    let total_bytes: u64 = stats.bytes_by_column_family.values().sum();
+    if json_output {
+        println!(
+            "{}",
+            json!({
+                "first_position": stats.first_position,
+                "last_position": stats.last_position,
+                "events_by_kind": stats.events_by_kind,
+                "records_by_table": stats.records_by_table,
+                "bytes_by_column_family": stats.bytes_by_column_family,
+                "bytes_total": total_bytes,
+            })
+        );
+        return Ok(());
+    }
+    println!("positions {}..={}", stats.first_position, stats.last_position);
+    println!("events by kind:");
+    for (kind, count) in &stats.events_by_kind {
+        println!("  {kind:<26} {count:>10}");
+    }
+    println!("projection records (chats, members, messages, invites, users, ...):");
+    for (table, count) in &stats.records_by_table {
+        println!("  {table:<34} {count:>10}");
+    }
+    println!("bytes on disk by column family (SST files + memtables):");
+    for (name, bytes) in stats.bytes_by_column_family.iter().filter(|(_, bytes)| **bytes > 0) {
+        println!("  {name:<34} {bytes:>12}");
+    }
+    println!("  {:<34} {total_bytes:>12}", "total");
+    Ok(())
+}
+
+fn dump(
+    dir: &Path,
+    from: u64,
+    limit: usize,
+    chat: Option<u64>,
+    kind: Option<&str>,
+    json_output: bool,
+) -> Result<Outcome, EngineError> {
+    let directory = DataDirectory::open_read_only(dir)?;
+    let mut printed = 0usize;
+    let mut next = Position(from.max(1));
+    while printed < limit {
+        let events = directory.read_events(next, 4_096)?;
+        let Some(last) = events.last() else { break };
+        next = Position(last.position + 1);
+        for event in &events {
+            let stream = osmium_projections::stream_of(event)?;
+            let event_kind = event.event.as_ref().map_or("none", osmium_projections::event_kind);
+            let in_chat = chat.is_none_or(|chat| stream == osmium_proto::ids::StreamId::Chat(ChatId(chat)));
+            if !in_chat || kind.is_some_and(|kind| kind != event_kind) {
+                continue;
+            }
+            if json_output {
+                let line = serde_json::to_string(event).map_err(|err| EngineError::Decode {
+                    position: Position(event.position),
+                    reason: err.to_string(),
+                })?;
+                println!("{line}");
+            } else {
+                let body = event.event.as_ref().map(|e| format!("{e:?}")).unwrap_or_default();
+                println!(
+                    "{:>10} {stream} v{} {event_kind} actor={} at={} {body}",
+                    event.position, event.stream_version, event.actor_id, event.recorded_at_ms
+                );
+            }
+            printed += 1;
+            if printed >= limit {
+                break;
             }
         }
     }
+    Ok(Outcome::Clean)
+}
+
+fn chats(dir: &Path, user: UserId, limit: usize, json_output: bool) -> Result<Outcome, EngineError> {
+    let directory = DataDirectory::open_read_only(dir)?;
+    let rows = directory.with_projections(|view| -> Result<Vec<serde_json::Value>, EngineError> {
+        let page = ChatListPage { limit, max_id: None, min_id: None };
+        let mut rows = Vec::new();
+        for (_, chat_id) in query::chat_list(view, user, page)? {
+            let (Some(chat), Some(member)) = (load_chat(view, chat_id)?, load_member(view, chat_id, user)?) else {
+                continue;
+            };
+            let conversation = query::conversation(view, user, chat_id, &chat, &member)?;
+            let last_text = if chat.has_messages(chat_id) {
+                load_message(view, chat_id, chat.last_message_id)?.map(|message| message.text).unwrap_or_default()
+            } else {
+                String::new()
+            };
+            let name = chat.group().map_or_else(|| "direct".to_owned(), |group| format!("group {:?}", group.name));
+            rows.push(json!({
+                "chat": chat_id.get(),
+                "kind": name,
+                "last_message_id": conversation.last_message_id,
+                "last_read_message_id": conversation.last_read_message_id,
+                "unread_count": conversation.unread_count,
+                "muted": conversation.muted,
+                "draft": conversation.draft,
+                "last_message": last_text,
+            }));
+        }
+        Ok(rows)
+    })?;
+    if json_output {
+        println!("{}", json!({ "user": user.get(), "chats": rows }));
+    } else {
+        println!("chat list of user {user} (newest first):");
+        for row in &rows {
+            println!(
+                "  chat {} ({}) unread={} last_message={} muted={} draft={} text={}",
+                row["chat"], row["kind"].as_str().unwrap_or(""), row["unread_count"], row["last_message_id"],
+                row["muted"], row["draft"], row["last_message"]
+            );
+        }
+    }
+    Ok(Outcome::Clean)
+}
+
+fn demo(dir: &Path, plan: &DemoPlan, json_output: bool) -> Result<Outcome, EngineError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|source| EngineError::Io {
+        path: PathBuf::from("<tokio runtime>"),
+        source,
+    })?;
+    let mut reporter = Reporter::new("demo", json_output);
+    let summary = runtime.block_on(demo::run(dir, plan, &mut |done, total| reporter.update(done, total)))?;
+    reporter.finish();
+    drop(runtime); // closes the engine before the offline work below
+    let workload_seconds = summary.elapsed.as_secs_f64();
+    let commands_per_second = (summary.accepted + summary.refused) as f64 / workload_seconds.max(1e-9);
+
+    let mut directory = DataDirectory::open_exclusive(dir)?;
+    let mut rebuild_reporter = Reporter::new("rebuild", json_output);
+    let rebuild_started = Instant::now();
+    let rebuilt = directory.rebuild(&mut |done, total| rebuild_reporter.update(done, total))?;
+    rebuild_reporter.finish();
+    let rebuild_seconds = rebuild_started.elapsed().as_secs_f64();
+    let mut verify_reporter = Reporter::new("verify", json_output);
+    let differences = directory.verify(5, &mut |done, total| verify_reporter.update(done, total))?;
+    verify_reporter.finish();
+    let bytes: u64 = directory.stats()?.bytes_by_column_family.values().sum();
+
+    if json_output {
+        println!(
+            "{}",
+            json!({
+                "accepted_commands": summary.accepted,
+                "refused_commands": summary.refused,
+                "messages": summary.messages,
+                "groups": summary.groups,
+                "large_groups": summary.large_groups,
+                "events": summary.last_position,
+                "workload_seconds": workload_seconds,
+                "commands_per_second": commands_per_second,
+                "rebuild_events_per_second": rebuilt.events as f64 / rebuild_seconds.max(1e-9),
+                "verified": differences.is_empty(),
+                "bytes_on_disk": bytes,
+            })
+        );
+    } else {
+        println!("demo into {}:", dir.display());
+        println!(
+            "  workload: {} commands accepted, {} refused as scripted (expired/used-up invites), {} messages, {} groups ({} with up to 2,000 members)",
+            summary.accepted, summary.refused, summary.messages, summary.groups, summary.large_groups
+        );
+        println!("  {:.1}s at {commands_per_second:.0} commands/s with {} concurrent workers (durable, fsync per group commit)", workload_seconds, plan.workers);
+        println!("  log: {} events, {:.1} MiB on disk", summary.last_position, bytes as f64 / (1024.0 * 1024.0));
+        println!("  rebuild: {} events in {rebuild_seconds:.2}s ({:.0} events/s)", rebuilt.events, rebuilt.events as f64 / rebuild_seconds.max(1e-9));
+        if differences.is_empty() {
+            println!("  verify: projections match a fold of the log");
+        } else {
+            println!("  verify: {} differences, first: {:?}", differences.len(), differences[0]);
+        }
+        println!("next: osmium-replay --data-dir {} stats | chats --user {} | dump --limit 20", dir.display(), summary.first_user);
+    }
+    Ok(if differences.is_empty() { Outcome::Clean } else { Outcome::Differences })
 }

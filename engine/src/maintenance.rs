@@ -1,0 +1,427 @@
+//! Offline work on a data directory, for the replay CLI: rebuilding the projections from
+//! the log, verifying them against an independent fold, checking the log's integrity,
+//! and statistics.
+//!
+//! Rebuild needs the directory to itself (it takes the engine's lock); the other
+//! operations open the database read-only and work while an engine runs.
+
+use crate::error::EngineError;
+use crate::log::{self, decode_event};
+use crate::rocks::RocksView;
+use crate::schema::{self, CF_META, CF_POSITION_EVENT, CF_STREAMID_VERSION_POSITION, ProjectionSlot};
+use osmium_projections::{MemStore, Overlay, Store, StoreRead, Table, records};
+use osmium_proto::events::EventEnvelope;
+use osmium_proto::ids::{Position, StreamVersion};
+use rocksdb::{DB, WriteBatch, WriteOptions};
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+/// Events folded per write batch during a rebuild.
+pub const REBUILD_BATCH_EVENTS: usize = 10_000;
+
+/// A data directory opened for maintenance.
+pub struct DataDirectory {
+    db: DB,
+    path: PathBuf,
+    slot: ProjectionSlot,
+    last_position: Position,
+    _lock: Option<File>,
+}
+
+impl std::fmt::Debug for DataDirectory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataDirectory")
+            .field("path", &self.path)
+            .field("slot", &self.slot)
+            .field("last_position", &self.last_position)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Progress of long work: `(done, total)` in events.
+pub type Progress<'a> = &'a mut dyn FnMut(u64, u64);
+
+/// What a rebuild did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RebuildReport {
+    /// Events folded.
+    pub events: u64,
+    /// The slot now served.
+    pub slot: ProjectionSlot,
+}
+
+/// One difference between the served projections and a fresh fold of the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProjectionDifference {
+    /// The table.
+    pub table: Table,
+    /// The key, described (`chat 12 user 5`).
+    pub key: String,
+    /// What a fold of the log gives.
+    pub expected: String,
+    /// What the served projections hold.
+    pub found: String,
+}
+
+/// A problem `check` found in the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IntegrityProblem {
+    /// Where (a position, a stream index entry, the checkpoint).
+    pub location: String,
+    /// What is wrong.
+    pub problem: String,
+}
+
+/// Figures about a data directory.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DirectoryStats {
+    /// Events by kind.
+    pub events_by_kind: BTreeMap<&'static str, u64>,
+    /// First and last position (0 when empty).
+    pub first_position: u64,
+    /// Last position.
+    pub last_position: u64,
+    /// Records per projection table.
+    pub records_by_table: BTreeMap<&'static str, u64>,
+    /// Approximate bytes on disk per column family (SST files plus memtables).
+    pub bytes_by_column_family: BTreeMap<String, u64>,
+}
+
+fn describe_key(table: Table, key: &[u8]) -> String {
+    let word = |offset: usize| key.get(offset..offset + 8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes);
+    let text = |offset: usize| key.get(offset..).map(|b| String::from_utf8_lossy(b).into_owned());
+    let parts = match table {
+        Table::ChatidChat => word(0).map(|chat| format!("chat {chat}")),
+        Table::ChatidUseridMember => word(0).zip(word(8)).map(|(chat, user)| format!("chat {chat} user {user}")),
+        Table::UseridLastmsgidChatidChatlist => {
+            word(0).zip(word(8)).zip(word(16)).map(|((user, last), chat)| format!("user {user} chat {chat} last_message {last}"))
+        }
+        Table::UseridChatidLargechat => word(0).zip(word(8)).map(|(user, chat)| format!("user {user} chat {chat}")),
+        Table::ChatidMsgidMessage => word(0).zip(word(8)).map(|(chat, message)| format!("chat {chat} message {message}")),
+        Table::ChatidSeqDeleted => word(0).zip(word(8)).map(|(chat, seq)| format!("chat {chat} deleted seq {seq}")),
+        Table::UseridUseridDm => word(0).zip(word(8)).map(|(a, b)| format!("users {a} and {b}")),
+        Table::CodeInvite => text(0).map(|code| format!("invite {code}")),
+        Table::ChatidCodeInvite => word(0).zip(text(8)).map(|(chat, code)| format!("chat {chat} invite {code}")),
+        Table::UseridUser => word(0).map(|user| format!("user {user}")),
+        Table::ProjectionMeta => text(0),
+    };
+    parts.unwrap_or_else(|| format!("key {key:02x?}"))
+}
+
+fn describe_value(table: Table, key: &[u8], value: Option<&[u8]>) -> String {
+    let Some(value) = value else { return "absent".into() };
+    let decoded = match table {
+        Table::ChatidChat => records::decode::<records::ChatRecord>(table, key, value).map(|r| format!("{r:?}")),
+        Table::ChatidUseridMember => records::decode::<records::MemberRecord>(table, key, value).map(|r| format!("{r:?}")),
+        Table::ChatidMsgidMessage => records::decode::<records::MessageRecord>(table, key, value).map(|r| format!("{r:?}")),
+        Table::CodeInvite => records::decode::<records::InviteRecord>(table, key, value).map(|r| format!("{r:?}")),
+        Table::UseridUser => records::decode::<records::UserRecord>(table, key, value).map(|r| format!("{r:?}")),
+        _ => Ok(format!("{value:02x?}")),
+    };
+    decoded.unwrap_or_else(|err| format!("undecodable ({err})"))
+}
+
+/// Lists where `expected` and `found` differ, at most `limit` differences.
+pub fn diff_projections(expected: &MemStore, found: &MemStore, limit: usize) -> Vec<ProjectionDifference> {
+    let mut differences = Vec::new();
+    for table in Table::ALL {
+        let expected: BTreeMap<&[u8], &[u8]> = expected.entries(table).collect();
+        let found: BTreeMap<&[u8], &[u8]> = found.entries(table).collect();
+        let keys: std::collections::BTreeSet<&[u8]> = expected.keys().chain(found.keys()).copied().collect();
+        for key in keys {
+            let (want, have) = (expected.get(key).copied(), found.get(key).copied());
+            if want != have {
+                differences.push(ProjectionDifference {
+                    table,
+                    key: describe_key(table, key),
+                    expected: describe_value(table, key, want),
+                    found: describe_value(table, key, have),
+                });
+                if differences.len() >= limit {
+                    return differences;
+                }
+            }
+        }
+    }
+    differences
+}
+
+impl DataDirectory {
+    /// Opens the directory for exclusive work (rebuild). Fails with
+    /// [`EngineError::DirectoryInUse`] while an engine runs on it.
+    pub fn open_exclusive(path: impl AsRef<Path>) -> Result<DataDirectory, EngineError> {
+        let path = path.as_ref();
+        if !path.join("CURRENT").exists() {
+            return Err(EngineError::NotAnEngineDirectory {
+                path: path.to_path_buf(),
+                reason: "it holds no RocksDB database".into(),
+            });
+        }
+        let (db, lock) = log::open_database(path)?;
+        let (slot, last_position) = log::check_format(&db, path, false)?;
+        Ok(DataDirectory { db, path: path.to_path_buf(), slot, last_position, _lock: Some(lock) })
+    }
+
+    /// Opens the directory read-only (works while an engine runs; sees the state as of now).
+    pub fn open_read_only(path: impl AsRef<Path>) -> Result<DataDirectory, EngineError> {
+        let path = path.as_ref();
+        let db = log::open_database_read_only(path)?;
+        let (slot, last_position) = log::check_format(&db, path, false)?;
+        Ok(DataDirectory { db, path: path.to_path_buf(), slot, last_position, _lock: None })
+    }
+
+    /// The newest position in the log.
+    pub fn last_position(&self) -> Position {
+        self.last_position
+    }
+
+    /// The projection slot being served.
+    pub fn slot(&self) -> ProjectionSlot {
+        self.slot
+    }
+
+    /// Read access to the served projections (for queries such as a user's chat list).
+    pub fn with_projections<T>(&self, read: impl FnOnce(&dyn StoreRead) -> T) -> T {
+        read(&RocksView::snapshot(&self.db, self.slot))
+    }
+
+    /// Up to `limit` events from `from` on.
+    pub fn read_events(&self, from: Position, limit: usize) -> Result<Vec<EventEnvelope>, EngineError> {
+        log::read_events(&self.db, from, self.last_position, limit)
+    }
+
+    /// Visits every event from position 1 in order, `batch` at a time.
+    pub fn for_each_event(
+        &self,
+        batch: usize,
+        mut visit: impl FnMut(&EventEnvelope) -> Result<(), EngineError>,
+    ) -> Result<(), EngineError> {
+        let mut from = Position(1);
+        loop {
+            let events = self.read_events(from, batch.max(1))?;
+            let Some(last) = events.last() else { return Ok(()) };
+            from = Position(last.position + 1);
+            for event in &events {
+                visit(event)?;
+            }
+        }
+    }
+
+    /// Every entry of a projection slot, in memory.
+    pub fn projection_contents(&self, slot: ProjectionSlot) -> Result<MemStore, EngineError> {
+        let mut contents = MemStore::new();
+        for table in Table::ALL {
+            let cf = self.cf(slot.column_family(table))?;
+            let mut iter = self.db.raw_iterator_cf(cf);
+            iter.seek_to_first();
+            while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
+                contents.put(table, key.to_vec(), value.to_vec());
+                iter.next();
+            }
+            iter.status().map_err(EngineError::storage("reading projections"))?;
+        }
+        Ok(contents)
+    }
+
+    /// Folds the whole log into memory, independently of the stored projections.
+    pub fn fold_in_memory(&self, progress: Progress<'_>) -> Result<MemStore, EngineError> {
+        let mut folded = MemStore::new();
+        let total = self.last_position.get();
+        self.for_each_event(REBUILD_BATCH_EVENTS, |event| {
+            osmium_projections::apply(&mut folded, event)?;
+            if event.position % REBUILD_BATCH_EVENTS as u64 == 0 || event.position == total {
+                progress(event.position, total);
+            }
+            Ok(())
+        })?;
+        Ok(folded)
+    }
+
+    /// Compares the served projections with a fresh fold of the log; at most `limit` differences.
+    pub fn verify(&self, limit: usize, progress: Progress<'_>) -> Result<Vec<ProjectionDifference>, EngineError> {
+        let expected = self.fold_in_memory(progress)?;
+        let found = self.projection_contents(self.slot)?;
+        Ok(diff_projections(&expected, &found, limit))
+    }
+
+    fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily, EngineError> {
+        self.db.cf_handle(name).ok_or_else(|| EngineError::Corrupt {
+            what: "column families".into(),
+            expected: name.to_owned(),
+            found: "none".into(),
+        })
+    }
+
+    /// Rebuilds every projection from the log into the slot not being served, in batches
+    /// of [`REBUILD_BATCH_EVENTS`], then serves it by flipping `meta.projection_slot` in one
+    /// synced write. Until that write, the old projections stay served and untouched, so an
+    /// interrupted rebuild (Ctrl-C, kill -9, disk full) changes nothing; running it again
+    /// starts over.
+    pub fn rebuild(&mut self, progress: Progress<'_>) -> Result<RebuildReport, EngineError> {
+        if self._lock.is_none() {
+            return Err(EngineError::PermissionDenied { reason: "rebuild needs the directory opened exclusively".into() });
+        }
+        let target = self.slot.other();
+        self.reset_slot(target)?;
+        let total = self.last_position.get();
+        let mut from = Position(1);
+        let mut folded = 0u64;
+        let unsynced = WriteOptions::default(); // synced once, before the flip
+        loop {
+            let events = self.read_events(from, REBUILD_BATCH_EVENTS)?;
+            let Some(last) = events.last() else { break };
+            from = Position(last.position + 1);
+            let view = RocksView::latest(&self.db, target);
+            let mut overlay = Overlay::new(&view);
+            for event in &events {
+                osmium_projections::apply(&mut overlay, event)?;
+            }
+            let mut batch = WriteBatch::default();
+            for (table, key, value) in overlay.pending().iter() {
+                let cf = self.cf(target.column_family(table))?;
+                match value {
+                    Some(value) => batch.put_cf(cf, key, value),
+                    None => batch.delete_cf(cf, key),
+                }
+            }
+            drop(overlay);
+            self.db.write_opt(batch, &unsynced).map_err(EngineError::storage("writing rebuilt projections"))?;
+            folded += events.len() as u64;
+            progress(folded, total);
+        }
+        let mut flip = WriteBatch::default();
+        if total == 0 {
+            let meta_cf = self.cf(target.column_family(Table::ProjectionMeta))?;
+            flip.put_cf(meta_cf, b"schema_version", osmium_projections::limits::PROJECTION_SCHEMA_VERSION.to_be_bytes());
+        }
+        flip.put_cf(self.cf(CF_META)?, schema::META_PROJECTION_SLOT, [target.tag()]);
+        let mut sync = WriteOptions::default();
+        sync.set_sync(true);
+        self.db.flush_wal(true).map_err(EngineError::storage("syncing rebuilt projections"))?;
+        self.db.write_opt(flip, &sync).map_err(EngineError::storage("switching to the rebuilt projections"))?;
+        let previous = self.slot;
+        self.slot = target;
+        self.reset_slot(previous)?; // reclaims the old projections' space
+        Ok(RebuildReport { events: folded, slot: target })
+    }
+
+    /// Drops and recreates the column families of `slot` (never the served one).
+    fn reset_slot(&mut self, slot: ProjectionSlot) -> Result<(), EngineError> {
+        assert_ne!(slot, self.slot, "the served projection slot is never reset");
+        for table in Table::ALL {
+            let name = slot.column_family(table);
+            if self.db.cf_handle(name).is_some() {
+                self.db.drop_cf(name).map_err(EngineError::storage("dropping a stale projection slot"))?;
+            }
+            self.db.create_cf(name, &log::db_options()).map_err(EngineError::storage("creating a projection slot"))?;
+        }
+        Ok(())
+    }
+
+    /// Checks the log: positions gapless from 1, every record decodes and sits under its
+    /// own position, the per-stream index agrees with the log, and the checkpoint is not
+    /// ahead of the log. Returns at most `limit` problems.
+    pub fn check(&self, limit: usize, progress: Progress<'_>) -> Result<Vec<IntegrityProblem>, EngineError> {
+        let mut problems = Vec::new();
+        let mut report = |location: String, problem: String| {
+            if problems.len() < limit {
+                problems.push(IntegrityProblem { location, problem });
+            }
+        };
+        let events = self.cf(CF_POSITION_EVENT)?;
+        let index = self.cf(CF_STREAMID_VERSION_POSITION)?;
+        let mut expected = 1u64;
+        let mut iter = self.db.raw_iterator_cf(events);
+        iter.seek_to_first();
+        while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
+            match schema::parse_u64(key) {
+                None => report(format!("event key {key:02x?}"), "not an 8-byte position".into()),
+                Some(position) => {
+                    if position != expected {
+                        report(format!("position {expected}"), format!("missing: the next record is at {position}"));
+                    }
+                    expected = position + 1;
+                    match decode_event(Position(position), value) {
+                        Err(err) => report(format!("position {position}"), err.to_string()),
+                        Ok(envelope) => match osmium_projections::stream_of(&envelope) {
+                            Err(err) => report(format!("position {position}"), err.to_string()),
+                            Ok(stream) => {
+                                let index_key = schema::stream_index_key(stream, StreamVersion(envelope.stream_version));
+                                let indexed = self.db.get_cf(index, index_key).map_err(EngineError::storage("reading the stream index"))?;
+                                if indexed.as_deref().and_then(schema::parse_u64) != Some(position) {
+                                    report(
+                                        format!("{stream} version {}", envelope.stream_version),
+                                        format!("stream index points at {indexed:?} instead of position {position}"),
+                                    );
+                                }
+                            }
+                        },
+                    }
+                    if position % REBUILD_BATCH_EVENTS as u64 == 0 {
+                        progress(position, self.last_position.get());
+                    }
+                }
+            }
+            iter.next();
+        }
+        iter.status().map_err(EngineError::storage("reading the log"))?;
+        let logged = expected - 1;
+        let mut indexed = 0u64;
+        let mut index_iter = self.db.raw_iterator_cf(index);
+        index_iter.seek_to_first();
+        while index_iter.valid() {
+            indexed += 1;
+            index_iter.next();
+        }
+        index_iter.status().map_err(EngineError::storage("reading the stream index"))?;
+        if indexed != logged {
+            report("stream index".into(), format!("{indexed} entries for {logged} events"));
+        }
+        let checkpoint = self.with_projections(|view| records::load_checkpoint(view))?;
+        if checkpoint > self.last_position {
+            report(
+                "projection checkpoint".into(),
+                format!("at {checkpoint}, ahead of the log's last position {}", self.last_position),
+            );
+        }
+        progress(self.last_position.get(), self.last_position.get());
+        Ok(problems)
+    }
+
+    /// Counts and sizes.
+    pub fn stats(&self) -> Result<DirectoryStats, EngineError> {
+        let mut stats = DirectoryStats { last_position: self.last_position.get(), ..DirectoryStats::default() };
+        self.for_each_event(REBUILD_BATCH_EVENTS, |event| {
+            if stats.first_position == 0 {
+                stats.first_position = event.position;
+            }
+            if let Some(kind) = &event.event {
+                *stats.events_by_kind.entry(osmium_projections::event_kind(kind)).or_default() += 1;
+            }
+            Ok(())
+        })?;
+        for table in Table::ALL {
+            let mut iter = self.db.raw_iterator_cf(self.cf(self.slot.column_family(table))?);
+            iter.seek_to_first();
+            let mut count = 0u64;
+            while iter.valid() {
+                count += 1;
+                iter.next();
+            }
+            stats.records_by_table.insert(table.name(), count);
+        }
+        for name in schema::all_column_families() {
+            let cf = self.cf(name)?;
+            let size = |property: &str| self.db.property_int_value_cf(cf, property).ok().flatten().unwrap_or(0);
+            let bytes = size("rocksdb.total-sst-files-size") + size("rocksdb.cur-size-all-mem-tables");
+            stats.bytes_by_column_family.insert(name.to_owned(), bytes);
+        }
+        Ok(stats)
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
