@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-/// Events folded per write batch during a rebuild.
+/// Events folded per write batch during a rebuild, by default.
 pub const REBUILD_BATCH_EVENTS: usize = 10_000;
 
 /// A data directory opened for maintenance.
@@ -254,11 +254,11 @@ impl DataDirectory {
     }
 
     /// Rebuilds every projection from the log into the slot not being served, in batches
-    /// of [`REBUILD_BATCH_EVENTS`], then serves it by flipping `meta.projection_slot` in one
+    /// of `batch_events` (see [`REBUILD_BATCH_EVENTS`]), then serves it by flipping `meta.projection_slot` in one
     /// synced write. Until that write, the old projections stay served and untouched, so an
     /// interrupted rebuild (Ctrl-C, kill -9, disk full) changes nothing; running it again
     /// starts over.
-    pub fn rebuild(&mut self, progress: Progress<'_>) -> Result<RebuildReport, EngineError> {
+    pub fn rebuild(&mut self, batch_events: usize, progress: Progress<'_>) -> Result<RebuildReport, EngineError> {
         if self._lock.is_none() {
             return Err(EngineError::PermissionDenied { reason: "rebuild needs the directory opened exclusively".into() });
         }
@@ -269,7 +269,7 @@ impl DataDirectory {
         let mut folded = 0u64;
         let unsynced = WriteOptions::default(); // synced once, before the flip
         loop {
-            let events = self.read_events(from, REBUILD_BATCH_EVENTS)?;
+            let events = self.read_events(from, batch_events.max(1))?;
             let Some(last) = events.last() else { break };
             from = Position(last.position + 1);
             let view = RocksView::latest(&self.db, target);

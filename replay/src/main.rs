@@ -40,7 +40,11 @@ enum Command {
     /// (Ctrl-C, kill -9, disk full), it leaves the served projections untouched; running
     /// it again starts over. Prints the rate (events/s) and the total time.
     #[command(after_help = "Example: osmium-replay --data-dir ./data rebuild")]
-    Rebuild,
+    Rebuild {
+        /// Events folded and written per batch (bounds memory; smaller = finer progress).
+        #[arg(long, default_value_t = osmium_engine::maintenance::REBUILD_BATCH_EVENTS)]
+        batch_events: usize,
+    },
     /// Fold the log independently in memory and compare with the served projections.
     ///
     /// Exit 0 when they match; exit 1 and print the first differences (table, key,
@@ -136,7 +140,7 @@ fn main() -> ExitCode {
 fn run(cli: &Cli) -> Result<Outcome, EngineError> {
     let dir = cli.data_dir.as_path();
     match &cli.command {
-        Command::Rebuild => rebuild(dir, cli.json).map(|()| Outcome::Clean),
+        Command::Rebuild { batch_events } => rebuild(dir, *batch_events, cli.json).map(|()| Outcome::Clean),
         Command::Verify { limit } => verify(dir, *limit, cli.json),
         Command::Check { limit } => check(dir, *limit, cli.json),
         Command::Stats => stats(dir, cli.json).map(|()| Outcome::Clean),
@@ -149,11 +153,11 @@ fn run(cli: &Cli) -> Result<Outcome, EngineError> {
     }
 }
 
-fn rebuild(dir: &Path, json_output: bool) -> Result<(), EngineError> {
+fn rebuild(dir: &Path, batch_events: usize, json_output: bool) -> Result<(), EngineError> {
     let mut directory = DataDirectory::open_exclusive(dir)?;
-    let mut reporter = Reporter::new("rebuild", json_output);
+    let mut reporter = Reporter::new("rebuild", "events", json_output);
     let started = Instant::now();
-    let report = directory.rebuild(&mut |done, total| reporter.update(done, total))?;
+    let report = directory.rebuild(batch_events, &mut |done, total| reporter.update(done, total))?;
     reporter.finish();
     let seconds = started.elapsed().as_secs_f64();
     let rate = report.events as f64 / seconds.max(1e-9);
@@ -167,7 +171,7 @@ fn rebuild(dir: &Path, json_output: bool) -> Result<(), EngineError> {
 
 fn verify(dir: &Path, limit: usize, json_output: bool) -> Result<Outcome, EngineError> {
     let directory = DataDirectory::open_read_only(dir)?;
-    let mut reporter = Reporter::new("verify", json_output);
+    let mut reporter = Reporter::new("verify", "events", json_output);
     let differences = directory.verify(limit, &mut |done, total| reporter.update(done, total))?;
     reporter.finish();
     let events = directory.last_position().get();
@@ -192,7 +196,7 @@ fn verify(dir: &Path, limit: usize, json_output: bool) -> Result<Outcome, Engine
 
 fn check(dir: &Path, limit: usize, json_output: bool) -> Result<Outcome, EngineError> {
     let directory = DataDirectory::open_read_only(dir)?;
-    let mut reporter = Reporter::new("check", json_output);
+    let mut reporter = Reporter::new("check", "events", json_output);
     let problems = directory.check(limit, &mut |done, total| reporter.update(done, total))?;
     reporter.finish();
     let events = directory.last_position().get();
@@ -338,7 +342,7 @@ fn demo(dir: &Path, plan: &DemoPlan, json_output: bool) -> Result<Outcome, Engin
         path: PathBuf::from("<tokio runtime>"),
         source,
     })?;
-    let mut reporter = Reporter::new("demo", json_output);
+    let mut reporter = Reporter::new("demo", "chats", json_output);
     let summary = runtime.block_on(demo::run(dir, plan, &mut |done, total| reporter.update(done, total)))?;
     reporter.finish();
     drop(runtime); // closes the engine before the offline work below
@@ -346,12 +350,14 @@ fn demo(dir: &Path, plan: &DemoPlan, json_output: bool) -> Result<Outcome, Engin
     let commands_per_second = (summary.accepted + summary.refused) as f64 / workload_seconds.max(1e-9);
 
     let mut directory = DataDirectory::open_exclusive(dir)?;
-    let mut rebuild_reporter = Reporter::new("rebuild", json_output);
+    let mut rebuild_reporter = Reporter::new("rebuild", "events", json_output);
     let rebuild_started = Instant::now();
-    let rebuilt = directory.rebuild(&mut |done, total| rebuild_reporter.update(done, total))?;
+    let rebuilt = directory.rebuild(osmium_engine::maintenance::REBUILD_BATCH_EVENTS, &mut |done, total| {
+        rebuild_reporter.update(done, total)
+    })?;
     rebuild_reporter.finish();
     let rebuild_seconds = rebuild_started.elapsed().as_secs_f64();
-    let mut verify_reporter = Reporter::new("verify", json_output);
+    let mut verify_reporter = Reporter::new("verify", "events", json_output);
     let differences = directory.verify(5, &mut |done, total| verify_reporter.update(done, total))?;
     verify_reporter.finish();
     let bytes: u64 = directory.stats()?.bytes_by_column_family.values().sum();

@@ -10,25 +10,27 @@ use std::time::{Duration, Instant};
 #[derive(Debug)]
 pub struct Reporter {
     label: &'static str,
+    unit: &'static str,
     bar: Option<ProgressBar>,
     plain: bool,
-    last_line: Instant,
+    last_line: Option<Instant>,
 }
 
 impl Reporter {
-    /// A reporter for `label`; silent when `quiet`.
-    pub fn new(label: &'static str, quiet: bool) -> Self {
+    /// A reporter for `label`, counting `unit`s; silent when `quiet`.
+    pub fn new(label: &'static str, unit: &'static str, quiet: bool) -> Self {
         let terminal = std::io::stderr().is_terminal();
         let bar = (terminal && !quiet).then(|| {
             let bar = ProgressBar::new(0);
-            let style = ProgressStyle::with_template("{msg:>10} [{bar:40}] {pos}/{len} events ({per_sec}, eta {eta})")
+            let style = ProgressStyle::with_template("{msg:>10} [{bar:40}] {pos}/{len} {prefix} ({per_sec}, eta {eta})")
                 .map(|style| style.progress_chars("=> "))
                 .unwrap_or_else(|_| ProgressStyle::default_bar());
             bar.set_style(style);
             bar.set_message(label);
+            bar.set_prefix(unit);
             bar
         });
-        Reporter { label, bar, plain: !terminal && !quiet, last_line: Instant::now() }
+        Reporter { label, unit, bar, plain: !terminal && !quiet, last_line: None }
     }
 
     /// Records progress.
@@ -36,9 +38,9 @@ impl Reporter {
         if let Some(bar) = &self.bar {
             bar.set_length(total);
             bar.set_position(done);
-        } else if self.plain && (self.last_line.elapsed() >= Duration::from_secs(2) || done == total) {
-            eprintln!("{}: {done}/{total} events", self.label);
-            self.last_line = Instant::now();
+        } else if self.plain && (self.last_line.is_none_or(|at| at.elapsed() >= Duration::from_secs(2)) || done == total) {
+            eprintln!("{}: {done}/{total} {}", self.label, self.unit);
+            self.last_line = Some(Instant::now());
         }
     }
 
