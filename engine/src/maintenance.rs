@@ -42,10 +42,28 @@ impl std::fmt::Debug for DataDirectory {
 /// Progress of long work: `(done, total)` in events.
 pub type Progress<'a> = &'a mut dyn FnMut(u64, u64);
 
+/// How to rebuild.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RebuildOptions {
+    /// Events folded and written per batch.
+    pub batch_events: usize,
+    /// Resume an interrupted rebuild at this position: the unused slot must hold the fold
+    /// up to the position before it. `None` (or 1) starts over.
+    pub from: Option<Position>,
+    /// Replace only this table; the others keep their served contents.
+    pub only: Option<Table>,
+}
+
+impl Default for RebuildOptions {
+    fn default() -> Self {
+        RebuildOptions { batch_events: REBUILD_BATCH_EVENTS, from: None, only: None }
+    }
+}
+
 /// What a rebuild did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RebuildReport {
-    /// Events folded.
+    /// Events folded by this run (a resumed rebuild counts only the events after its start).
     pub events: u64,
     /// The slot now served.
     pub slot: ProjectionSlot,
@@ -258,14 +276,37 @@ impl DataDirectory {
     /// synced write. Until that write, the old projections stay served and untouched, so an
     /// interrupted rebuild (Ctrl-C, kill -9, disk full) changes nothing; running it again
     /// starts over.
-    pub fn rebuild(&mut self, batch_events: usize, progress: Progress<'_>) -> Result<RebuildReport, EngineError> {
+    ///
+    /// With `options.from` it resumes an interrupted rebuild instead of starting over; with
+    /// `options.only` it replaces one table and carries the others over as served.
+    pub fn rebuild(&mut self, options: RebuildOptions, progress: Progress<'_>) -> Result<RebuildReport, EngineError> {
         if self._lock.is_none() {
             return Err(EngineError::PermissionDenied { reason: "rebuild needs the directory opened exclusively".into() });
         }
         let target = self.slot.other();
-        self.reset_slot(target)?;
+        let mut from = options.from.unwrap_or(Position(1)).max(Position(1));
+        if from == Position(1) {
+            self.reset_slot(target)?;
+        } else {
+            let shadow = RocksView::latest(&self.db, target);
+            let reached = records::load_checkpoint(&shadow)?;
+            let schema = records::load_schema_version(&shadow)?;
+            let resumable = schema == Some(osmium_projections::limits::PROJECTION_SCHEMA_VERSION);
+            if !resumable || reached.next() != from || from > self.last_position {
+                return Err(EngineError::InvalidArgument {
+                    field: "from",
+                    reason: format!(
+                        "the unused projection slot holds the fold up to position {reached}; resume with --from {} \
+                         (the log ends at {}), or omit --from to start over",
+                        reached.next(),
+                        self.last_position
+                    ),
+                });
+            }
+        }
+        let batch_events = options.batch_events;
         let total = self.last_position.get();
-        let mut from = Position(1);
+        let resumed_at = from.get() - 1;
         let mut folded = 0u64;
         let unsynced = WriteOptions::default(); // synced once, before the flip
         loop {
@@ -288,7 +329,10 @@ impl DataDirectory {
             drop(overlay);
             self.db.write_opt(batch, &unsynced).map_err(EngineError::storage("writing rebuilt projections"))?;
             folded += events.len() as u64;
-            progress(folded, total);
+            progress(resumed_at + folded, total);
+        }
+        if let Some(only) = options.only {
+            self.carry_over_all_but(only, target)?;
         }
         let mut flip = WriteBatch::default();
         if total == 0 {
@@ -304,6 +348,28 @@ impl DataDirectory {
         self.slot = target;
         self.reset_slot(previous)?; // reclaims the old projections' space
         Ok(RebuildReport { events: folded, slot: target })
+    }
+
+    /// Replaces every table of `target` but `kept` (and the checkpoint) with the served one.
+    fn carry_over_all_but(&mut self, kept: Table, target: ProjectionSlot) -> Result<(), EngineError> {
+        for table in Table::ALL.into_iter().filter(|&table| table != kept && table != Table::ProjectionMeta) {
+            let name = target.column_family(table);
+            self.db.drop_cf(name).map_err(EngineError::storage("dropping a rebuilt table"))?;
+            self.db.create_cf(name, &log::db_options()).map_err(EngineError::storage("creating a projection table"))?;
+            let mut iter = self.db.raw_iterator_cf(self.cf(self.slot.column_family(table))?);
+            iter.seek_to_first();
+            let mut batch = WriteBatch::default();
+            while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
+                batch.put_cf(self.cf(name)?, key, value);
+                if batch.len() >= REBUILD_BATCH_EVENTS {
+                    self.db.write(std::mem::take(&mut batch)).map_err(EngineError::storage("copying a table"))?;
+                }
+                iter.next();
+            }
+            iter.status().map_err(EngineError::storage("reading a served table"))?;
+            self.db.write(batch).map_err(EngineError::storage("copying a table"))?;
+        }
+        Ok(())
     }
 
     /// Drops and recreates the column families of `slot` (never the served one).

@@ -72,6 +72,11 @@ impl Table {
         }
     }
 
+    /// The table named `name` (as [`Table::name`] spells it).
+    pub fn from_name(name: &str) -> Option<Table> {
+        Table::ALL.into_iter().find(|table| table.name() == name)
+    }
+
     /// Dense index of the table in [`Table::ALL`].
     pub fn index(self) -> usize {
         self as usize

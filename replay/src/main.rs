@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use osmium_engine::EngineError;
-use osmium_engine::maintenance::DataDirectory;
+use osmium_engine::maintenance::{DataDirectory, RebuildOptions};
 use osmium_projections::query::{self, ChatListPage};
 use osmium_projections::records::{load_chat, load_member, load_message};
 use osmium_proto::ids::{ChatId, Position, UserId};
@@ -41,6 +41,14 @@ enum Command {
     /// it again starts over. Prints the rate (events/s) and the total time.
     #[command(after_help = "Example: osmium-replay --data-dir ./data rebuild")]
     Rebuild {
+        /// Replace only this projection table (e.g. chatid_userid_member); the others keep
+        /// their served contents. The whole log is still folded: tables depend on each other.
+        #[arg(long, value_parser = parse_table)]
+        projection: Option<osmium_projections::Table>,
+        /// Resume an interrupted rebuild at this position (the error of a wrong value says
+        /// the right one). Without it, a rebuild starts over.
+        #[arg(long)]
+        from: Option<u64>,
         /// Events folded and written per batch (bounds memory; smaller = finer progress).
         #[arg(long, default_value_t = osmium_engine::maintenance::REBUILD_BATCH_EVENTS)]
         batch_events: usize,
@@ -140,7 +148,10 @@ fn main() -> ExitCode {
 fn run(cli: &Cli) -> Result<Outcome, EngineError> {
     let dir = cli.data_dir.as_path();
     match &cli.command {
-        Command::Rebuild { batch_events } => rebuild(dir, *batch_events, cli.json).map(|()| Outcome::Clean),
+        Command::Rebuild { projection, from, batch_events } => {
+            let options = RebuildOptions { batch_events: *batch_events, from: from.map(Position), only: *projection };
+            rebuild(dir, options, cli.json).map(|()| Outcome::Clean)
+        }
         Command::Verify { limit } => verify(dir, *limit, cli.json),
         Command::Check { limit } => check(dir, *limit, cli.json),
         Command::Stats => stats(dir, cli.json).map(|()| Outcome::Clean),
@@ -153,11 +164,18 @@ fn run(cli: &Cli) -> Result<Outcome, EngineError> {
     }
 }
 
-fn rebuild(dir: &Path, batch_events: usize, json_output: bool) -> Result<(), EngineError> {
+fn parse_table(name: &str) -> Result<osmium_projections::Table, String> {
+    osmium_projections::Table::from_name(name).ok_or_else(|| {
+        let names: Vec<_> = osmium_projections::Table::ALL.iter().map(|table| table.name()).collect();
+        format!("unknown projection {name:?}; one of: {}", names.join(", "))
+    })
+}
+
+fn rebuild(dir: &Path, options: RebuildOptions, json_output: bool) -> Result<(), EngineError> {
     let mut directory = DataDirectory::open_exclusive(dir)?;
     let mut reporter = Reporter::new("rebuild", "events", json_output);
     let started = Instant::now();
-    let report = directory.rebuild(batch_events, &mut |done, total| reporter.update(done, total))?;
+    let report = directory.rebuild(options, &mut |done, total| reporter.update(done, total))?;
     reporter.finish();
     let seconds = started.elapsed().as_secs_f64();
     let rate = report.events as f64 / seconds.max(1e-9);
@@ -352,9 +370,7 @@ fn demo(dir: &Path, plan: &DemoPlan, json_output: bool) -> Result<Outcome, Engin
     let mut directory = DataDirectory::open_exclusive(dir)?;
     let mut rebuild_reporter = Reporter::new("rebuild", "events", json_output);
     let rebuild_started = Instant::now();
-    let rebuilt = directory.rebuild(osmium_engine::maintenance::REBUILD_BATCH_EVENTS, &mut |done, total| {
-        rebuild_reporter.update(done, total)
-    })?;
+    let rebuilt = directory.rebuild(RebuildOptions::default(), &mut |done, total| rebuild_reporter.update(done, total))?;
     rebuild_reporter.finish();
     let rebuild_seconds = rebuild_started.elapsed().as_secs_f64();
     let mut verify_reporter = Reporter::new("verify", "events", json_output);

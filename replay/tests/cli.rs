@@ -217,3 +217,57 @@ fn a_directory_that_is_not_an_engines_is_an_error_with_exit_code_2() {
     std::fs::write(dir.path().join("notes.txt"), "x").unwrap();
     replay(dir.path()).arg("verify").assert().code(2).stderr(predicates::str::contains("not an osmium-state data directory"));
 }
+
+#[test]
+fn rebuild_of_one_projection_replaces_that_table_and_carries_the_others_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let group = scripted_log(dir.path(), 0);
+    {
+        let db = open_raw(dir.path());
+        let members = db.cf_handle("chatid_userid_member#a").unwrap();
+        let key = osmium_projections::keys::member(osmium_proto::ids::ChatId(group), BOB);
+        db.put_cf(members, &key, b"garbage").unwrap();
+        let users = db.cf_handle("userid_user#a").unwrap();
+        db.put_cf(users, osmium_projections::keys::user(UserId(77)), b"stray").unwrap();
+    }
+    replay(dir.path()).args(["rebuild", "--projection", "chatid_userid_member"]).assert().success();
+    let assert = replay(dir.path()).arg("verify").assert().code(1);
+    let output = String::from_utf8(assert.get_output().stdout.clone()).unwrap();
+    assert!(output.contains("userid_user user 77"), "the other table was carried over as served: {output}");
+    assert!(!output.contains("chatid_userid_member"), "the named table was rebuilt: {output}");
+    replay(dir.path()).args(["rebuild", "--projection", "no_such_table"]).assert().code(2);
+}
+
+#[test]
+fn an_interrupted_rebuild_resumes_from_the_position_its_error_names() {
+    let dir = tempfile::tempdir().unwrap();
+    scripted_log(dir.path(), 20_000);
+    let binary = assert_cmd::cargo::cargo_bin("osmium-replay");
+    let mut child = std::process::Command::new(binary)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["rebuild", "--batch-events", "1"])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first_line = String::new();
+    BufReader::new(child.stderr.take().unwrap()).read_line(&mut first_line).unwrap();
+    child.kill().unwrap();
+    assert!(!child.wait().unwrap().success());
+
+    let assert = replay(dir.path()).args(["rebuild", "--from", "999999999"]).assert().code(2);
+    let message = String::from_utf8(assert.get_output().stderr.clone()).unwrap();
+    let resume_at: u64 = message
+        .split("--from ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|number| number.parse().ok())
+        .unwrap_or_else(|| panic!("no position in {message}"));
+    assert!(resume_at > 1, "the killed rebuild had folded something: {message}");
+    let assert = replay(dir.path()).args(["--json", "rebuild", "--from", &resume_at.to_string()]).assert().success();
+    let report: serde_json::Value = serde_json::from_slice(&assert.get_output().stdout).unwrap();
+    let total = osmium_engine::maintenance::DataDirectory::open_read_only(dir.path()).unwrap().last_position().get();
+    assert_eq!(report["events"].as_u64().unwrap(), total - (resume_at - 1), "only the rest was folded");
+    replay(dir.path()).arg("verify").assert().success();
+}
