@@ -177,6 +177,9 @@ fn dm_ref(peer: u64, first_user: u64) -> ChatRef {
 struct Worker {
     engine: ChatEngine,
     first_user: u64,
+    /// Shared by all workers: a `client_id` is an idempotency key, so it must never repeat
+    /// for one sender (a repeat returns the first message instead of sending a new one).
+    client_ids: Arc<std::sync::atomic::AtomicU64>,
 }
 
 #[derive(Default)]
@@ -207,7 +210,7 @@ impl Worker {
                     Ok(())
                 }
                 Action::Send { author, peer, text } => {
-                    let request = messages::SendMessage { chat_ref: chat(peer, &group), message: text, client_id: Some(tally.messages), ..Default::default() };
+                    let request = messages::SendMessage { chat_ref: chat(peer, &group), message: text, client_id: Some(self.client_ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed)), ..Default::default() };
                     self.engine.send_message(self.user(author), request).await.map(|sent| {
                         last_sent.insert(author, sent.message_id);
                         tally.messages += 1;
@@ -289,9 +292,10 @@ pub async fn run(
     let queue = Arc::new(std::sync::Mutex::new(script.per_chat.into_iter()));
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let mut workers = Vec::new();
+    let client_ids = Arc::new(std::sync::atomic::AtomicU64::new(1));
     for _ in 0..plan.workers.max(1) {
         let queue = queue.clone();
-        let worker = Worker { engine: engine.clone(), first_user };
+        let worker = Worker { engine: engine.clone(), first_user, client_ids: client_ids.clone() };
         let done_tx = done_tx.clone();
         workers.push(tokio::spawn(async move {
             let mut tally = Tally::default();

@@ -398,7 +398,7 @@ fn demo(dir: &Path, plan: &DemoPlan, json_output: bool) -> Result<Outcome, Engin
     } else {
         println!("demo into {}:", dir.display());
         println!(
-            "  workload: {} commands accepted, {} refused as scripted (expired/used-up invites), {} messages, {} groups ({} with up to 2,000 members)",
+            "  workload: {} commands accepted, {} refused as the script expects (expired or used-up invites, and later actions of users they did not admit), {} messages, {} groups ({} with up to 2,000 members)",
             summary.accepted, summary.refused, summary.messages, summary.groups, summary.large_groups
         );
         println!("  {:.1}s at {commands_per_second:.0} commands/s with {} concurrent workers (durable, fsync per group commit)", workload_seconds, plan.workers);

@@ -271,3 +271,18 @@ fn an_interrupted_rebuild_resumes_from_the_position_its_error_names() {
     assert_eq!(report["events"].as_u64().unwrap(), total - (resume_at - 1), "only the rest was folded");
     replay(dir.path()).arg("verify").assert().success();
 }
+
+/// Regression: demo workers numbered `client_id`s per worker, so the same sender reused
+/// one, and the engine (rightly) answered with the earlier message instead of sending:
+/// the demo reported 38,759 messages for 32,465 `message_sent` events.
+#[test]
+fn demo_messages_are_each_one_event_and_the_result_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let assert = replay(dir.path()).args(["--json", "demo", "--users", "60", "--messages", "600", "--workers", "8"]).assert().success();
+    let summary: serde_json::Value = serde_json::from_slice(&assert.get_output().stdout).unwrap();
+    assert_eq!(summary["verified"], true);
+    let assert = replay(dir.path()).args(["--json", "stats"]).assert().success();
+    let stats: serde_json::Value = serde_json::from_slice(&assert.get_output().stdout).unwrap();
+    assert_eq!(summary["messages"], stats["events_by_kind"]["message_sent"]);
+    assert_eq!(summary["events"], stats["last_position"]);
+}
