@@ -76,6 +76,9 @@ pub struct ProjectionDifference {
     pub table: Table,
     /// The key, described (`chat 12 user 5`).
     pub key: String,
+    /// The record field that differs (`read_seq`), or `record` when one side is absent
+    /// or does not decode.
+    pub field: String,
     /// What a fold of the log gives.
     pub expected: String,
     /// What the served projections hold.
@@ -127,17 +130,40 @@ fn describe_key(table: Table, key: &[u8]) -> String {
     parts.unwrap_or_else(|| format!("key {key:02x?}"))
 }
 
-fn describe_value(table: Table, key: &[u8], value: Option<&[u8]>) -> String {
-    let Some(value) = value else { return "absent".into() };
-    let decoded = match table {
-        Table::ChatidChat => records::decode::<records::ChatRecord>(table, key, value).map(|r| format!("{r:?}")),
-        Table::ChatidUseridMember => records::decode::<records::MemberRecord>(table, key, value).map(|r| format!("{r:?}")),
-        Table::ChatidMsgidMessage => records::decode::<records::MessageRecord>(table, key, value).map(|r| format!("{r:?}")),
-        Table::CodeInvite => records::decode::<records::InviteRecord>(table, key, value).map(|r| format!("{r:?}")),
-        Table::UseridUser => records::decode::<records::UserRecord>(table, key, value).map(|r| format!("{r:?}")),
-        _ => Ok(format!("{value:02x?}")),
+/// A stored value as JSON: the decoded record for record tables, the bytes otherwise.
+fn value_as_json(table: Table, key: &[u8], value: &[u8]) -> Result<serde_json::Value, String> {
+    fn json<T: serde::de::DeserializeOwned + serde::Serialize>(table: Table, key: &[u8], value: &[u8]) -> Result<serde_json::Value, String> {
+        let record: T = records::decode(table, key, value).map_err(|err| err.to_string())?;
+        serde_json::to_value(&record).map_err(|err| err.to_string())
+    }
+    match table {
+        Table::ChatidChat => json::<records::ChatRecord>(table, key, value),
+        Table::ChatidUseridMember => json::<records::MemberRecord>(table, key, value),
+        Table::ChatidMsgidMessage => json::<records::MessageRecord>(table, key, value),
+        Table::CodeInvite => json::<records::InviteRecord>(table, key, value),
+        Table::UseridUser => json::<records::UserRecord>(table, key, value),
+        _ => Ok(serde_json::Value::String(format!("{value:02x?}"))),
+    }
+}
+
+/// The differences between two stored values of one key, field by field where both decode.
+fn field_differences(table: Table, key: &[u8], expected: Option<&[u8]>, found: Option<&[u8]>) -> Vec<(String, String, String)> {
+    let describe = |value: Option<&[u8]>| match value {
+        None => "absent".to_owned(),
+        Some(value) => value_as_json(table, key, value).map_or_else(|err| format!("undecodable ({err})"), |v| v.to_string()),
     };
-    decoded.unwrap_or_else(|err| format!("undecodable ({err})"))
+    let decoded = |value: Option<&[u8]>| value.and_then(|value| value_as_json(table, key, value).ok());
+    match (decoded(expected), decoded(found)) {
+        (Some(serde_json::Value::Object(want)), Some(serde_json::Value::Object(have))) => want
+            .iter()
+            .filter(|(field, value)| have.get(*field) != Some(value))
+            .map(|(field, value)| {
+                let found = have.get(field).map_or_else(|| "absent".to_owned(), ToString::to_string);
+                (field.clone(), value.to_string(), found)
+            })
+            .collect(),
+        _ => vec![("record".to_owned(), describe(expected), describe(found))],
+    }
 }
 
 /// Lists where `expected` and `found` differ, at most `limit` differences.
@@ -149,13 +175,11 @@ pub fn diff_projections(expected: &MemStore, found: &MemStore, limit: usize) -> 
         let keys: std::collections::BTreeSet<&[u8]> = expected.keys().chain(found.keys()).copied().collect();
         for key in keys {
             let (want, have) = (expected.get(key).copied(), found.get(key).copied());
-            if want != have {
-                differences.push(ProjectionDifference {
-                    table,
-                    key: describe_key(table, key),
-                    expected: describe_value(table, key, want),
-                    found: describe_value(table, key, have),
-                });
+            if want == have {
+                continue;
+            }
+            for (field, expected, found) in field_differences(table, key, want, have) {
+                differences.push(ProjectionDifference { table, key: describe_key(table, key), field, expected, found });
                 if differences.len() >= limit {
                     return differences;
                 }

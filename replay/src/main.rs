@@ -196,7 +196,7 @@ fn verify(dir: &Path, limit: usize, json_output: bool) -> Result<Outcome, Engine
     if json_output {
         let listed: Vec<_> = differences
             .iter()
-            .map(|d| json!({ "table": d.table.name(), "key": d.key, "expected": d.expected, "found": d.found }))
+            .map(|d| json!({ "table": d.table.name(), "key": d.key, "field": d.field, "expected": d.expected, "found": d.found }))
             .collect();
         println!("{}", json!({ "events": events, "matches": differences.is_empty(), "differences": listed }));
     } else if differences.is_empty() {
@@ -204,9 +204,14 @@ fn verify(dir: &Path, limit: usize, json_output: bool) -> Result<Outcome, Engine
     } else {
         println!("projections differ from a fold of the log ({events} events); first differences:");
         for difference in &differences {
-            println!("  {} {}:", difference.table.name(), difference.key);
-            println!("    expected: {}", difference.expected);
-            println!("    found:    {}", difference.found);
+            println!(
+                "  {} {} field {}: expected {}, found {}",
+                difference.table.name(),
+                difference.key,
+                difference.field,
+                difference.expected,
+                difference.found
+            );
         }
     }
     Ok(if differences.is_empty() { Outcome::Clean } else { Outcome::Differences })

@@ -99,7 +99,7 @@ fn verify_passes_on_a_good_directory_and_names_a_planted_difference() {
     let dir = tempfile::tempdir().unwrap();
     let group = scripted_log(dir.path(), 0);
     replay(dir.path()).arg("verify").assert().success().stdout(predicates::str::contains("match"));
-    {
+    let member = {
         let db = open_raw(dir.path());
         let cf = db.cf_handle("chatid_userid_member#a").unwrap();
         let key = osmium_projections::keys::member(osmium_proto::ids::ChatId(group), BOB);
@@ -107,12 +107,14 @@ fn verify_passes_on_a_good_directory_and_names_a_planted_difference() {
         let mut member: MemberRecord = records::decode(Table::ChatidUseridMember, &key, &stored).unwrap();
         member.read_seq += 3;
         db.put_cf(cf, &key, records::encode(&member)).unwrap();
-    }
+        member
+    };
     let assert = replay(dir.path()).arg("verify").assert().code(1);
     let output = String::from_utf8(assert.get_output().stdout.clone()).unwrap();
     assert!(output.contains("chatid_userid_member"), "{output}");
     assert!(output.contains(&format!("chat {group} user 2")), "{output}");
-    assert!(output.contains("expected") && output.contains("found"), "{output}");
+    let expected_line = format!("chat {group} user 2 field read_seq: expected {}, found {}", member.read_seq - 3, member.read_seq);
+    assert!(output.contains(&expected_line), "{output}");
 }
 
 #[test]
