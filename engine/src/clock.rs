@@ -97,6 +97,11 @@ impl SnowflakeGenerator {
         }
     }
 
+    /// The largest id handed out so far (or the floor set with [`Self::advance_past`]).
+    pub fn last_id(&self) -> u64 {
+        (self.last_ms << (SNOWFLAKE_WORKER_BITS + SNOWFLAKE_SEQUENCE_BITS)) | (self.worker << SNOWFLAKE_SEQUENCE_BITS) | self.sequence
+    }
+
     /// The next id.
     pub fn next_id(&mut self) -> u64 {
         let now_ms = self.clock.now_ms().saturating_sub(self.epoch_ms);

@@ -447,7 +447,8 @@ impl EventLog {
             return Err(EngineError::ProjectionsBehind { checkpoint, last_position });
         }
         let mut ids = SnowflakeGenerator::new(config.clock.clone(), config.snowflake_worker);
-        ids.advance_past(newest_snowflake(&shared, last_position)?);
+        let floor = read_meta(&shared.db, schema::META_SNOWFLAKE_FLOOR)?;
+        ids.advance_past(floor.as_deref().and_then(schema::parse_u64).unwrap_or(0));
         drop(view);
 
         let (submit, requests) = crossbeam_channel::bounded(config.commit_queue_max);
@@ -669,23 +670,6 @@ pub(crate) fn read_events(
     Ok(events)
 }
 
-/// The largest snowflake recorded so far (the newest event's message or chat id), so that
-/// ids stay increasing across restarts even if the clock went back.
-fn newest_snowflake(shared: &LogShared, last_position: Position) -> Result<u64, EngineError> {
-    if last_position == Position::ZERO {
-        return Ok(0);
-    }
-    let envelope = read_one(shared, last_position)?;
-    let mut newest = match envelope.stream.and_then(|stream| stream.stream) {
-        Some(Stream::ChatId(chat)) => chat,
-        _ => 0,
-    };
-    if let Some(Event::MessageSent(sent)) = &envelope.event {
-        newest = newest.max(sent.message_id);
-    }
-    Ok(newest)
-}
-
 struct Writer {
     shared: Arc<LogShared>,
     clock: Arc<dyn Clock>,
@@ -744,7 +728,11 @@ impl Writer {
         }
         let last_position = Position(batch.next_position.get() - 1);
         let committed = std::mem::take(&mut batch.committed);
-        let written = if committed.is_empty() { Ok(()) } else { batch.write(last_position, &self.write_options) };
+        let written = if committed.is_empty() {
+            Ok(())
+        } else {
+            batch.write(last_position, self.ids.last_id(), &self.write_options)
+        };
         match written {
             Ok(()) => {
                 self.last_position = last_position;
@@ -904,7 +892,7 @@ impl StagedBatch<'_> {
         read_all(self.shared, first, count as usize)
     }
 
-    fn write(mut self, last_position: Position, write_options: &WriteOptions) -> Result<(), EngineError> {
+    fn write(mut self, last_position: Position, snowflake_floor: u64, write_options: &WriteOptions) -> Result<(), EngineError> {
         for (table, key, value) in self.overlay.pending().iter() {
             let cf = self.shared.cf(self.shared.slot.column_family(table))?;
             match value {
@@ -912,7 +900,9 @@ impl StagedBatch<'_> {
                 None => self.write_batch.delete_cf(cf, key),
             }
         }
-        self.write_batch.put_cf(self.shared.cf(CF_META)?, schema::META_LAST_POSITION, last_position.to_be_bytes());
+        let meta = self.shared.cf(CF_META)?;
+        self.write_batch.put_cf(meta, schema::META_LAST_POSITION, last_position.to_be_bytes());
+        self.write_batch.put_cf(meta, schema::META_SNOWFLAKE_FLOOR, snowflake_floor.to_be_bytes());
         self.shared.db.write_opt(self.write_batch, write_options).map_err(EngineError::storage("committing a batch"))
     }
 }

@@ -25,6 +25,9 @@ pub const LOG_COLUMN_FAMILIES: [&str; 4] =
 pub const META_FORMAT_VERSION: &[u8] = b"format_version";
 /// Meta key: the last durable position (u64 BE), written in every commit batch.
 pub const META_LAST_POSITION: &[u8] = b"last_position";
+/// Meta key: the largest snowflake id issued so far (u64 BE), written in every commit
+/// batch, so that ids never repeat across restarts even if the clock went back.
+pub const META_SNOWFLAKE_FLOOR: &[u8] = b"snowflake_floor";
 /// Meta key: the projection slot being served (`a` or `b`).
 pub const META_PROJECTION_SLOT: &[u8] = b"projection_slot";
 
