@@ -178,6 +178,15 @@ pub struct CommittedBatch {
     pub events: Vec<EventEnvelope>,
 }
 
+/// The handle of column family `name`, or a corruption error if the directory lacks it.
+pub(crate) fn column_family<'db>(db: &'db DB, name: &str) -> Result<&'db rocksdb::ColumnFamily, EngineError> {
+    db.cf_handle(name).ok_or_else(|| EngineError::Corrupt {
+        what: "column families".into(),
+        expected: format!("column family {name}"),
+        found: "none".into(),
+    })
+}
+
 /// State shared by the log handle, its readers and the writer thread.
 pub(crate) struct LogShared {
     pub(crate) db: DB,
@@ -193,11 +202,7 @@ impl LogShared {
     }
 
     pub(crate) fn cf(&self, name: &'static str) -> Result<&rocksdb::ColumnFamily, EngineError> {
-        self.db.cf_handle(name).ok_or_else(|| EngineError::Corrupt {
-            what: "column families".into(),
-            expected: format!("column family {name}"),
-            found: "none".into(),
-        })
+        column_family(&self.db, name)
     }
 }
 
@@ -303,24 +308,14 @@ pub(crate) fn open_database(path: &Path) -> Result<(DB, File), EngineError> {
 }
 
 pub(crate) fn read_meta(db: &DB, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError> {
-    let cf = db.cf_handle(CF_META).ok_or_else(|| EngineError::Corrupt {
-        what: "column families".into(),
-        expected: CF_META.into(),
-        found: "none".into(),
-    })?;
-    db.get_cf(cf, key).map_err(EngineError::storage("reading meta"))
+    db.get_cf(column_family(db, CF_META)?, key).map_err(EngineError::storage("reading meta"))
 }
 
 /// Checks the format version (writing it into a new directory when `writable`) and returns
 /// the active projection slot and the last position, cross-checked against the log itself.
 pub(crate) fn check_format(db: &DB, path: &Path, writable: bool) -> Result<(ProjectionSlot, Position), EngineError> {
     let last_in_log = {
-        let cf = db.cf_handle(CF_POSITION_EVENT).ok_or_else(|| EngineError::Corrupt {
-            what: "column families".into(),
-            expected: CF_POSITION_EVENT.into(),
-            found: "none".into(),
-        })?;
-        let mut iter = db.raw_iterator_cf(cf);
+        let mut iter = db.raw_iterator_cf(column_family(db, CF_POSITION_EVENT)?);
         iter.seek_to_last();
         iter.status().map_err(EngineError::storage("reading the last event"))?;
         match iter.key() {
@@ -340,7 +335,7 @@ pub(crate) fn check_format(db: &DB, path: &Path, writable: bool) -> Result<(Proj
             });
         }
         None if last_in_log == Position::ZERO => {
-            let cf = db.cf_handle(CF_META).ok_or(EngineError::Closed)?;
+            let cf = column_family(db, CF_META)?;
             let mut batch = WriteBatch::default();
             batch.put_cf(cf, schema::META_FORMAT_VERSION, schema::FORMAT_VERSION.to_be_bytes());
             batch.put_cf(cf, schema::META_PROJECTION_SLOT, [ProjectionSlot::A.tag()]);
@@ -638,12 +633,7 @@ pub(crate) fn read_events(
 ) -> Result<Vec<EventEnvelope>, EngineError> {
     let from = from.max(Position(1));
     let mut events = Vec::with_capacity(limit.min(4_096));
-    let cf = db.cf_handle(CF_POSITION_EVENT).ok_or_else(|| EngineError::Corrupt {
-        what: "column families".into(),
-        expected: CF_POSITION_EVENT.into(),
-        found: "none".into(),
-    })?;
-    let mut iter = db.raw_iterator_cf(cf);
+    let mut iter = db.raw_iterator_cf(column_family(db, CF_POSITION_EVENT)?);
     iter.seek(schema::event_key(from));
     let mut expected = from;
     while let (Some(key), Some(value)) = (iter.key(), iter.value()) {

@@ -288,11 +288,7 @@ impl DataDirectory {
     }
 
     fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily, EngineError> {
-        self.db.cf_handle(name).ok_or_else(|| EngineError::Corrupt {
-            what: "column families".into(),
-            expected: name.to_owned(),
-            found: "none".into(),
-        })
+        log::column_family(&self.db, name)
     }
 
     /// Rebuilds every projection from the log into the slot not being served, in batches

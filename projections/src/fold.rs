@@ -21,7 +21,7 @@ use crate::records::{
     self, ChatKind, ChatRecord, GroupInfo, InviteRecord, MemberRecord, MessageRecord, UserRecord, load_chat,
     load_invite, load_member, load_message, save, save_checkpoint,
 };
-use crate::store::{ScanRange, Store, Table};
+use crate::store::{ScanRange, Store, Table, collect_prefix};
 use osmium_proto::events::{self, event_envelope::Event, stream_ref::Stream};
 use osmium_proto::ids::{ChatId, MessageId, Position, StreamId, UserId};
 use osmium_proto::prost::Message as _;
@@ -276,20 +276,7 @@ impl<S: Store + ?Sized> ChatFold<'_, S> {
     }
 
     fn member_ids(&self) -> Result<Vec<UserId>, ProjectionError> {
-        let prefix = keys::members_of(self.chat);
-        let mut users = Vec::new();
-        let mut malformed = None;
-        self.store.scan(Table::ChatidUseridMember, ScanRange::prefix(&prefix), &mut |key, _| {
-            match keys::member_user(key) {
-                Ok(user) => users.push(user),
-                Err(err) => {
-                    malformed = Some(err);
-                    return ControlFlow::Break(());
-                }
-            }
-            ControlFlow::Continue(())
-        })?;
-        malformed.map_or(Ok(users), Err)
+        collect_prefix(self.store, Table::ChatidUseridMember, &keys::members_of(self.chat), |key, _| keys::member_user(key))
     }
 
     fn member_removed(&mut self, user: UserId) -> Result<(), ProjectionError> {
@@ -335,20 +322,7 @@ impl<S: Store + ?Sized> ChatFold<'_, S> {
     }
 
     fn invite_codes(&self) -> Result<Vec<String>, ProjectionError> {
-        let prefix = keys::chat(self.chat);
-        let mut codes = Vec::new();
-        let mut malformed = None;
-        self.store.scan(Table::ChatidCodeInvite, ScanRange::prefix(&prefix), &mut |key, _| {
-            match keys::chat_invite_code(key) {
-                Ok(code) => codes.push(code),
-                Err(err) => {
-                    malformed = Some(err);
-                    return ControlFlow::Break(());
-                }
-            }
-            ControlFlow::Continue(())
-        })?;
-        malformed.map_or(Ok(codes), Err)
+        collect_prefix(self.store, Table::ChatidCodeInvite, &keys::chat(self.chat), |key, _| keys::chat_invite_code(key))
     }
 
     fn message_sent(&mut self, sent: &events::MessageSent) -> Result<(), ProjectionError> {

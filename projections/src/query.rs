@@ -7,7 +7,7 @@ use crate::keys;
 use crate::records::{
     ChatKind, ChatRecord, MemberRecord, MessageRecord, UserRecord, decode, load_chat, load_members, load_user,
 };
-use crate::store::{Direction, ScanRange, StoreRead, Table};
+use crate::store::{Direction, ScanRange, StoreRead, Table, collect_prefix};
 use osmium_proto::ids::{ChatId, MessageId, UserId};
 use osmium_proto::prost::Message as _;
 use osmium_proto::{media, refs, types};
@@ -173,20 +173,7 @@ pub fn chat_list(
 }
 
 fn large_chats(store: &(impl StoreRead + ?Sized), user: UserId) -> Result<Vec<ChatId>, ProjectionError> {
-    let prefix = keys::user_prefix(user);
-    let mut chats = Vec::new();
-    let mut failure = None;
-    store.scan(Table::UseridChatidLargechat, ScanRange::prefix(&prefix), &mut |key, _| {
-        match keys::large_chat_chat(key) {
-            Ok(chat) => chats.push(chat),
-            Err(err) => {
-                failure = Some(err);
-                return ControlFlow::Break(());
-            }
-        }
-        ControlFlow::Continue(())
-    })?;
-    failure.map_or(Ok(chats), Err)
+    collect_prefix(store, Table::UseridChatidLargechat, &keys::user_prefix(user), |key, _| keys::large_chat_chat(key))
 }
 
 /// The protocol `Group` of a group chat as `viewer` sees it; participants in join order.
@@ -335,22 +322,7 @@ pub fn chat_invites(
     store: &(impl StoreRead + ?Sized),
     chat_id: ChatId,
 ) -> Result<Vec<(String, crate::records::InviteRecord)>, ProjectionError> {
-    let prefix = keys::chat(chat_id);
-    let mut codes = Vec::new();
-    let mut failure = None;
-    store.scan(Table::ChatidCodeInvite, ScanRange::prefix(&prefix), &mut |key, _| {
-        match keys::chat_invite_code(key) {
-            Ok(code) => codes.push(code),
-            Err(err) => {
-                failure = Some(err);
-                return ControlFlow::Break(());
-            }
-        }
-        ControlFlow::Continue(())
-    })?;
-    if let Some(err) = failure {
-        return Err(err);
-    }
+    let codes = collect_prefix(store, Table::ChatidCodeInvite, &keys::chat(chat_id), |key, _| keys::chat_invite_code(key))?;
     let mut invites = Vec::with_capacity(codes.len());
     for code in codes {
         let record = crate::records::load_invite(store, &code)?.ok_or_else(|| ProjectionError::Inconsistent {

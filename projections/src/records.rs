@@ -4,10 +4,9 @@
 
 use crate::error::{ProjectionError, hex};
 use crate::keys;
-use crate::store::{ScanRange, Store, StoreRead, Table};
+use crate::store::{Store, StoreRead, Table};
 use osmium_proto::ids::{ChatId, MessageId, Position, UserId};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
-use std::ops::ControlFlow;
 
 /// Encodes a record.
 pub fn encode<T: Serialize>(record: &T) -> Vec<u8> {
@@ -258,27 +257,9 @@ pub fn load_members(
     store: &(impl StoreRead + ?Sized),
     chat: ChatId,
 ) -> Result<Vec<(UserId, MemberRecord)>, ProjectionError> {
-    let prefix = keys::members_of(chat);
-    let mut members = Vec::new();
-    let mut failure = None;
-    store.scan(Table::ChatidUseridMember, ScanRange::prefix(&prefix), &mut |key, value| {
-        let parsed = keys::member_user(key)
-            .and_then(|user| Ok((user, decode::<MemberRecord>(Table::ChatidUseridMember, key, value)?)));
-        match parsed {
-            Ok(member) => {
-                members.push(member);
-                ControlFlow::Continue(())
-            }
-            Err(err) => {
-                failure = Some(err);
-                ControlFlow::Break(())
-            }
-        }
-    })?;
-    match failure {
-        Some(err) => Err(err),
-        None => Ok(members),
-    }
+    crate::store::collect_prefix(store, Table::ChatidUseridMember, &keys::members_of(chat), |key, value| {
+        Ok((keys::member_user(key)?, decode::<MemberRecord>(Table::ChatidUseridMember, key, value)?))
+    })
 }
 
 /// The projection slot's checkpoint: the last folded log position.

@@ -187,6 +187,29 @@ pub trait StoreRead {
     ) -> Result<(), ProjectionError>;
 }
 
+/// `parse(key, value)` of every entry whose key starts with `prefix`, in key order;
+/// stops at the first entry that does not parse.
+pub fn collect_prefix<T>(
+    store: &(impl StoreRead + ?Sized),
+    table: Table,
+    prefix: &[u8],
+    mut parse: impl FnMut(&[u8], &[u8]) -> Result<T, ProjectionError>,
+) -> Result<Vec<T>, ProjectionError> {
+    let mut parsed = Vec::new();
+    let mut failure = None;
+    store.scan(table, ScanRange::prefix(prefix), &mut |key, value| match parse(key, value) {
+        Ok(item) => {
+            parsed.push(item);
+            ControlFlow::Continue(())
+        }
+        Err(err) => {
+            failure = Some(err);
+            ControlFlow::Break(())
+        }
+    })?;
+    failure.map_or(Ok(parsed), Err)
+}
+
 /// Read and write access: what the fold needs. Writes are visible to later reads
 /// through the same store at once.
 pub trait Store: StoreRead {

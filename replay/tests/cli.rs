@@ -68,6 +68,25 @@ fn served_slot(dir: &Path) -> Vec<u8> {
     db.get_cf(db.cf_handle("meta").unwrap(), b"projection_slot").unwrap().unwrap()
 }
 
+/// Starts `rebuild` in single-event batches and SIGKILLs it once its first progress line
+/// shows it has written a batch: mid-way through a log of thousands of events.
+fn kill_a_rebuild_after_its_first_batch(dir: &Path) {
+    let binary = assert_cmd::cargo::cargo_bin("osmium-replay");
+    let mut child = std::process::Command::new(binary)
+        .arg("--data-dir")
+        .arg(dir)
+        .args(["rebuild", "--batch-events", "1"])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first_line = String::new();
+    BufReader::new(child.stderr.take().unwrap()).read_line(&mut first_line).unwrap();
+    assert!(first_line.starts_with("rebuild: "), "{first_line}");
+    child.kill().unwrap();
+    assert!(!child.wait().unwrap().success(), "the rebuild was still running when killed");
+}
+
 #[test]
 fn help_lists_every_subcommand_with_an_example() {
     let output = Command::cargo_bin("osmium-replay").unwrap().arg("--help").assert().success().get_output().stdout.clone();
@@ -121,21 +140,7 @@ fn verify_passes_on_a_good_directory_and_names_a_planted_difference() {
 fn a_rebuild_killed_half_way_leaves_projections_that_verify_clean() {
     let dir = tempfile::tempdir().unwrap();
     scripted_log(dir.path(), 20_000);
-    let binary = assert_cmd::cargo::cargo_bin("osmium-replay");
-    let mut child = std::process::Command::new(binary)
-        .arg("--data-dir")
-        .arg(dir.path())
-        .args(["rebuild", "--batch-events", "1"])
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut first_line = String::new();
-    BufReader::new(child.stderr.take().unwrap()).read_line(&mut first_line).unwrap();
-    assert!(first_line.starts_with("rebuild: "), "{first_line}");
-    child.kill().unwrap(); // SIGKILL, mid-way: 20,000 single-event batches
-    let status = child.wait().unwrap();
-    assert!(!status.success(), "the rebuild was still running when killed");
+    kill_a_rebuild_after_its_first_batch(dir.path());
     assert_eq!(served_slot(dir.path()), b"a", "the old projections are still served");
     replay(dir.path()).arg("verify").assert().success();
     replay(dir.path()).arg("rebuild").assert().success();
@@ -244,19 +249,7 @@ fn rebuild_of_one_projection_replaces_that_table_and_carries_the_others_over() {
 fn an_interrupted_rebuild_resumes_from_the_position_its_error_names() {
     let dir = tempfile::tempdir().unwrap();
     scripted_log(dir.path(), 20_000);
-    let binary = assert_cmd::cargo::cargo_bin("osmium-replay");
-    let mut child = std::process::Command::new(binary)
-        .arg("--data-dir")
-        .arg(dir.path())
-        .args(["rebuild", "--batch-events", "1"])
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut first_line = String::new();
-    BufReader::new(child.stderr.take().unwrap()).read_line(&mut first_line).unwrap();
-    child.kill().unwrap();
-    assert!(!child.wait().unwrap().success());
+    kill_a_rebuild_after_its_first_batch(dir.path());
 
     let assert = replay(dir.path()).args(["rebuild", "--from", "999999999"]).assert().code(2);
     let message = String::from_utf8(assert.get_output().stderr.clone()).unwrap();
