@@ -52,7 +52,14 @@ pub struct DemoSummary {
     pub elapsed: Duration,
     /// Id of the demo's first user (the busiest one).
     pub first_user: u64,
+    /// Live updates received by the two "devices" (subscriptions) of each of the busiest users.
+    pub device_updates: u64,
+    /// Of those, read-position updates (a read on one device, seen on the others).
+    pub device_read_updates: u64,
 }
+
+/// Busiest users given two devices each (two subscriptions) during the demo.
+pub const DEMO_USERS_WITH_DEVICES: u64 = 10;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 enum ChatKey {
@@ -288,6 +295,21 @@ pub async fn run(
         let user = types::User { id: first_user + index, name: format!("user {index}"), ..types::User::default() };
         engine.upsert_user(user).await?;
     }
+    let mut devices = Vec::new();
+    for index in 0..DEMO_USERS_WITH_DEVICES.min(users) {
+        for _device in 0..2 {
+            let mut subscription = engine.subscribe(UserId(first_user + index));
+            devices.push(tokio::spawn(async move {
+                let (mut updates, mut reads) = (0u64, 0u64);
+                while let Some(update) = subscription.next().await {
+                    updates += 1;
+                    let read = matches!(update.update.update, Some(osmium_proto::updates::update::Update::ConversationLastRead(_)));
+                    reads += u64::from(read);
+                }
+                (updates, reads)
+            }));
+        }
+    }
     let total = script.per_chat.len() as u64;
     let queue = Arc::new(std::sync::Mutex::new(script.per_chat.into_iter()));
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
@@ -324,5 +346,12 @@ pub async fn run(
     }
     summary.elapsed = started.elapsed();
     summary.last_position = engine.last_position().get();
+    tokio::time::sleep(Duration::from_millis(200)).await; // the fan-out delivers the last batches
+    drop(engine); // ends every subscription
+    for device in devices {
+        let (updates, reads) = device.await.map_err(|_| EngineError::Closed)?;
+        summary.device_updates += updates;
+        summary.device_read_updates += reads;
+    }
     Ok(summary)
 }

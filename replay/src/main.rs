@@ -397,6 +397,8 @@ fn demo(dir: &Path, plan: &DemoPlan, json_output: bool) -> Result<Outcome, Engin
                 "commands_per_second": commands_per_second,
                 "rebuild_events_per_second": rebuilt.events as f64 / rebuild_seconds.max(1e-9),
                 "verified": differences.is_empty(),
+                "device_updates": summary.device_updates,
+                "device_read_updates": summary.device_read_updates,
                 "bytes_on_disk": bytes,
             })
         );
@@ -407,6 +409,12 @@ fn demo(dir: &Path, plan: &DemoPlan, json_output: bool) -> Result<Outcome, Engin
             summary.accepted, summary.refused, summary.messages, summary.groups, summary.large_groups
         );
         println!("  {:.1}s at {commands_per_second:.0} commands/s with {} concurrent workers (durable, fsync per group commit)", workload_seconds, plan.workers);
+        println!(
+            "  live updates: {} delivered to 2 devices of each of the {} busiest users ({} of them read positions)",
+            summary.device_updates,
+            demo::DEMO_USERS_WITH_DEVICES,
+            summary.device_read_updates
+        );
         println!("  log: {} events, {:.1} MiB on disk", summary.last_position, bytes as f64 / (1024.0 * 1024.0));
         println!("  rebuild: {} events in {rebuild_seconds:.2}s ({:.0} events/s)", rebuilt.events, rebuilt.events as f64 / rebuild_seconds.max(1e-9));
         if differences.is_empty() {
