@@ -9,11 +9,13 @@ use osmium_proto::ids::{ChatId, MessageId, Position, UserId};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 /// Encodes a record.
+#[allow(clippy::expect_used)]
 pub fn encode<T: Serialize>(record: &T) -> Vec<u8> {
-    // Invariant: bincode's serde encoder into a Vec fails only for types serde cannot
-    // describe (e.g. maps with non-string keys in some formats); our records are plain
-    // structs, enums, integers, strings and byte vectors, so it cannot fail.
-    bincode::serde::encode_to_vec(record, bincode::config::standard()).unwrap_or_default()
+    // Invariant: bincode's serde encoder into a Vec fails only for shapes it cannot
+    // describe (sequences of unknown length); our records are plain structs, enums,
+    // integers, strings, options and vectors, so it cannot fail. Were it to, writing
+    // nothing (or empty bytes) would corrupt the projections silently: panic instead.
+    bincode::serde::encode_to_vec(record, bincode::config::standard()).expect("projection records always encode")
 }
 
 /// Decodes a record read from `table` under `key`.
