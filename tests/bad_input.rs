@@ -1,0 +1,223 @@
+//! Bad input, table-driven: every command with each kind of invalid input gets its
+//! specific typed error, and a dump of the projections is byte-identical before and
+//! after (and the log does not grow).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+use common::*;
+use osmium_state::proto::ids::UserId;
+use osmium_state::proto::refs::{ChannelRef, ChatRef, chat_ref::Ref};
+use osmium_state::proto::{auth, chats, messages, refs, types};
+use osmium_state::{ChatEngine, EngineError};
+
+#[derive(Clone, Copy, Debug)]
+enum Case {
+    SendToUnknownGroup,
+    SendAsNonMember,
+    SendWithoutTextOrMedia,
+    SendOversizedText,
+    SendWithoutChatRef,
+    SendToAChannel,
+    SendToUnknownUser,
+    SendWithAnEntityPastTheText,
+    CreateChatWithEmptyName,
+    CreateChatWithLongName,
+    CreateChatWithUnknownUser,
+    EditChatAsMember,
+    AddMemberAsMember,
+    AddExistingMember,
+    RemoveNonMember,
+    EditSomeoneElsesMessage,
+    EditUnknownMessage,
+    DeleteNoMessages,
+    DeleteTooManyMessages,
+    MarkReadInUnknownChat,
+    SaveOversizedDraft,
+    SetOverridesAsMember,
+    SetOverlappingOverrides,
+    InviteToDirectChat,
+    InviteExpiringInThePast,
+    InviteWithZeroUses,
+    InviteAsMember,
+    UseUnknownInvite,
+    UseInviteAsMember,
+    DeleteUnknownInvite,
+    GetChatsWithZeroLimit,
+    GetHistoryWithZeroLimit,
+    UpsertUserWithZeroId,
+    UpsertUserWithEmptyName,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Expect {
+    NotFound,
+    Denied,
+    Invalid(&'static str),
+    AlreadyMember,
+    InviteNotFound,
+}
+
+const CASES: [(Case, Expect); 34] = [
+    (Case::SendToUnknownGroup, Expect::NotFound),
+    (Case::SendAsNonMember, Expect::NotFound),
+    (Case::SendWithoutTextOrMedia, Expect::Invalid("message")),
+    (Case::SendOversizedText, Expect::Invalid("message")),
+    (Case::SendWithoutChatRef, Expect::Invalid("chat_ref")),
+    (Case::SendToAChannel, Expect::Invalid("chat_ref")),
+    (Case::SendToUnknownUser, Expect::NotFound),
+    (Case::SendWithAnEntityPastTheText, Expect::Invalid("entities")),
+    (Case::CreateChatWithEmptyName, Expect::Invalid("name")),
+    (Case::CreateChatWithLongName, Expect::Invalid("name")),
+    (Case::CreateChatWithUnknownUser, Expect::NotFound),
+    (Case::EditChatAsMember, Expect::Denied),
+    (Case::AddMemberAsMember, Expect::Denied),
+    (Case::AddExistingMember, Expect::AlreadyMember),
+    (Case::RemoveNonMember, Expect::NotFound),
+    (Case::EditSomeoneElsesMessage, Expect::Denied),
+    (Case::EditUnknownMessage, Expect::NotFound),
+    (Case::DeleteNoMessages, Expect::Invalid("message_ids")),
+    (Case::DeleteTooManyMessages, Expect::Invalid("message_ids")),
+    (Case::MarkReadInUnknownChat, Expect::NotFound),
+    (Case::SaveOversizedDraft, Expect::Invalid("draft")),
+    (Case::SetOverridesAsMember, Expect::Denied),
+    (Case::SetOverlappingOverrides, Expect::Invalid("permissions")),
+    (Case::InviteToDirectChat, Expect::Invalid("chat_ref")),
+    (Case::InviteExpiringInThePast, Expect::Invalid("expires_at")),
+    (Case::InviteWithZeroUses, Expect::Invalid("max_uses")),
+    (Case::InviteAsMember, Expect::Denied),
+    (Case::UseUnknownInvite, Expect::InviteNotFound),
+    (Case::UseInviteAsMember, Expect::AlreadyMember),
+    (Case::DeleteUnknownInvite, Expect::InviteNotFound),
+    (Case::GetChatsWithZeroLimit, Expect::Invalid("limit")),
+    (Case::GetHistoryWithZeroLimit, Expect::Invalid("limit")),
+    (Case::UpsertUserWithZeroId, Expect::Invalid("id")),
+    (Case::UpsertUserWithEmptyName, Expect::Invalid("name")),
+];
+
+struct World {
+    group: u64,
+    bobs_message: u64,
+    code: String,
+}
+
+fn send(chat_ref: Option<ChatRef>, text: &str) -> messages::SendMessage {
+    messages::SendMessage { chat_ref, message: text.into(), ..Default::default() }
+}
+
+async fn attempt(engine: &ChatEngine, world: &World, case: Case) -> Result<(), EngineError> {
+    let group_ref = Some(group(world.group));
+    let invite = |chat_ref, expires_at, max_uses| chats::CreateChatInvite { chat_ref, expires_at, max_uses };
+    match case {
+        Case::SendToUnknownGroup => engine.send_message(ANN, send(Some(group(42)), "x")).await.map(drop),
+        Case::SendAsNonMember => engine.send_message(DAN, send(group_ref, "x")).await.map(drop),
+        Case::SendWithoutTextOrMedia => engine.send_message(ANN, send(group_ref, "")).await.map(drop),
+        Case::SendOversizedText => engine.send_message(ANN, send(group_ref, &"x".repeat(4_097))).await.map(drop),
+        Case::SendWithoutChatRef => engine.send_message(ANN, send(None, "x")).await.map(drop),
+        Case::SendToAChannel => {
+            let channel = ChatRef { r#ref: Some(Ref::Channel(ChannelRef { community_id: 1, channel_id: 2 })) };
+            engine.send_message(ANN, send(Some(channel), "x")).await.map(drop)
+        }
+        Case::SendToUnknownUser => engine.send_message(ANN, send(Some(dm(UserId(999))), "x")).await.map(drop),
+        Case::SendWithAnEntityPastTheText => {
+            let entity = types::MessageEntity { start_index: 1, length: 5, entity: Some(types::message_entity::Entity::Bold(true)) };
+            let request = messages::SendMessage { entities: vec![entity], ..send(group_ref, "abc") };
+            engine.send_message(ANN, request).await.map(drop)
+        }
+        Case::CreateChatWithEmptyName => engine.create_chat(ANN, chats::CreateChat { users: vec![], name: String::new() }).await.map(drop),
+        Case::CreateChatWithLongName => engine.create_chat(ANN, chats::CreateChat { users: vec![], name: "n".repeat(101) }).await.map(drop),
+        Case::CreateChatWithUnknownUser => {
+            let users = vec![refs::UserRef { user_id: 999 }];
+            engine.create_chat(ANN, chats::CreateChat { users, name: "g".into() }).await.map(drop)
+        }
+        Case::EditChatAsMember => {
+            engine.edit_chat(BOB, chats::EditChat { chat_ref: group_ref, name: Some("mine".into()), ..Default::default() }).await.map(drop)
+        }
+        Case::AddMemberAsMember => engine.add_chat_member(BOB, chats::AddChatMember { chat_ref: group_ref, user_id: CAT.get() }).await,
+        Case::AddExistingMember => engine.add_chat_member(ANN, chats::AddChatMember { chat_ref: group_ref, user_id: BOB.get() }).await,
+        Case::RemoveNonMember => engine.remove_chat_member(ANN, chats::RemoveChatMember { chat_ref: group_ref, user_id: DAN.get() }).await,
+        Case::EditSomeoneElsesMessage => {
+            let edit = messages::EditMessage { chat_ref: group_ref, message_id: world.bobs_message, message: Some("y".into()) };
+            engine.edit_message(ANN, edit).await
+        }
+        Case::EditUnknownMessage => {
+            engine.edit_message(ANN, messages::EditMessage { chat_ref: group_ref, message_id: 5, message: Some("y".into()) }).await
+        }
+        Case::DeleteNoMessages => engine.delete_message(ANN, messages::DeleteMessage { chat_ref: group_ref, message_ids: vec![] }).await,
+        Case::DeleteTooManyMessages => {
+            let message_ids = (1..=101).collect();
+            engine.delete_message(ANN, messages::DeleteMessage { chat_ref: group_ref, message_ids }).await
+        }
+        Case::MarkReadInUnknownChat => {
+            engine.mark_chat_read(ANN, chats::MarkChatRead { chat_ref: Some(group(42)), message_id: 1, read_amount: None }).await
+        }
+        Case::SaveOversizedDraft => engine.save_draft(ANN, group(world.group), Some("d".repeat(4_097))).await,
+        Case::SetOverridesAsMember => {
+            engine.set_permission_overrides(BOB, group(world.group), ANN, types::PermissionOverrides { pos: 0, neg: 4 }).await
+        }
+        Case::SetOverlappingOverrides => {
+            engine.set_permission_overrides(ANN, group(world.group), BOB, types::PermissionOverrides { pos: 4, neg: 4 }).await
+        }
+        Case::InviteToDirectChat => engine.create_chat_invite(ANN, invite(Some(dm(BOB)), None, None)).await.map(drop),
+        Case::InviteExpiringInThePast => engine.create_chat_invite(ANN, invite(group_ref, Some(START_MS), None)).await.map(drop),
+        Case::InviteWithZeroUses => engine.create_chat_invite(ANN, invite(group_ref, None, Some(0))).await.map(drop),
+        Case::InviteAsMember => engine.create_chat_invite(BOB, invite(group_ref, None, None)).await.map(drop),
+        Case::UseUnknownInvite => engine.use_invite(CAT, auth::UseInvite { code: "unknown".into() }).await,
+        Case::UseInviteAsMember => engine.use_invite(BOB, auth::UseInvite { code: world.code.clone() }).await,
+        Case::DeleteUnknownInvite => engine.delete_chat_invite(ANN, chats::DeleteChatInvite { code: "unknown".into() }).await,
+        Case::GetChatsWithZeroLimit => engine.get_chats(ANN, chats::GetChats { limit: Some(0), ..Default::default() }).await.map(drop),
+        Case::GetHistoryWithZeroLimit => {
+            engine.get_history(ANN, messages::GetHistory { chat_ref: group_ref, limit: Some(0), offset: None }).await.map(drop)
+        }
+        Case::UpsertUserWithZeroId => engine.upsert_user(types::User { id: 0, name: "z".into(), ..Default::default() }).await,
+        Case::UpsertUserWithEmptyName => engine.upsert_user(types::User { id: 9, name: String::new(), ..Default::default() }).await,
+    }
+}
+
+fn matches_expectation(error: &EngineError, expect: Expect) -> bool {
+    match (error, expect) {
+        (EngineError::NotFound { .. }, Expect::NotFound) => true,
+        (EngineError::PermissionDenied { .. }, Expect::Denied) => true,
+        (EngineError::InvalidArgument { field, .. }, Expect::Invalid(expected)) => *field == expected,
+        (EngineError::AlreadyMember, Expect::AlreadyMember) => true,
+        (EngineError::InviteNotFound, Expect::InviteNotFound) => true,
+        _ => false,
+    }
+}
+
+#[tokio::test]
+async fn every_invalid_command_gets_its_typed_error_and_changes_nothing() {
+    let f = fixture().await;
+    let group_id = create_group(&f.engine, ANN, &[BOB]).await;
+    let bobs_message = send_text(&f.engine, BOB, group_id).await;
+    send_one(&f.engine).await;
+    let code = f
+        .engine
+        .create_chat_invite(ANN, chats::CreateChatInvite { chat_ref: Some(group(group_id)), expires_at: None, max_uses: Some(5) })
+        .await
+        .unwrap()
+        .code;
+    let world = World { group: group_id, bobs_message, code };
+    for (case, expect) in CASES {
+        let projections_before = f.engine.log().projection_contents().unwrap();
+        let position_before = f.engine.last_position();
+        let outcome = attempt(&f.engine, &world, case).await;
+        match &outcome {
+            Err(error) => assert!(matches_expectation(error, expect), "{case:?}: expected {expect:?}, got {error:?}"),
+            Ok(()) => panic!("{case:?}: expected {expect:?}, but it succeeded"),
+        }
+        assert_eq!(f.engine.last_position(), position_before, "{case:?} wrote to the log");
+        assert!(f.engine.log().projection_contents().unwrap() == projections_before, "{case:?} changed the projections");
+    }
+}
+
+async fn send_text(engine: &ChatEngine, author: UserId, group_id: u64) -> u64 {
+    send_message_id(engine, author, group(group_id)).await
+}
+
+async fn send_one(engine: &ChatEngine) {
+    send_message_id(engine, ANN, dm(BOB)).await;
+}
+
+async fn send_message_id(engine: &ChatEngine, author: UserId, chat_ref: ChatRef) -> u64 {
+    engine.send_message(author, send(Some(chat_ref), "hello")).await.unwrap().message_id
+}
