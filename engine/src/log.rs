@@ -187,6 +187,24 @@ pub(crate) fn column_family<'db>(db: &'db DB, name: &str) -> Result<&'db rocksdb
     })
 }
 
+/// Every entry of a projection slot, copied into memory from one snapshot.
+pub(crate) fn copy_projections(db: &DB, slot: ProjectionSlot) -> Result<MemStore, EngineError> {
+    let snapshot = db.snapshot();
+    let mut contents = MemStore::new();
+    for table in Table::ALL {
+        let mut options = rocksdb::ReadOptions::default();
+        options.set_snapshot(&snapshot);
+        let mut iter = db.raw_iterator_cf_opt(column_family(db, slot.column_family(table))?, options);
+        iter.seek_to_first();
+        while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
+            contents.put(table, key.to_vec(), value.to_vec());
+            iter.next();
+        }
+        iter.status().map_err(EngineError::storage("reading projections"))?;
+    }
+    Ok(contents)
+}
+
 /// State shared by the log handle, its readers and the writer thread.
 pub(crate) struct LogShared {
     pub(crate) db: DB,
@@ -566,21 +584,7 @@ impl EventLog {
     /// Every entry of the served projection slot, copied into memory (for verification:
     /// compare with a fold of the log into a fresh [`MemStore`]).
     pub fn projection_contents(&self) -> Result<MemStore, EngineError> {
-        let shared = &self.shared;
-        let snapshot = shared.db.snapshot();
-        let mut contents = MemStore::new();
-        for table in Table::ALL {
-            let mut options = rocksdb::ReadOptions::default();
-            options.set_snapshot(&snapshot);
-            let mut iter = shared.db.raw_iterator_cf_opt(shared.cf(shared.slot.column_family(table))?, options);
-            iter.seek_to_first();
-            while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
-                contents.put(table, key.to_vec(), value.to_vec());
-                iter.next();
-            }
-            iter.status().map_err(EngineError::storage("reading projections"))?;
-        }
-        Ok(contents)
+        copy_projections(&self.shared.db, self.shared.slot)
     }
 
     /// The newest durable position, as a `watch` that changes after every commit.

@@ -9,7 +9,7 @@ use crate::error::EngineError;
 use crate::log::{self, decode_event};
 use crate::rocks::RocksView;
 use crate::schema::{self, CF_META, CF_POSITION_EVENT, CF_STREAMID_VERSION_POSITION, ProjectionSlot};
-use osmium_projections::{MemStore, Overlay, Store, StoreRead, Table, records};
+use osmium_projections::{MemStore, Overlay, StoreRead, Table, records};
 use osmium_proto::events::EventEnvelope;
 use osmium_proto::ids::{Position, StreamVersion};
 use rocksdb::{DB, WriteBatch, WriteOptions};
@@ -252,18 +252,7 @@ impl DataDirectory {
 
     /// Every entry of a projection slot, in memory.
     pub fn projection_contents(&self, slot: ProjectionSlot) -> Result<MemStore, EngineError> {
-        let mut contents = MemStore::new();
-        for table in Table::ALL {
-            let cf = self.cf(slot.column_family(table))?;
-            let mut iter = self.db.raw_iterator_cf(cf);
-            iter.seek_to_first();
-            while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
-                contents.put(table, key.to_vec(), value.to_vec());
-                iter.next();
-            }
-            iter.status().map_err(EngineError::storage("reading projections"))?;
-        }
-        Ok(contents)
+        log::copy_projections(&self.db, slot)
     }
 
     /// Folds the whole log into memory, independently of the stored projections.
