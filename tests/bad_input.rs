@@ -100,7 +100,7 @@ struct World {
     code: String,
 }
 
-fn send(chat_ref: Option<ChatRef>, text: &str) -> messages::SendMessage {
+fn request(chat_ref: Option<ChatRef>, text: &str) -> messages::SendMessage {
     messages::SendMessage { chat_ref, message: text.into(), ..Default::default() }
 }
 
@@ -108,19 +108,19 @@ async fn attempt(engine: &ChatEngine, world: &World, case: Case) -> Result<(), E
     let group_ref = Some(group(world.group));
     let invite = |chat_ref, expires_at, max_uses| chats::CreateChatInvite { chat_ref, expires_at, max_uses };
     match case {
-        Case::SendToUnknownGroup => engine.send_message(ANN, send(Some(group(42)), "x")).await.map(drop),
-        Case::SendAsNonMember => engine.send_message(DAN, send(group_ref, "x")).await.map(drop),
-        Case::SendWithoutTextOrMedia => engine.send_message(ANN, send(group_ref, "")).await.map(drop),
-        Case::SendOversizedText => engine.send_message(ANN, send(group_ref, &"x".repeat(4_097))).await.map(drop),
-        Case::SendWithoutChatRef => engine.send_message(ANN, send(None, "x")).await.map(drop),
+        Case::SendToUnknownGroup => engine.send_message(ANN, request(Some(group(42)), "x")).await.map(drop),
+        Case::SendAsNonMember => engine.send_message(DAN, request(group_ref, "x")).await.map(drop),
+        Case::SendWithoutTextOrMedia => engine.send_message(ANN, request(group_ref, "")).await.map(drop),
+        Case::SendOversizedText => engine.send_message(ANN, request(group_ref, &"x".repeat(4_097))).await.map(drop),
+        Case::SendWithoutChatRef => engine.send_message(ANN, request(None, "x")).await.map(drop),
         Case::SendToAChannel => {
             let channel = ChatRef { r#ref: Some(Ref::Channel(ChannelRef { community_id: 1, channel_id: 2 })) };
-            engine.send_message(ANN, send(Some(channel), "x")).await.map(drop)
+            engine.send_message(ANN, request(Some(channel), "x")).await.map(drop)
         }
-        Case::SendToUnknownUser => engine.send_message(ANN, send(Some(dm(UserId(999))), "x")).await.map(drop),
+        Case::SendToUnknownUser => engine.send_message(ANN, request(Some(dm(UserId(999))), "x")).await.map(drop),
         Case::SendWithAnEntityPastTheText => {
             let entity = types::MessageEntity { start_index: 1, length: 5, entity: Some(types::message_entity::Entity::Bold(true)) };
-            let request = messages::SendMessage { entities: vec![entity], ..send(group_ref, "abc") };
+            let request = messages::SendMessage { entities: vec![entity], ..request(group_ref, "abc") };
             engine.send_message(ANN, request).await.map(drop)
         }
         Case::CreateChatWithEmptyName => engine.create_chat(ANN, chats::CreateChat { users: vec![], name: String::new() }).await.map(drop),
@@ -188,8 +188,8 @@ fn matches_expectation(error: &EngineError, expect: Expect) -> bool {
 async fn every_invalid_command_gets_its_typed_error_and_changes_nothing() {
     let f = fixture().await;
     let group_id = create_group(&f.engine, ANN, &[BOB]).await;
-    let bobs_message = send_text(&f.engine, BOB, group_id).await;
-    send_one(&f.engine).await;
+    let bobs_message = send(&f.engine, BOB, &group(group_id), "hello").await.get();
+    send(&f.engine, ANN, &dm(BOB), "hello").await;
     let code = f
         .engine
         .create_chat_invite(ANN, chats::CreateChatInvite { chat_ref: Some(group(group_id)), expires_at: None, max_uses: Some(5) })
@@ -208,16 +208,4 @@ async fn every_invalid_command_gets_its_typed_error_and_changes_nothing() {
         assert_eq!(f.engine.last_position(), position_before, "{case:?} wrote to the log");
         assert!(f.engine.log().projection_contents().unwrap() == projections_before, "{case:?} changed the projections");
     }
-}
-
-async fn send_text(engine: &ChatEngine, author: UserId, group_id: u64) -> u64 {
-    send_message_id(engine, author, group(group_id)).await
-}
-
-async fn send_one(engine: &ChatEngine) {
-    send_message_id(engine, ANN, dm(BOB)).await;
-}
-
-async fn send_message_id(engine: &ChatEngine, author: UserId, chat_ref: ChatRef) -> u64 {
-    engine.send_message(author, send(Some(chat_ref), "hello")).await.unwrap().message_id
 }
