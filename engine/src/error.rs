@@ -154,6 +154,10 @@ pub enum EngineError {
         /// The failure that stopped it.
         reason: String,
     },
+    /// `ChatEngine::open` was called outside a tokio runtime (it runs its update fan-out
+    /// and typing expiry as tasks).
+    #[error("ChatEngine::open must be called inside a tokio runtime")]
+    NoRuntime,
     /// The engine is shutting down or was dropped.
     #[error("the engine is closed")]
     Closed,

@@ -276,3 +276,24 @@ async fn meta_last_position_disagreeing_with_the_log_is_a_corruption_error_with_
         "{opened:?}"
     );
 }
+
+#[test]
+fn opening_the_chat_engine_outside_a_tokio_runtime_is_a_typed_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let opening = osmium_engine::ChatEngine::open(dir.path(), osmium_engine::EngineConfig::default());
+    let opened = poll_without_runtime(opening);
+    assert!(matches!(opened, Err(EngineError::NoRuntime)), "{opened:?}");
+}
+
+/// Polls a future on the current thread without any runtime, a bounded number of times.
+fn poll_without_runtime<F: std::future::Future>(future: F) -> F::Output {
+    use std::task::{Context, Poll, Waker};
+    let mut future = std::pin::pin!(future);
+    let mut context = Context::from_waker(Waker::noop());
+    for _ in 0..1_000 {
+        if let Poll::Ready(output) = future.as_mut().poll(&mut context) {
+            return output;
+        }
+    }
+    panic!("the future did not finish within 1,000 polls");
+}

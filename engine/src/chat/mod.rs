@@ -109,6 +109,8 @@ impl ChatEngine {
     /// Opens the data directory at `path` (created when missing). Must be called inside a
     /// tokio runtime: the update fan-out and typing expiry run as tasks on it.
     pub async fn open(path: impl AsRef<Path>, config: EngineConfig) -> Result<ChatEngine, EngineError> {
+        // An `async fn` can be polled by any executor; the background tasks need tokio's.
+        tokio::runtime::Handle::try_current().map_err(|_| EngineError::NoRuntime)?;
         let clock = config.log.clock.clone();
         let log = EventLog::open(path, config.log)?;
         let hub = Arc::new(UpdateHub::default());
