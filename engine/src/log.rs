@@ -691,7 +691,19 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            self.commit(requests);
+            // A panic in a batch (a decision, the fold) must not kill the writer: requests
+            // queued meanwhile would wait forever in the channel. The batch's callers see
+            // `Closed` (outcome unknown); every later command gets `WriterFailed`.
+            let committed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.commit(requests)));
+            if let Err(panic) = committed {
+                let reason = panic
+                    .downcast_ref::<&str>()
+                    .map(|text| (*text).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".to_owned());
+                tracing::error!(%reason, "a commit panicked; the log writer refuses further writes");
+                self.failure = Some(format!("a commit panicked: {reason}"));
+            }
         }
     }
 
@@ -725,15 +737,24 @@ impl Writer {
         let written = if committed.is_empty() {
             Ok(())
         } else {
-            batch.write(last_position, self.ids.last_id(), &self.write_options)
+            let injected = || -> Result<(), EngineError> {
+                fail::fail_point!("commit::before_write", |_| Err(EngineError::Io {
+                    path: self.shared.path.clone(),
+                    source: std::io::Error::other("injected at commit::before_write"),
+                }));
+                Ok(())
+            };
+            injected().and_then(|()| batch.write(last_position, self.ids.last_id(), &self.write_options))
         };
         match written {
             Ok(()) => {
+                fail::fail_point!("commit::after_write");
                 self.last_position = last_position;
                 self.shared.durable_position.store(last_position.get(), Ordering::Release);
                 for (reply, outcome) in outcomes {
                     let _ = reply.send(outcome); // the caller may have gone away; the events stay committed
                 }
+                fail::fail_point!("commit::after_ack");
                 if !committed.is_empty() {
                     self.position_tx.send_replace(last_position);
                     let _ = self.events_tx.send(Arc::new(CommittedBatch { events: committed }));

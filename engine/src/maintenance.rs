@@ -343,6 +343,10 @@ impl DataDirectory {
         if let Some(only) = options.only {
             self.carry_over_all_but(only, target)?;
         }
+        fail::fail_point!("rebuild::before_switch", |_| Err(EngineError::Io {
+            path: self.path.clone(),
+            source: std::io::Error::other("injected at rebuild::before_switch"),
+        }));
         let mut flip = WriteBatch::default();
         if total == 0 {
             let meta_cf = self.cf(target.column_family(Table::ProjectionMeta))?;
