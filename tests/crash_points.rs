@@ -18,6 +18,13 @@ fn assert_directory_consistent(dir: &std::path::Path) {
     assert!(directory.verify(10, &mut |_, _| {}).unwrap().is_empty(), "projections equal a fold of the log");
 }
 
+/// Closes the engine, then checks its directory (the temp dir lives until after the check).
+fn close_and_assert_consistent(f: Fixture) {
+    let Fixture { dir, engine, .. } = f;
+    drop(engine);
+    assert_directory_consistent(dir.path());
+}
+
 fn hello() -> messages::SendMessage {
     messages::SendMessage { chat_ref: Some(dm(BOB)), message: "hello".into(), ..Default::default() }
 }
@@ -47,10 +54,7 @@ async fn an_io_error_before_the_write_fails_the_batch_writes_nothing_and_stops_t
     let f = f.reopen().await;
     assert_eq!(messages_in_log(&f).await, 1, "only the message before the failure");
     send(&f.engine, ANN, &dm(BOB), "after reopening").await;
-    let dir = f.dir.path().to_path_buf();
-    drop(f.engine);
-    assert_directory_consistent(&dir);
-    drop(f.dir);
+    close_and_assert_consistent(f);
     scenario.teardown();
 }
 
@@ -70,10 +74,7 @@ async fn a_crash_after_the_write_before_the_acknowledgement_keeps_the_durable_ba
     let f = f.reopen().await;
     assert_eq!(messages_in_log(&f).await, 1, "the batch was durable before the crash");
     assert_eq!(conversation(&f.engine, BOB, &dm(ANN)).await.unread_count, 1);
-    let dir = f.dir.path().to_path_buf();
-    drop(f.engine);
-    assert_directory_consistent(&dir);
-    drop(f.dir);
+    close_and_assert_consistent(f);
     scenario.teardown();
 }
 
@@ -92,10 +93,7 @@ async fn a_crash_after_the_acknowledgement_loses_nothing_acknowledged() {
     let f = f.reopen().await;
     let history = f.engine.get_history(BOB, messages::GetHistory { chat_ref: Some(dm(ANN)), ..Default::default() }).await.unwrap();
     assert_eq!(history.messages.iter().map(|m| m.message_id).collect::<Vec<_>>(), [acknowledged.message_id]);
-    let dir = f.dir.path().to_path_buf();
-    drop(f.engine);
-    assert_directory_consistent(&dir);
-    drop(f.dir);
+    close_and_assert_consistent(f);
     scenario.teardown();
 }
 
