@@ -6,6 +6,12 @@
 /// a 10,000-member group writes a constant number of keys.
 pub const CHAT_LIST_FANOUT_MAX: u32 = 256;
 
+/// Largest projection record a decoder accepts, in bytes. Every record the engine writes
+/// is far smaller (client-provided bytes are bounded by the engine's `request_bytes_max`,
+/// which must stay at most half of this); a length prefix claiming more is corruption and
+/// is reported as a decode error instead of being allocated.
+pub const RECORD_BYTES_MAX: usize = 16 * 1024 * 1024;
+
 /// Permission bit: may send messages (protocol bitfield).
 pub const PERMISSION_SEND_MESSAGES: u64 = 4;
 /// Permission bit: may attach media (protocol bitfield).

@@ -4,6 +4,7 @@
 
 use crate::error::{ProjectionError, hex};
 use crate::keys;
+use crate::limits::RECORD_BYTES_MAX;
 use crate::store::{Store, StoreRead, Table};
 use osmium_proto::ids::{ChatId, MessageId, Position, UserId};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
@@ -20,7 +21,10 @@ pub fn encode<T: Serialize>(record: &T) -> Vec<u8> {
 
 /// Decodes a record read from `table` under `key`.
 pub fn decode<T: DeserializeOwned>(table: Table, key: &[u8], bytes: &[u8]) -> Result<T, ProjectionError> {
-    let decoded = bincode::serde::decode_from_slice(bytes, bincode::config::standard());
+    // The limit changes no byte of the encoding; it only refuses length prefixes that claim
+    // more than a record can hold, which bincode would otherwise try to allocate.
+    let config = bincode::config::standard().with_limit::<RECORD_BYTES_MAX>();
+    let decoded = bincode::serde::decode_from_slice(bytes, config);
     match decoded {
         Ok((record, read)) if read == bytes.len() => Ok(record),
         Ok((_, read)) => Err(ProjectionError::Decode {

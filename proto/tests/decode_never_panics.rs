@@ -1,17 +1,46 @@
-//! Decoders meet arbitrary bytes: every outcome is `Ok` or `Err`, never a panic.
+//! Decoders meet arbitrary bytes: every outcome is `Ok` or `Err`, never a panic. What
+//! decodes re-encodes to bytes that decode to the same value.
+//!
+//! Three decoders take bytes from outside: `ClientMessage` (a client's frame),
+//! `ServerMessage` (what a client decodes) and `EventEnvelope` (a log record). Arbitrary
+//! bytes mostly fail at the first field, so the second property wraps them as the
+//! length-delimited payload of every field number: that drives the decoders of every
+//! nested message (requests, updates, events, media) with arbitrary contents.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use osmium_proto::core::{ClientMessage, ServerMessage};
+use osmium_proto::events::EventEnvelope;
 use osmium_proto::prost::Message;
+use osmium_proto::prost::encoding::{WireType, encode_key, encode_varint};
 use proptest::prelude::*;
 
+/// Field numbers tried as wrappers: every number up to the highest ClientMessage call
+/// (96), and the `Initialize` assumption's 1001.
+fn wrapper_fields() -> impl Strategy<Value = u32> {
+    prop_oneof![1u32..=96, Just(1001)]
+}
+
+/// Decodes `bytes` as `M`; when that works, the re-encoding decodes to the same value.
+fn decodes_stably<M: Message + Default + PartialEq + std::fmt::Debug>(bytes: &[u8]) {
+    if let Ok(decoded) = M::decode(bytes) {
+        let again = M::decode(decoded.encode_to_vec().as_slice()).expect("a re-encoded message decodes");
+        assert_eq!(again, decoded, "re-encoding is stable");
+    }
+}
+
 fn decode_all(bytes: &[u8]) {
-    let _ = osmium_proto::core::ClientMessage::decode(bytes);
-    let _ = osmium_proto::core::ServerMessage::decode(bytes);
-    let _ = osmium_proto::events::EventEnvelope::decode(bytes);
-    let _ = osmium_proto::types::Conversation::decode(bytes);
-    let _ = osmium_proto::chats::GetChats::decode(bytes);
-    let _ = osmium_proto::messages::SendMessage::decode(bytes);
+    decodes_stably::<ClientMessage>(bytes);
+    decodes_stably::<ServerMessage>(bytes);
+    decodes_stably::<EventEnvelope>(bytes);
+}
+
+fn wrapped(field: u32, payload: &[u8]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(payload.len() + 8);
+    encode_key(field, WireType::LengthDelimited, &mut bytes);
+    encode_varint(payload.len() as u64, &mut bytes);
+    bytes.extend_from_slice(payload);
+    bytes
 }
 
 proptest! {
@@ -21,11 +50,21 @@ proptest! {
     fn arbitrary_bytes_never_panic_a_decoder(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
         decode_all(&bytes);
     }
+
+    #[test]
+    fn arbitrary_payloads_of_every_field_never_panic_the_nested_decoders(
+        field in wrapper_fields(),
+        inner_field in wrapper_fields(),
+        payload in proptest::collection::vec(any::<u8>(), 0..256),
+    ) {
+        decode_all(&wrapped(field, &payload));
+        decode_all(&wrapped(field, &wrapped(inner_field, &payload)));
+    }
 }
 
 #[test]
 fn an_event_envelope_round_trips() {
-    use osmium_proto::events::{EventEnvelope, MessageSent, StreamRef, event_envelope::Event, stream_ref::Stream};
+    use osmium_proto::events::{MessageSent, StreamRef, event_envelope::Event, stream_ref::Stream};
     let envelope = EventEnvelope {
         position: 42,
         stream: Some(StreamRef { stream: Some(Stream::ChatId(7)) }),
