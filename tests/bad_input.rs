@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use osmium_state::proto::ids::UserId;
 use osmium_state::proto::refs::{ChannelRef, ChatRef, chat_ref::Ref};
-use osmium_state::proto::{auth, chats, messages, refs, types};
+use osmium_state::proto::{auth, chats, media, messages, refs, types};
 use osmium_state::{ChatEngine, EngineError};
 
 #[derive(Clone, Copy, Debug)]
@@ -20,10 +20,12 @@ enum Case {
     SendToAChannel,
     SendToUnknownUser,
     SendWithAnEntityPastTheText,
+    SendOversizedAttachment,
     CreateChatWithEmptyName,
     CreateChatWithLongName,
     CreateChatWithUnknownUser,
     EditChatAsMember,
+    EditChatWithOversizedPhoto,
     AddMemberAsMember,
     AddExistingMember,
     RemoveNonMember,
@@ -46,6 +48,7 @@ enum Case {
     GetHistoryWithZeroLimit,
     UpsertUserWithZeroId,
     UpsertUserWithEmptyName,
+    UpsertUserWithOversizedPhoto,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -57,7 +60,7 @@ enum Expect {
     InviteNotFound,
 }
 
-const CASES: [(Case, Expect); 34] = [
+const CASES: [(Case, Expect); 37] = [
     (Case::SendToUnknownGroup, Expect::NotFound),
     (Case::SendAsNonMember, Expect::NotFound),
     (Case::SendWithoutTextOrMedia, Expect::Invalid("message")),
@@ -66,10 +69,12 @@ const CASES: [(Case, Expect); 34] = [
     (Case::SendToAChannel, Expect::Invalid("chat_ref")),
     (Case::SendToUnknownUser, Expect::NotFound),
     (Case::SendWithAnEntityPastTheText, Expect::Invalid("entities")),
+    (Case::SendOversizedAttachment, Expect::Invalid("request")),
     (Case::CreateChatWithEmptyName, Expect::Invalid("name")),
     (Case::CreateChatWithLongName, Expect::Invalid("name")),
     (Case::CreateChatWithUnknownUser, Expect::NotFound),
     (Case::EditChatAsMember, Expect::Denied),
+    (Case::EditChatWithOversizedPhoto, Expect::Invalid("request")),
     (Case::AddMemberAsMember, Expect::Denied),
     (Case::AddExistingMember, Expect::AlreadyMember),
     (Case::RemoveNonMember, Expect::NotFound),
@@ -92,12 +97,18 @@ const CASES: [(Case, Expect); 34] = [
     (Case::GetHistoryWithZeroLimit, Expect::Invalid("limit")),
     (Case::UpsertUserWithZeroId, Expect::Invalid("id")),
     (Case::UpsertUserWithEmptyName, Expect::Invalid("name")),
+    (Case::UpsertUserWithOversizedPhoto, Expect::Invalid("request")),
 ];
 
 struct World {
     group: u64,
     bobs_message: u64,
     code: String,
+}
+
+/// More bytes than the default `request_bytes_max` (1 MiB) allows.
+fn oversized_text() -> String {
+    "b".repeat(1024 * 1024 + 1)
 }
 
 fn request(chat_ref: Option<ChatRef>, text: &str) -> messages::SendMessage {
@@ -123,6 +134,12 @@ async fn attempt(engine: &ChatEngine, world: &World, case: Case) -> Result<(), E
             let request = messages::SendMessage { entities: vec![entity], ..request(group_ref, "abc") };
             engine.send_message(ANN, request).await.map(drop)
         }
+        Case::SendOversizedAttachment => {
+            let file = media::File { filename: Some(oversized_text()), mimetype: "text/plain".into(), ..Default::default() };
+            let attachment = media::MediaRef { r#ref: Some(media::media_ref::Ref::Uploaded(media::MediaRefUploadedFile { file: Some(file) })) };
+            let request = messages::SendMessage { media: vec![attachment], ..request(group_ref, "x") };
+            engine.send_message(ANN, request).await.map(drop)
+        }
         Case::CreateChatWithEmptyName => engine.create_chat(ANN, chats::CreateChat { users: vec![], name: String::new() }).await.map(drop),
         Case::CreateChatWithLongName => engine.create_chat(ANN, chats::CreateChat { users: vec![], name: "n".repeat(101) }).await.map(drop),
         Case::CreateChatWithUnknownUser => {
@@ -131,6 +148,10 @@ async fn attempt(engine: &ChatEngine, world: &World, case: Case) -> Result<(), E
         }
         Case::EditChatAsMember => {
             engine.edit_chat(BOB, chats::EditChat { chat_ref: group_ref, name: Some("mine".into()), ..Default::default() }).await.map(drop)
+        }
+        Case::EditChatWithOversizedPhoto => {
+            let photo = Some(chats::Photo { file_id: 1, preview: oversized_text().into_bytes() });
+            engine.edit_chat(ANN, chats::EditChat { chat_ref: group_ref, photo, ..Default::default() }).await.map(drop)
         }
         Case::AddMemberAsMember => engine.add_chat_member(BOB, chats::AddChatMember { chat_ref: group_ref, user_id: CAT.get() }).await,
         Case::AddExistingMember => engine.add_chat_member(ANN, chats::AddChatMember { chat_ref: group_ref, user_id: BOB.get() }).await,
@@ -170,6 +191,10 @@ async fn attempt(engine: &ChatEngine, world: &World, case: Case) -> Result<(), E
         }
         Case::UpsertUserWithZeroId => engine.upsert_user(types::User { id: 0, name: "z".into(), ..Default::default() }).await,
         Case::UpsertUserWithEmptyName => engine.upsert_user(types::User { id: 9, name: String::new(), ..Default::default() }).await,
+        Case::UpsertUserWithOversizedPhoto => {
+            let photo = Some(types::ChatPhoto { file_id: 1, preview: oversized_text().into_bytes() });
+            engine.upsert_user(types::User { id: ANN.get(), name: "ann".into(), photo, ..Default::default() }).await
+        }
     }
 }
 

@@ -1,22 +1,49 @@
-//! Model-based property test: random histories of chat commands from four users over two
-//! DMs and two groups run against the engine and against a plain in-memory model. After
-//! every step, every user's view of every chat (unread count, read position, last message,
-//! draft, mute, membership) must equal the model's, and the chat list must be ordered;
-//! at the end the projections must equal a fold of the log.
+//! Model-based property test: random histories of chat commands from five users over two
+//! DMs, two small groups and one group above the chat-list fan-out limit run against the
+//! engine and against a plain in-memory model written below. The clock is part of the
+//! generated input (invites expire), and so is closing and reopening the engine.
 //!
-//! Cases: `PROPTEST_CASES` (default 48). Failures are kept under `proptest-regressions/`.
+//! After every step:
+//! - the engine's answer to the command is the model's (success or the specific error);
+//! - a refused command changed nothing: same log position, byte-identical projections;
+//!   an accepted one appended to the log (typing, being ephemeral, never does);
+//! - every user's view of every chat equals the model's: last message, read position,
+//!   unread count, draft, mute, permission overrides, or `NotFound` for non-members
+//!   (removed members included: nothing that happens after their removal reaches them);
+//! - `last_read_message_id <= last_message_id`; read positions never move back (a view
+//!   only shows less when the message read last was deleted); 0 unread right after
+//!   reading the last message, and for the sender right after sending;
+//! - `get_chats` lists exactly the model's chats, newest first, and paging with `max_id`
+//!   or `min_id` at every limit from 1 to 5 visits each conversation exactly once;
+//! - invite uses equal the successful `use_invite` calls and never exceed `max_uses`;
+//!   `list_chat_invites` shows exactly the model's usable invites.
+//!
+//! At the end of every case the projections equal a fold of the log, and a closed and
+//! reopened engine gives the same answers.
+//!
+//! Cases: `PROPTEST_CASES` (default 48). Failures are kept in
+//! `proptest-regressions/read_state_model.txt` and replayed first.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 use common::*;
+use osmium_state::projections::limits::{
+    CHAT_LIST_FANOUT_MAX, MEMBER_DEFAULT_PERMISSIONS, PERMISSION_SEND_MEDIA, PERMISSION_SEND_MESSAGES,
+};
 use osmium_state::proto::ids::UserId;
 use osmium_state::proto::refs::ChatRef;
-use osmium_state::proto::{chats, messages, refs, types};
-use osmium_state::{ChatEngine, Durability, EngineError};
+use osmium_state::proto::{auth, chats, media, messages, refs, types};
+use osmium_state::{ChatEngine, Clock, Durability, EngineError};
 use proptest::prelude::*;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-const USERS: [u64; 4] = [1, 2, 3, 4];
+/// The users whose views are checked. User 5 starts in no chat: it joins by invite or
+/// by being added.
+const USERS: [u64; 5] = [1, 2, 3, 4, 5];
+/// Directory users that only fill group L past the chat-list fan-out limit.
+const FILLERS: std::ops::Range<u64> = 1_000..1_000 + CHAT_LIST_FANOUT_MAX as u64;
+/// Paging is checked at every page size from 1 to this.
+const PAGE_LIMIT_MAX: u32 = 5;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Chat {
@@ -28,6 +55,19 @@ enum Chat {
     GroupA,
     /// Group owned by 2 with 3 and 4.
     GroupB,
+    /// Group owned by 3 with 1, 4 and the fillers: above the fan-out limit, so listed
+    /// through the large-chat set rather than the per-message chat-list index.
+    GroupLarge,
+}
+
+impl Chat {
+    fn dm_members(self) -> Option<(u64, u64)> {
+        match self {
+            Chat::DmOneTwo => Some((1, 2)),
+            Chat::DmTwoThree => Some((2, 3)),
+            Chat::GroupA | Chat::GroupB | Chat::GroupLarge => None,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -37,16 +77,45 @@ enum ReadTarget {
     BeyondLast,
 }
 
+/// Permission overrides an owner may set (one of them contradicts itself).
+#[derive(Clone, Copy, Debug)]
+enum Overrides {
+    Cleared,
+    DenySend,
+    DenyMedia,
+    GrantMediaDenySend,
+    Contradictory,
+}
+
+impl Overrides {
+    fn bits(self) -> (u64, u64) {
+        match self {
+            Overrides::Cleared => (0, 0),
+            Overrides::DenySend => (0, PERMISSION_SEND_MESSAGES),
+            Overrides::DenyMedia => (0, PERMISSION_SEND_MEDIA),
+            Overrides::GrantMediaDenySend => (PERMISSION_SEND_MEDIA, PERMISSION_SEND_MESSAGES),
+            Overrides::Contradictory => (PERMISSION_SEND_MEDIA, PERMISSION_SEND_MEDIA),
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 enum Step {
-    Send { user: u64, chat: Chat },
+    Send { user: u64, chat: Chat, media: bool },
     MarkRead { user: u64, chat: Chat, target: ReadTarget },
     Delete { user: u64, chat: Chat, nth: usize },
     Edit { user: u64, chat: Chat, nth: usize },
     Draft { user: u64, chat: Chat, text: Option<String> },
     Mute { user: u64, chat: Chat, muted: bool },
+    Typing { user: u64, chat: Chat, typing: bool },
     Leave { user: u64, chat: Chat },
+    Remove { actor: u64, chat: Chat, user: u64 },
     Add { actor: u64, chat: Chat, user: u64 },
+    SetOverrides { actor: u64, chat: Chat, user: u64, overrides: Overrides },
+    CreateInvite { actor: u64, chat: Chat, expires_in_ms: Option<u64>, max_uses: Option<u32> },
+    UseInvite { user: u64, nth: usize },
+    DeleteInvite { actor: u64, nth: usize },
+    AdvanceClock { ms: u64 },
     Reopen,
 }
 
@@ -55,24 +124,47 @@ fn user() -> impl Strategy<Value = u64> {
 }
 
 fn chat() -> impl Strategy<Value = Chat> {
-    prop_oneof![Just(Chat::DmOneTwo), Just(Chat::DmTwoThree), Just(Chat::GroupA), Just(Chat::GroupB)]
+    prop::sample::select(vec![Chat::DmOneTwo, Chat::DmTwoThree, Chat::GroupA, Chat::GroupB, Chat::GroupLarge])
+}
+
+fn group_chat() -> impl Strategy<Value = Chat> {
+    prop::sample::select(vec![Chat::GroupA, Chat::GroupB, Chat::GroupLarge])
 }
 
 fn step() -> impl Strategy<Value = Step> {
     let target = prop_oneof![Just(ReadTarget::Old), Just(ReadTarget::Latest), Just(ReadTarget::BeyondLast)];
+    let overrides = prop::sample::select(vec![
+        Overrides::Cleared,
+        Overrides::DenySend,
+        Overrides::DenyMedia,
+        Overrides::GrantMediaDenySend,
+        Overrides::Contradictory,
+    ]);
+    let expires_in_ms = prop::option::of(prop::sample::select(vec![0u64, 1_000, 5_000]));
+    let max_uses = prop::option::of(0u32..3);
     prop_oneof![
-        6 => (user(), chat()).prop_map(|(user, chat)| Step::Send { user, chat }),
-        4 => (user(), chat(), target).prop_map(|(user, chat, target)| Step::MarkRead { user, chat, target }),
+        8 => (user(), chat(), prop::bool::weighted(0.2)).prop_map(|(user, chat, media)| Step::Send { user, chat, media }),
+        5 => (user(), chat(), target).prop_map(|(user, chat, target)| Step::MarkRead { user, chat, target }),
         2 => (user(), chat(), 0usize..6).prop_map(|(user, chat, nth)| Step::Delete { user, chat, nth }),
         1 => (user(), chat(), 0usize..6).prop_map(|(user, chat, nth)| Step::Edit { user, chat, nth }),
         2 => (user(), chat(), prop::option::of("[a-z]{0,3}")).prop_map(|(user, chat, text)| Step::Draft { user, chat, text }),
         1 => (user(), chat(), any::<bool>()).prop_map(|(user, chat, muted)| Step::Mute { user, chat, muted }),
-        1 => (user(), prop_oneof![Just(Chat::GroupA), Just(Chat::GroupB)]).prop_map(|(user, chat)| Step::Leave { user, chat }),
-        1 => (user(), prop_oneof![Just(Chat::GroupA), Just(Chat::GroupB)], user())
-            .prop_map(|(actor, chat, user)| Step::Add { actor, chat, user }),
+        1 => (user(), chat(), any::<bool>()).prop_map(|(user, chat, typing)| Step::Typing { user, chat, typing }),
+        1 => (user(), group_chat()).prop_map(|(user, chat)| Step::Leave { user, chat }),
+        1 => (user(), group_chat(), user()).prop_map(|(actor, chat, user)| Step::Remove { actor, chat, user }),
+        1 => (user(), group_chat(), user()).prop_map(|(actor, chat, user)| Step::Add { actor, chat, user }),
+        1 => (user(), group_chat(), user(), overrides)
+            .prop_map(|(actor, chat, user, overrides)| Step::SetOverrides { actor, chat, user, overrides }),
+        2 => (user(), group_chat(), expires_in_ms, max_uses)
+            .prop_map(|(actor, chat, expires_in_ms, max_uses)| Step::CreateInvite { actor, chat, expires_in_ms, max_uses }),
+        2 => (user(), 0usize..3).prop_map(|(user, nth)| Step::UseInvite { user, nth }),
+        1 => (user(), 0usize..3).prop_map(|(actor, nth)| Step::DeleteInvite { actor, nth }),
+        1 => (0u64..4_000).prop_map(|ms| Step::AdvanceClock { ms }),
         1 => Just(Step::Reopen),
     ]
 }
+
+// ---- the model -------------------------------------------------------------------
 
 #[derive(Clone, Debug, Default, PartialEq)]
 struct ModelMember {
@@ -80,6 +172,14 @@ struct ModelMember {
     join_order: u64,
     draft: Option<String>,
     muted: bool,
+    overrides: Option<(u64, u64)>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct ModelMessage {
+    id: u64,
+    author: u64,
+    live: bool,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -90,17 +190,28 @@ struct ModelChat {
     closed: bool,
     joins: u64,
     members: BTreeMap<u64, ModelMember>,
-    /// (message id, author, live)
-    messages: Vec<(u64, u64, bool)>,
+    messages: Vec<ModelMessage>,
 }
+
+/// What a user should see of a chat: last message, read position, unread, draft, mute,
+/// permission overrides.
+type ExpectedView = (u64, u64, u32, Option<String>, bool, Option<(u64, u64)>);
 
 impl ModelChat {
     fn last_live(&self) -> Option<u64> {
-        self.messages.iter().rev().find(|(_, _, live)| *live).map(|(id, _, _)| *id)
+        self.messages.iter().rev().find(|message| message.live).map(|message| message.id)
+    }
+
+    fn last_message_id(&self) -> u64 {
+        self.last_live().unwrap_or(self.id)
     }
 
     fn member(&self, user: u64) -> Option<&ModelMember> {
         if !self.exists || self.closed { None } else { self.members.get(&user) }
+    }
+
+    fn member_mut(&mut self, user: u64) -> Option<&mut ModelMember> {
+        if !self.exists || self.closed { None } else { self.members.get_mut(&user) }
     }
 
     fn join(&mut self, user: u64) {
@@ -109,35 +220,112 @@ impl ModelChat {
         self.members.insert(user, member);
     }
 
-    /// The conversation `user` should see.
-    fn expected(&self, user: u64) -> Option<(u64, u64, u32, Option<String>, bool)> {
+    /// Removes a member; when it was the owner, the longest-standing member takes over,
+    /// and a group left empty is closed.
+    fn leave(&mut self, user: u64) {
+        self.members.remove(&user);
+        if self.group_owner == Some(user) {
+            match self.members.iter().min_by_key(|(_, member)| member.join_order) {
+                Some((&successor, _)) => self.group_owner = Some(successor),
+                None => self.closed = true,
+            }
+        }
+    }
+
+    /// Owners and DM members may do everything; others get `(defaults & !neg) | pos`.
+    fn may_send(&self, user: u64, with_media: bool) -> bool {
+        if self.group_owner.is_none_or(|owner| owner == user) {
+            return true;
+        }
+        let (pos, neg) = self.members.get(&user).and_then(|member| member.overrides).unwrap_or((0, 0));
+        let permissions = (MEMBER_DEFAULT_PERMISSIONS & !neg) | pos;
+        permissions & PERMISSION_SEND_MESSAGES != 0 && (!with_media || permissions & PERMISSION_SEND_MEDIA != 0)
+    }
+
+    fn unread(&self, user: u64, read: u64) -> u32 {
+        self.messages.iter().filter(|message| message.live && message.id > read && message.author != user).count() as u32
+    }
+
+    fn expected(&self, user: u64) -> Option<ExpectedView> {
         let member = self.member(user)?;
-        let last = self.last_live();
-        let unread = self.messages.iter().filter(|(id, author, live)| *live && *id > member.read && *author != user).count();
-        let last_read = last.map_or(0, |last| member.read.min(last));
-        Some((last.unwrap_or(self.id), last_read, unread as u32, member.draft.clone(), member.muted))
+        let last_read = self.last_live().map_or(0, |last| member.read.min(last));
+        let unread = self.unread(user, member.read);
+        Some((self.last_message_id(), last_read, unread, member.draft.clone(), member.muted, member.overrides))
     }
 }
 
+#[derive(Clone, Debug)]
+struct ModelInvite {
+    code: String,
+    chat: Chat,
+    creator: u64,
+    expires_at_ms: Option<u64>,
+    max_uses: Option<u32>,
+    uses: u32,
+    deleted: bool,
+}
+
+impl ModelInvite {
+    fn expired(&self, now_ms: u64) -> bool {
+        self.expires_at_ms.is_some_and(|expires| now_ms >= expires)
+    }
+
+    fn used_up(&self) -> bool {
+        self.max_uses.is_some_and(|max| self.uses >= max)
+    }
+}
+
+/// What `delete_or_edit` does to a message.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Change {
+    Delete,
+    Edit,
+}
+
+/// What a step did, as the model predicts it (the engine's answer already checked).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Outcome {
+    /// Recorded in the log.
+    Recorded,
+    /// Refused with the expected error: must have written nothing.
+    Refused,
+    /// Accepted without a log entry (typing).
+    Ephemeral,
+    /// Not sent to the engine (an address the user cannot form, a clock step, a reopen).
+    NotSent,
+}
+
+// ---- the harness -----------------------------------------------------------------
+
 struct Harness {
-    fixture: Fixture,
+    fixture: Option<Fixture>,
     chats: BTreeMap<Chat, ModelChat>,
+    invites: Vec<ModelInvite>,
+    /// The read position each user last saw in each chat they are in.
+    seen_reads: BTreeMap<(u64, Chat), u64>,
 }
 
 fn chat_ref(chat: Chat, viewer: u64, model: &ModelChat) -> ChatRef {
-    match chat {
-        Chat::DmOneTwo => dm(UserId(if viewer == 1 { 2 } else { 1 })),
-        Chat::DmTwoThree => dm(UserId(if viewer == 2 { 3 } else { 2 })),
-        Chat::GroupA | Chat::GroupB => group(model.id),
+    match chat.dm_members() {
+        Some((a, b)) => dm(UserId(if viewer == a { b } else { a })),
+        None => group(model.id),
     }
 }
 
-fn dm_members(chat: Chat) -> Option<(u64, u64)> {
-    match chat {
-        Chat::DmOneTwo => Some((1, 2)),
-        Chat::DmTwoThree => Some((2, 3)),
-        _ => None,
+fn media_attachment() -> media::MediaRef {
+    let file = media::File { file_id: 7, region: 1, size: 1_024, mimetype: "image/png".into(), ..Default::default() };
+    media::MediaRef {
+        r#ref: Some(media::media_ref::Ref::Uploaded(media::MediaRefUploadedFile { file: Some(file) })),
     }
+}
+
+/// Asserts that `result` is the error `expected` describes and returns [`Outcome::Refused`].
+macro_rules! refused {
+    ($result:expr, $pattern:pat) => {{
+        let result = $result;
+        assert!(matches!(result, Err($pattern)), "expected {}, got {result:?}", stringify!($pattern));
+        Outcome::Refused
+    }};
 }
 
 impl Harness {
@@ -147,11 +335,20 @@ impl Harness {
         let mut config = config(&clock);
         config.log.durability = Durability::Buffered;
         let engine = ChatEngine::open(dir.path(), config).await.unwrap();
-        for id in USERS {
-            engine.upsert_user(types::User { id, name: format!("u{id}"), ..Default::default() }).await.unwrap();
+        let upserts = USERS.into_iter().chain(FILLERS).map(|id| {
+            let engine = engine.clone();
+            tokio::spawn(async move { engine.upsert_user(types::User { id, name: format!("u{id}"), ..Default::default() }).await })
+        });
+        for upsert in upserts.collect::<Vec<_>>() {
+            upsert.await.unwrap().unwrap();
         }
         let mut chats = BTreeMap::new();
-        for (chat, owner, members) in [(Chat::GroupA, 1u64, [2u64, 3]), (Chat::GroupB, 2, [3, 4])] {
+        let groups = [
+            (Chat::GroupA, 1u64, vec![2u64, 3]),
+            (Chat::GroupB, 2, vec![3, 4]),
+            (Chat::GroupLarge, 3, [1, 4].into_iter().chain(FILLERS).collect()),
+        ];
+        for (chat, owner, members) in groups {
             let users = members.iter().map(|&user_id| refs::UserRef { user_id }).collect();
             let created = engine.create_chat(UserId(owner), chats::CreateChat { users, name: "g".into() }).await.unwrap();
             let mut model = ModelChat { id: created.id, exists: true, group_owner: Some(owner), ..ModelChat::default() };
@@ -163,199 +360,423 @@ impl Harness {
         }
         chats.insert(Chat::DmOneTwo, ModelChat::default());
         chats.insert(Chat::DmTwoThree, ModelChat::default());
-        Harness { fixture: Fixture { dir, engine, clock }, chats }
+        Harness { fixture: Some(Fixture { dir, engine, clock }), chats, invites: Vec::new(), seen_reads: BTreeMap::new() }
     }
 
-    fn may_address(&self, user: u64, chat: Chat) -> bool {
-        match dm_members(chat) {
-            Some((a, b)) => user == a || user == b,
-            None => true,
+    fn fixture(&self) -> &Fixture {
+        self.fixture.as_ref().expect("the fixture is only taken out while reopening")
+    }
+
+    fn engine(&self) -> ChatEngine {
+        self.fixture().engine.clone()
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.fixture().clock.now_ms()
+    }
+
+    async fn reopen(&mut self) {
+        let fixture = self.fixture.take().expect("the fixture is only taken out while reopening");
+        self.fixture = Some(fixture.reopen().await);
+    }
+
+    /// Runs one step on the engine and the model, then checks that a refused command
+    /// wrote nothing and an accepted one was logged.
+    async fn run(&mut self, step: &Step) {
+        // No engine handle may live across `step`: a reopen needs the directory released.
+        let position_before = self.engine().last_position();
+        let projections_before = self.engine().log().projection_contents().unwrap();
+        let outcome = self.step(step).await;
+        let engine = self.engine();
+        let position_after = engine.last_position();
+        match outcome {
+            Outcome::Recorded => assert!(position_after > position_before, "{step:?} was accepted but not logged"),
+            Outcome::Refused | Outcome::Ephemeral | Outcome::NotSent => {
+                assert_eq!(position_after, position_before, "{step:?} ({outcome:?}) appended to the log");
+                let projections_after = engine.log().projection_contents().unwrap();
+                assert!(projections_after == projections_before, "{step:?} ({outcome:?}) changed the projections");
+            }
         }
     }
 
-    /// Runs one step on the engine and the model; the engine's outcome must be the model's.
-    async fn step(&mut self, step: &Step) {
-        if matches!(step, Step::Reopen) {
-            let fixture = std::mem::replace(&mut self.fixture, placeholder().await);
-            self.fixture = fixture.reopen().await;
-            return;
+    /// Runs one step on the engine and the model; the engine's answer must be the model's.
+    async fn step(&mut self, step: &Step) -> Outcome {
+        match step {
+            Step::Reopen => {
+                self.reopen().await;
+                return Outcome::NotSent;
+            }
+            Step::AdvanceClock { ms } => {
+                self.fixture().clock.advance_ms(*ms);
+                return Outcome::NotSent;
+            }
+            _ => {}
         }
-        let engine = self.fixture.engine.clone();
+        let engine = self.engine();
+        let now_ms = self.now_ms();
+        let may_address = |user: u64, chat: Chat| chat.dm_members().is_none_or(|(a, b)| user == a || user == b);
         match step.clone() {
-            Step::Reopen => unreachable!("handled above, before the engine handle is cloned"),
-            Step::Send { user, chat } => {
-                if !self.may_address(user, chat) {
-                    return;
-                }
+            Step::Reopen | Step::AdvanceClock { .. } => unreachable!("handled above, before an engine handle is taken"),
+            Step::Send { user, chat, .. }
+            | Step::MarkRead { user, chat, .. }
+            | Step::Delete { user, chat, .. }
+            | Step::Edit { user, chat, .. }
+            | Step::Draft { user, chat, .. }
+            | Step::Mute { user, chat, .. }
+            | Step::Typing { user, chat, .. }
+                if !may_address(user, chat) =>
+            {
+                Outcome::NotSent
+            }
+            Step::Send { user, chat, media } => {
                 let model = self.chats.get_mut(&chat).unwrap();
-                let request = messages::SendMessage { chat_ref: Some(chat_ref(chat, user, model)), message: "m".into(), ..Default::default() };
+                let request = messages::SendMessage {
+                    chat_ref: Some(chat_ref(chat, user, model)),
+                    message: "m".into(),
+                    media: if media { vec![media_attachment()] } else { Vec::new() },
+                    ..Default::default()
+                };
                 let result = engine.send_message(UserId(user), request).await;
-                if dm_members(chat).is_some() && !model.exists {
+                if let (Some((a, b)), false) = (chat.dm_members(), model.exists) {
                     let sent = result.unwrap();
-                    let (a, b) = dm_members(chat).unwrap();
                     model.exists = true;
                     model.join(a);
                     model.join(b);
-                    model.id = dm_chat_id(&engine, a, b).await;
-                    model.messages.push((sent.message_id, user, true));
+                    model.id = dm_chat_id(&engine, a, b);
+                    model.messages.push(ModelMessage { id: sent.message_id, author: user, live: true });
                     model.members.get_mut(&user).unwrap().read = sent.message_id;
-                } else if model.member(user).is_some() {
+                } else if model.member(user).is_none() {
+                    return refused!(result, EngineError::NotFound { .. });
+                } else if !model.may_send(user, media) {
+                    return refused!(result, EngineError::PermissionDenied { .. });
+                } else {
                     let sent = result.unwrap();
-                    model.messages.push((sent.message_id, user, true));
-                    let member = model.members.get_mut(&user).unwrap();
+                    model.messages.push(ModelMessage { id: sent.message_id, author: user, live: true });
+                    let member = model.member_mut(user).unwrap();
                     member.read = sent.message_id;
                     member.draft = None;
-                } else {
-                    assert!(matches!(result, Err(EngineError::NotFound { .. })), "{result:?}");
                 }
+                let view = conversation(&engine, UserId(user), &chat_ref(chat, user, model)).await;
+                assert_eq!(view.unread_count, 0, "the sender has nothing unread right after sending");
+                Outcome::Recorded
             }
             Step::MarkRead { user, chat, target } => {
-                if !self.may_address(user, chat) {
-                    return;
-                }
                 let model = self.chats.get_mut(&chat).unwrap();
                 let last = model.last_live();
-                let m = match target {
-                    ReadTarget::Old => model.messages.first().map_or(1, |(id, _, _)| *id),
+                let message_id = match target {
+                    ReadTarget::Old => model.messages.first().map_or(1, |message| message.id),
                     ReadTarget::Latest => last.unwrap_or(1),
                     ReadTarget::BeyondLast => u64::MAX - 1,
                 };
-                let request = chats::MarkChatRead { chat_ref: Some(chat_ref(chat, user, model)), message_id: m, read_amount: None };
+                let chat_ref = chat_ref(chat, user, model);
+                let request = chats::MarkChatRead { chat_ref: Some(chat_ref), message_id, read_amount: None };
                 let result = engine.mark_chat_read(UserId(user), request).await;
-                match model.members.get_mut(&user).filter(|_| model.exists && !model.closed) {
-                    Some(member) => {
-                        result.unwrap();
-                        if let Some(last) = last {
-                            member.read = member.read.max(m.min(last));
-                        }
-                    }
-                    None => assert!(matches!(result, Err(EngineError::NotFound { .. })), "{result:?}"),
+                let Some(member) = model.member_mut(user) else { return refused!(result, EngineError::NotFound { .. }) };
+                result.unwrap();
+                if let Some(last) = last {
+                    member.read = member.read.max(message_id.min(last));
                 }
+                if let ReadTarget::Latest | ReadTarget::BeyondLast = target {
+                    let view = conversation(&engine, UserId(user), &chat_ref).await;
+                    assert_eq!(view.unread_count, 0, "nothing is unread right after reading the last message");
+                }
+                Outcome::Recorded
             }
-            Step::Delete { user, chat, nth } | Step::Edit { user, chat, nth } => {
-                let deleting = matches!(step, Step::Delete { .. });
-                if !self.may_address(user, chat) {
-                    return;
-                }
-                let model = self.chats.get_mut(&chat).unwrap();
-                let Some(&(id, author, live)) = model.messages.get(nth) else { return };
-                let chat_ref = Some(chat_ref(chat, user, model));
-                let result = if deleting {
-                    engine.delete_message(UserId(user), messages::DeleteMessage { chat_ref, message_ids: vec![id] }).await
-                } else {
-                    let edit = messages::EditMessage { chat_ref, message_id: id, message: Some("edited".into()) };
-                    engine.edit_message(UserId(user), edit).await
-                };
-                let allowed = author == user || (deleting && model.group_owner == Some(user));
-                if model.member(user).is_none() || !live {
-                    assert!(matches!(result, Err(EngineError::NotFound { .. })), "{result:?}");
-                } else if !allowed {
-                    assert!(matches!(result, Err(EngineError::PermissionDenied { .. })), "{result:?}");
-                } else {
-                    result.unwrap();
-                    if deleting {
-                        model.messages[nth].2 = false;
-                    }
-                }
-            }
+            Step::Delete { user, chat, nth } => self.delete_or_edit(&engine, user, chat, nth, Change::Delete).await,
+            Step::Edit { user, chat, nth } => self.delete_or_edit(&engine, user, chat, nth, Change::Edit).await,
             Step::Draft { user, chat, text } => {
-                if !self.may_address(user, chat) {
-                    return;
-                }
                 let model = self.chats.get_mut(&chat).unwrap();
                 let result = engine.save_draft(UserId(user), chat_ref(chat, user, model), text.clone()).await;
-                match model.members.get_mut(&user).filter(|_| model.exists && !model.closed) {
-                    Some(member) => {
-                        result.unwrap();
-                        member.draft = text.filter(|text| !text.is_empty());
-                    }
-                    None => assert!(matches!(result, Err(EngineError::NotFound { .. })), "{result:?}"),
-                }
+                let Some(member) = model.member_mut(user) else { return refused!(result, EngineError::NotFound { .. }) };
+                result.unwrap();
+                member.draft = text.filter(|text| !text.is_empty());
+                Outcome::Recorded
             }
             Step::Mute { user, chat, muted } => {
-                if !self.may_address(user, chat) {
-                    return;
-                }
                 let model = self.chats.get_mut(&chat).unwrap();
                 let result = engine.set_muted(UserId(user), chat_ref(chat, user, model), muted).await;
-                match model.members.get_mut(&user).filter(|_| model.exists && !model.closed) {
-                    Some(member) => {
-                        result.unwrap();
-                        member.muted = muted;
-                    }
-                    None => assert!(matches!(result, Err(EngineError::NotFound { .. })), "{result:?}"),
-                }
+                let Some(member) = model.member_mut(user) else { return refused!(result, EngineError::NotFound { .. }) };
+                result.unwrap();
+                member.muted = muted;
+                Outcome::Recorded
             }
-            Step::Leave { user, chat } => {
-                let model = self.chats.get_mut(&chat).unwrap();
-                let request = chats::RemoveChatMember { chat_ref: Some(group(model.id)), user_id: user };
-                let result = engine.remove_chat_member(UserId(user), request).await;
+            Step::Typing { user, chat, typing } => {
+                let model = &self.chats[&chat];
+                let request = chats::SetTyping { chat_ref: Some(chat_ref(chat, user, model)), typing, action: None };
+                let result = engine.set_typing(UserId(user), request).await;
                 if model.member(user).is_none() {
-                    assert!(matches!(result, Err(EngineError::NotFound { .. })), "{result:?}");
-                    return;
+                    return refused!(result, EngineError::NotFound { .. });
                 }
                 result.unwrap();
-                model.members.remove(&user);
-                if model.group_owner == Some(user) {
-                    match model.members.iter().min_by_key(|(_, member)| member.join_order) {
-                        Some((&successor, _)) => model.group_owner = Some(successor),
-                        None => model.closed = true,
-                    }
-                }
+                Outcome::Ephemeral
             }
+            Step::Leave { user, chat } => self.remove(&engine, user, chat, user).await,
+            Step::Remove { actor, chat, user } => self.remove(&engine, actor, chat, user).await,
             Step::Add { actor, chat, user } => {
                 let model = self.chats.get_mut(&chat).unwrap();
                 let request = chats::AddChatMember { chat_ref: Some(group(model.id)), user_id: user };
                 let result = engine.add_chat_member(UserId(actor), request).await;
                 if model.member(actor).is_none() {
-                    assert!(matches!(result, Err(EngineError::NotFound { .. })), "{result:?}");
-                } else if model.group_owner != Some(actor) {
-                    assert!(matches!(result, Err(EngineError::PermissionDenied { .. })), "{result:?}");
-                } else if model.members.contains_key(&user) {
-                    assert!(matches!(result, Err(EngineError::AlreadyMember)), "{result:?}");
-                } else {
-                    result.unwrap();
-                    model.join(user);
+                    return refused!(result, EngineError::NotFound { .. });
                 }
+                if model.group_owner != Some(actor) {
+                    return refused!(result, EngineError::PermissionDenied { .. });
+                }
+                if model.members.contains_key(&user) {
+                    return refused!(result, EngineError::AlreadyMember);
+                }
+                result.unwrap();
+                model.join(user);
+                Outcome::Recorded
+            }
+            Step::SetOverrides { actor, chat, user, overrides } => {
+                let model = self.chats.get_mut(&chat).unwrap();
+                let (pos, neg) = overrides.bits();
+                let request = types::PermissionOverrides { pos, neg };
+                let result = engine.set_permission_overrides(UserId(actor), group(model.id), UserId(user), request).await;
+                if model.member(actor).is_none() {
+                    return refused!(result, EngineError::NotFound { .. });
+                }
+                if model.group_owner != Some(actor) {
+                    return refused!(result, EngineError::PermissionDenied { .. });
+                }
+                let Some(member) = model.member_mut(user) else { return refused!(result, EngineError::NotFound { .. }) };
+                if pos & neg != 0 {
+                    return refused!(result, EngineError::InvalidArgument { .. });
+                }
+                result.unwrap();
+                member.overrides = (pos != 0 || neg != 0).then_some((pos, neg));
+                Outcome::Recorded
+            }
+            Step::CreateInvite { actor, chat, expires_in_ms, max_uses } => {
+                let model = &self.chats[&chat];
+                let expires_at_ms = expires_in_ms.map(|ms| now_ms + ms);
+                let request =
+                    chats::CreateChatInvite { chat_ref: Some(group(model.id)), expires_at: expires_at_ms, max_uses };
+                let result = engine.create_chat_invite(UserId(actor), request).await;
+                if model.member(actor).is_none() {
+                    return refused!(result, EngineError::NotFound { .. });
+                }
+                if model.group_owner != Some(actor) {
+                    return refused!(result, EngineError::PermissionDenied { .. });
+                }
+                if expires_in_ms == Some(0) || max_uses == Some(0) {
+                    return refused!(result, EngineError::InvalidArgument { .. });
+                }
+                let code = result.unwrap().code;
+                let invite = ModelInvite { code, chat, creator: actor, expires_at_ms, max_uses, uses: 0, deleted: false };
+                self.invites.push(invite);
+                Outcome::Recorded
+            }
+            Step::UseInvite { user, nth } => {
+                let Some(invite) = self.invites.get_mut(nth) else { return Outcome::NotSent };
+                let model = self.chats.get_mut(&invite.chat).unwrap();
+                let result = engine.use_invite(UserId(user), auth::UseInvite { code: invite.code.clone() }).await;
+                if invite.deleted || model.closed {
+                    return refused!(result, EngineError::InviteNotFound);
+                }
+                if invite.expired(now_ms) {
+                    return refused!(result, EngineError::InviteExpired);
+                }
+                if invite.used_up() {
+                    return refused!(result, EngineError::InviteUsedUp);
+                }
+                if model.members.contains_key(&user) {
+                    return refused!(result, EngineError::AlreadyMember);
+                }
+                result.unwrap();
+                invite.uses += 1;
+                model.join(user);
+                Outcome::Recorded
+            }
+            Step::DeleteInvite { actor, nth } => {
+                let Some(invite) = self.invites.get_mut(nth) else { return Outcome::NotSent };
+                let model = &self.chats[&invite.chat];
+                let request = chats::DeleteChatInvite { code: invite.code.clone() };
+                let result = engine.delete_chat_invite(UserId(actor), request).await;
+                if invite.deleted || model.member(actor).is_none() {
+                    return refused!(result, EngineError::InviteNotFound);
+                }
+                if invite.creator != actor && model.group_owner != Some(actor) {
+                    return refused!(result, EngineError::PermissionDenied { .. });
+                }
+                result.unwrap();
+                invite.deleted = true;
+                Outcome::Recorded
             }
         }
     }
 
-    /// Every user's view of every chat equals the model's; chat lists are ordered.
-    async fn check(&self) {
-        let engine = &self.fixture.engine;
+    /// `user` deletes or edits the `nth` message ever sent to `chat`.
+    async fn delete_or_edit(&mut self, engine: &ChatEngine, user: u64, chat: Chat, nth: usize, change: Change) -> Outcome {
+        let model = self.chats.get_mut(&chat).unwrap();
+        let Some(&ModelMessage { id, author, live }) = model.messages.get(nth) else { return Outcome::NotSent };
+        let chat_ref = Some(chat_ref(chat, user, model));
+        let result = match change {
+            Change::Delete => {
+                engine.delete_message(UserId(user), messages::DeleteMessage { chat_ref, message_ids: vec![id] }).await
+            }
+            Change::Edit => {
+                let edit = messages::EditMessage { chat_ref, message_id: id, message: Some("edited".into()) };
+                engine.edit_message(UserId(user), edit).await
+            }
+        };
+        let allowed = author == user || (change == Change::Delete && model.group_owner == Some(user));
+        if model.member(user).is_none() || !live {
+            return refused!(result, EngineError::NotFound { .. });
+        }
+        if !allowed {
+            return refused!(result, EngineError::PermissionDenied { .. });
+        }
+        result.unwrap();
+        if change == Change::Delete {
+            model.messages[nth].live = false;
+        }
+        Outcome::Recorded
+    }
+
+    /// `actor` removes `user` from a group (leaving when they are the same).
+    async fn remove(&mut self, engine: &ChatEngine, actor: u64, chat: Chat, user: u64) -> Outcome {
+        let model = self.chats.get_mut(&chat).unwrap();
+        let request = chats::RemoveChatMember { chat_ref: Some(group(model.id)), user_id: user };
+        let result = engine.remove_chat_member(UserId(actor), request).await;
+        if model.member(actor).is_none() {
+            return refused!(result, EngineError::NotFound { .. });
+        }
+        if actor != user && model.group_owner != Some(actor) {
+            return refused!(result, EngineError::PermissionDenied { .. });
+        }
+        if !model.members.contains_key(&user) {
+            return refused!(result, EngineError::NotFound { .. });
+        }
+        result.unwrap();
+        model.leave(user);
+        Outcome::Recorded
+    }
+
+    /// Every user's view of every chat, their chat list and its pages, and every
+    /// group's invites equal the model's.
+    async fn check(&mut self) {
+        let engine = self.engine();
         for user in USERS {
-            for (chat, model) in &self.chats {
-                if !self.may_address(user, *chat) {
+            for (&chat, model) in &self.chats {
+                if chat.dm_members().is_some_and(|(a, b)| user != a && user != b) {
                     continue;
                 }
-                let got = conversation_result(engine, UserId(user), &chat_ref(*chat, user, model)).await;
-                match (model.expected(user), got) {
-                    (Some(expected), Ok(conversation)) => {
-                        let seen = (
-                            conversation.last_message_id,
-                            conversation.last_read_message_id,
-                            conversation.unread_count,
-                            conversation.draft,
-                            conversation.muted,
-                        );
-                        assert_eq!(seen, expected, "user {user} in {chat:?}");
-                        assert!(conversation.last_read_message_id <= conversation.last_message_id);
-                    }
-                    (None, Err(EngineError::NotFound { .. })) => {}
-                    (expected, got) => panic!("user {user} in {chat:?}: expected {expected:?}, got {got:?}"),
+                let got = conversation_result(&engine, UserId(user), &chat_ref(chat, user, model)).await;
+                let Some(expected) = model.expected(user) else {
+                    assert!(matches!(got, Err(EngineError::NotFound { .. })), "user {user} in {chat:?}: {got:?}");
+                    self.seen_reads.remove(&(user, chat));
+                    continue;
+                };
+                let view = got.unwrap_or_else(|err| panic!("user {user} in {chat:?}: {err}"));
+                let seen = (
+                    view.last_message_id,
+                    view.last_read_message_id,
+                    view.unread_count,
+                    view.draft.clone(),
+                    view.muted,
+                    view.permissions.map(|overrides| (overrides.pos, overrides.neg)),
+                );
+                assert_eq!(seen, expected, "user {user} in {chat:?}");
+                assert!(view.last_read_message_id <= view.last_message_id, "user {user} in {chat:?}: {view:?}");
+                if model.last_live().is_some()
+                    && let Some(&before) = self.seen_reads.get(&(user, chat))
+                {
+                    assert!(
+                        view.last_read_message_id >= before.min(view.last_message_id),
+                        "user {user} in {chat:?}: read position moved back from {before} to {}",
+                        view.last_read_message_id
+                    );
                 }
+                self.seen_reads.insert((user, chat), view.last_read_message_id);
             }
-            let list = engine.get_chats(UserId(user), chats::GetChats::default()).await.unwrap();
-            let ids: Vec<u64> = list.chats.iter().map(|c| c.last_message_id).collect();
-            assert!(ids.windows(2).all(|pair| pair[0] > pair[1]), "chat list of {user} is ordered: {ids:?}");
-            let member_of = self.chats.values().filter(|model| model.member(user).is_some()).count();
-            assert_eq!(ids.len(), member_of, "user {user} lists every chat they are in");
+            self.check_chat_list(&engine, user).await;
         }
+        self.check_invites(&engine).await;
+    }
+
+    /// `get_chats` lists the model's chats newest first, and every way of paging through
+    /// it visits each conversation exactly once.
+    async fn check_chat_list(&self, engine: &ChatEngine, user: u64) {
+        let mut expected: Vec<(u64, u32)> = self
+            .chats
+            .values()
+            .filter_map(|model| model.expected(user).map(|(last, _, unread, ..)| (last, unread)))
+            .collect();
+        expected.sort_by(|a, b| b.cmp(a));
+        let list = engine.get_chats(UserId(user), chats::GetChats::default()).await.unwrap();
+        let listed: Vec<(u64, u32)> = list.chats.iter().map(|c| (c.last_message_id, c.unread_count)).collect();
+        assert_eq!(listed, expected, "chat list of user {user}");
+        let all: Vec<u64> = expected.iter().map(|(last, _)| *last).collect();
+        for limit in 1..=PAGE_LIMIT_MAX {
+            let mut backwards = Vec::new();
+            let mut max_id = None;
+            loop {
+                let page = chat_list(engine, UserId(user), chats::GetChats { limit: Some(limit), max_id, min_id: None }).await;
+                assert!(page.len() <= limit as usize);
+                let Some(&oldest) = page.last() else { break };
+                backwards.extend(page);
+                max_id = Some(oldest);
+            }
+            assert_eq!(backwards, all, "user {user}: paging back with max_id at limit {limit}");
+            let mut forwards = Vec::new();
+            let mut min_id = Some(0);
+            loop {
+                let page = chat_list(engine, UserId(user), chats::GetChats { limit: Some(limit), max_id: None, min_id }).await;
+                assert!(page.len() <= limit as usize);
+                let Some(&newest) = page.first() else { break };
+                forwards.splice(0..0, page);
+                min_id = Some(newest);
+            }
+            assert_eq!(forwards, all, "user {user}: paging forward with min_id at limit {limit}");
+        }
+    }
+
+    /// Use counters equal the model's (so the successful `use_invite` calls) and never
+    /// exceed `max_uses`; `list_chat_invites` shows exactly the usable ones.
+    async fn check_invites(&self, engine: &ChatEngine) {
+        let now_ms = self.now_ms();
+        for (&chat, model) in &self.chats {
+            let Some(owner) = model.group_owner.filter(|_| !model.closed) else { continue };
+            let details = engine.chat_invite_details(UserId(owner), group(model.id)).await.unwrap();
+            let found: BTreeMap<String, (u32, Option<u32>)> =
+                details.into_iter().map(|info| (info.code, (info.uses, info.max_uses))).collect();
+            let ours = self.invites.iter().filter(|invite| invite.chat == chat && !invite.deleted);
+            let expected: BTreeMap<String, (u32, Option<u32>)> =
+                ours.map(|invite| (invite.code.clone(), (invite.uses, invite.max_uses))).collect();
+            assert_eq!(found, expected, "invites of {chat:?}");
+            assert!(found.values().all(|(uses, max)| max.is_none_or(|max| *uses <= max)), "{found:?}");
+            let listed = engine.list_chat_invites(UserId(owner), chats::ListChatInvites { chat_ref: Some(group(model.id)) });
+            let listed: BTreeSet<String> = listed.await.unwrap().invites.into_iter().map(|preview| preview.code).collect();
+            let usable: BTreeSet<String> = self
+                .invites
+                .iter()
+                .filter(|invite| invite.chat == chat && !invite.deleted && !invite.expired(now_ms) && !invite.used_up())
+                .map(|invite| invite.code.clone())
+                .collect();
+            assert_eq!(listed, usable, "usable invites of {chat:?} at {now_ms}");
+        }
+    }
+
+    /// Everything a client can ask about the model's users, for comparing two engines.
+    async fn answers(&self) -> Vec<String> {
+        let engine = self.engine();
+        let mut answers = Vec::new();
+        for user in USERS {
+            answers.push(format!("{:?}", engine.get_chats(UserId(user), chats::GetChats::default()).await));
+            for (&chat, model) in &self.chats {
+                let chat_ref = Some(chat_ref(chat, user, model));
+                answers.push(format!("{:?}", engine.get_chat(UserId(user), chats::GetChat { chat_ref }).await));
+                let history = messages::GetHistory { chat_ref, limit: Some(100), offset: None };
+                answers.push(format!("{:?}", engine.get_history(UserId(user), history).await));
+            }
+        }
+        answers
     }
 }
 
-async fn dm_chat_id(engine: &ChatEngine, a: u64, b: u64) -> u64 {
+fn dm_chat_id(engine: &ChatEngine, a: u64, b: u64) -> u64 {
     // A DM's id is what its conversation sorts by before any message: read it from the log.
     let events = engine.log().read_all(osmium_state::proto::ids::Position(1), 100_000).unwrap();
     events
@@ -369,13 +790,6 @@ async fn dm_chat_id(engine: &ChatEngine, a: u64, b: u64) -> u64 {
             _ => None,
         })
         .unwrap()
-}
-
-async fn placeholder() -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = osmium_state::ManualClock::new(START_MS);
-    let engine = ChatEngine::open(dir.path(), config(&clock)).await.unwrap();
-    Fixture { dir, engine, clock }
 }
 
 fn cases() -> u32 {
@@ -397,10 +811,13 @@ proptest! {
         runtime.block_on(async {
             let mut harness = Harness::new().await;
             for step in &steps {
-                harness.step(step).await;
+                harness.run(step).await;
                 harness.check().await;
             }
-            assert_projections_equal_a_fold_of_the_log(&harness.fixture.engine);
+            assert_projections_equal_a_fold_of_the_log(&harness.engine());
+            let before = harness.answers().await;
+            harness.reopen().await;
+            assert_eq!(harness.answers().await, before, "a reopened engine answers the same");
         });
     }
 }

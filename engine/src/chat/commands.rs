@@ -22,6 +22,18 @@ fn chars_within(field: &'static str, text: &str, min: usize, max: usize) -> Resu
     Ok(())
 }
 
+/// Refuses a request whose protobuf encoding exceeds `request_bytes_max`.
+fn bytes_within(limits: &Limits, request: &impl osmium_proto::prost::Message) -> Result<(), EngineError> {
+    let bytes = request.encoded_len();
+    if bytes > limits.request_bytes_max {
+        return Err(EngineError::invalid(
+            "request",
+            format!("must be at most {} bytes encoded, got {bytes}", limits.request_bytes_max),
+        ));
+    }
+    Ok(())
+}
+
 fn proposal(chat: ChatId, actor: UserId, events: Vec<Event>) -> Proposal {
     Proposal {
         stream: StreamId::Chat(chat),
@@ -45,6 +57,7 @@ pub(crate) fn upsert_user(limits: &Limits, user: types::User) -> Result<Proposal
         return Err(EngineError::invalid("id", "user ids are non-zero snowflakes"));
     }
     chars_within("name", &user.name, 1, limits.user_name_max_chars)?;
+    bytes_within(limits, &user)?;
     Ok(Proposal {
         stream: StreamId::User(UserId(user.id)),
         expected_version: ExpectedVersion::Any,
@@ -90,6 +103,7 @@ pub(crate) fn edit_chat(
     request: &chats::EditChat,
 ) -> Result<Proposal, EngineError> {
     let group = resolve_owned_group(ctx.state, actor, request.chat_ref.as_ref(), "group settings")?;
+    bytes_within(limits, request)?;
     if let Some(name) = &request.name {
         chars_within("name", name, 1, limits.group_name_max_chars)?;
     }
@@ -210,6 +224,7 @@ pub(crate) fn send_message(
     request: &messages::SendMessage,
 ) -> Result<Proposal, EngineError> {
     chars_within("message", &request.message, 0, limits.message_text_max_chars)?;
+    bytes_within(limits, request)?;
     if request.media.len() > limits.media_per_message_max {
         return Err(EngineError::invalid("media", format!("at most {} attachments", limits.media_per_message_max)));
     }

@@ -34,6 +34,11 @@ pub struct Limits {
     pub typing_expiry_ms: u64,
     /// Updates buffered per subscription before a slow subscriber is disconnected.
     pub subscription_queue_max: usize,
+    /// Largest request that stores client-provided bytes (`send_message`, `edit_chat`,
+    /// `upsert_user`: attachments, previews, names), protobuf-encoded, in bytes. At most
+    /// half of [`osmium_projections::limits::RECORD_BYTES_MAX`] (checked at open), so that
+    /// every record written can be read back.
+    pub request_bytes_max: usize,
 }
 
 impl Default for Limits {
@@ -54,6 +59,7 @@ impl Default for Limits {
             user_name_max_chars: 100,
             typing_expiry_ms: 6_000,
             subscription_queue_max: 1_024,
+            request_bytes_max: 1024 * 1024,
         }
     }
 }

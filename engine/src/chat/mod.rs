@@ -111,6 +111,12 @@ impl ChatEngine {
     pub async fn open(path: impl AsRef<Path>, config: EngineConfig) -> Result<ChatEngine, EngineError> {
         // An `async fn` can be polled by any executor; the background tasks need tokio's.
         tokio::runtime::Handle::try_current().map_err(|_| EngineError::NoRuntime)?;
+        if config.limits.request_bytes_max > osmium_projections::limits::RECORD_BYTES_MAX / 2 {
+            return Err(EngineError::invalid(
+                "limits.request_bytes_max",
+                format!("must be at most {} bytes (half the largest readable record)", osmium_projections::limits::RECORD_BYTES_MAX / 2),
+            ));
+        }
         let clock = config.log.clock.clone();
         let log = EventLog::open(path, config.log)?;
         let hub = Arc::new(UpdateHub::default());
