@@ -244,7 +244,9 @@ impl std::fmt::Debug for EventLog {
     }
 }
 
-pub(crate) fn db_options() -> Options {
+/// The RocksDB options every data directory and each of its column families is opened
+/// with (public so that benchmarks can open a raw baseline database the same way).
+pub fn db_options() -> Options {
     let mut options = Options::default();
     options.create_if_missing(true);
     options.create_missing_column_families(true);

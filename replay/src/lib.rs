@@ -11,5 +11,6 @@
 //! `osmium_projections::apply` (it goes through `osmium_engine::maintenance`), or write to
 //! a data directory that a running engine holds (rebuild takes the engine's lock).
 
+pub mod bench;
 pub mod demo;
 pub mod progress;

@@ -6,6 +6,7 @@ use osmium_engine::maintenance::{DataDirectory, RebuildOptions};
 use osmium_projections::query::{self, ChatListPage};
 use osmium_projections::records::{load_chat, load_member, load_message};
 use osmium_proto::ids::{ChatId, Position, UserId};
+use osmium_replay::bench::{self, BenchPlan};
 use osmium_replay::demo::{self, DemoPlan};
 use osmium_replay::progress::Reporter;
 use serde_json::json;
@@ -14,7 +15,8 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 /// Operator tool for an osmium-state data directory: rebuild and verify the projections
-/// from the event log, check the log, inspect it, and run a demo workload.
+/// from the event log, check the log, inspect it, run a demo workload, and benchmark the
+/// engine against raw RocksDB.
 ///
 /// Exit codes: 0 success; 1 `verify` or `check` found a difference or a problem;
 /// 2 an error (bad arguments, a directory that is missing, locked or not an engine's,
@@ -121,6 +123,33 @@ enum Command {
         #[arg(long, default_value_t = 32)]
         workers: usize,
     },
+    /// Measure the engine against raw RocksDB on the same disk, in one run (BENCHMARKS.md).
+    ///
+    /// Works in a new temporary directory (under --dir; --data-dir is not used) that is
+    /// removed afterwards. Prints one Markdown table, ready to paste: raw RocksDB baselines,
+    /// durable and buffered append throughput with 1, 16 and 256 submitters, send cost
+    /// against group size, get_chats and mark_chat_read latencies, the rebuild rate, peak
+    /// RSS per part and bytes on disk per event, every row with its ratio to its baseline.
+    /// Numbers are reported, never asserted. Progress goes to stderr.
+    #[command(after_help = "Example: osmium-replay bench --quick > bench.md")]
+    Bench {
+        /// The short plan (1M-event rebuild, 3 runs; under 2 minutes on 2 cores) instead of
+        /// the full one (10M-event rebuild, 5 runs).
+        #[arg(long)]
+        quick: bool,
+        /// Directory in which to create the temporary one (chooses the disk measured).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Runs of each measurement, whose median is printed (default: 3 quick, 5 full).
+        #[arg(long)]
+        runs: Option<usize>,
+        /// Events of the log that is rebuilt (default: 1M quick, 10M full).
+        #[arg(long, hide = true)]
+        events: Option<u64>,
+        /// A tiny plan that prints every row in seconds (for tests; numbers meaningless).
+        #[arg(long, hide = true)]
+        smoke: bool,
+    },
 }
 
 /// A run's outcome: success, a difference found, or an error.
@@ -157,6 +186,23 @@ fn run(cli: &Cli) -> Result<Outcome, EngineError> {
         Command::Stats => stats(dir, cli.json).map(|()| Outcome::Clean),
         Command::Dump { from, limit, chat, kind } => dump(dir, *from, *limit, *chat, kind.as_deref(), cli.json),
         Command::Chats { user, limit } => chats(dir, UserId(*user), *limit, cli.json),
+        Command::Bench { quick, dir, runs, events, smoke } => {
+            let mut plan = if *smoke {
+                BenchPlan::smoke()
+            } else if *quick {
+                BenchPlan::quick()
+            } else {
+                BenchPlan::full()
+            };
+            if let Some(runs) = runs {
+                plan.runs = (*runs).max(1);
+            }
+            if let Some(events) = events {
+                plan.rebuild_events = *events;
+            }
+            let parent = dir.clone().unwrap_or_else(std::env::temp_dir);
+            bench(&plan, &parent, cli.json).map(|()| Outcome::Clean)
+        }
         Command::Demo { seed, users, messages, workers } => {
             let plan = DemoPlan { seed: *seed, users: *users, messages: *messages, workers: *workers };
             demo(dir, &plan, cli.json)
@@ -425,4 +471,19 @@ fn demo(dir: &Path, plan: &DemoPlan, json_output: bool) -> Result<Outcome, Engin
         println!("next: osmium-replay --data-dir {} stats | chats --user {} | dump --limit 20", dir.display(), summary.first_user);
     }
     Ok(if differences.is_empty() { Outcome::Clean } else { Outcome::Differences })
+}
+
+fn bench(plan: &BenchPlan, parent: &Path, json_output: bool) -> Result<(), EngineError> {
+    let progress = |line: String| {
+        if !json_output {
+            eprintln!("bench: {line}");
+        }
+    };
+    let report = bench::run(plan, parent, &progress)?;
+    if json_output {
+        println!("{}", report.json());
+    } else {
+        print!("{}", report.markdown());
+    }
+    Ok(())
 }

@@ -1,0 +1,1179 @@
+//! `osmium-replay bench`: the workload benchmark. Measures the engine against raw RocksDB
+//! on the same disk, in the same run, in one temporary directory, and prints one table in
+//! which every row carries its ratio to the baseline it is compared with.
+//!
+//! Parts (numbered as in `BENCHMARKS.md`):
+//! 1. raw RocksDB baselines: `WriteBatch`es of real encoded events (same value sizes, same
+//!    options as the engine), WAL synced and not, at the batch sizes the group commit
+//!    reached in parts 2 and 3; sequential iteration plus prost decode of the log of part 7;
+//! 2. durable (`Sync`) append throughput with 1, 16 and 256 concurrent submitters;
+//! 3. `Buffered` append throughput, same submitters;
+//! 4. `send_message` cost against group size (2, 100, 1,000, 10,000 members);
+//! 5. `get_chats` (limit 50) p50/p99 for users in 10, 1,000 and 10,000 chats;
+//! 6. `mark_chat_read` p50/p99 (`Buffered`, and `Sync`);
+//! 7. rebuild rate of a generated log, against raw iteration plus decode;
+//! 8. peak RSS of each part and bytes on disk per event.
+//!
+//! Every figure is measured in the run that prints it; throughputs and latencies are the
+//! median of `runs` runs. Nothing is asserted: targets are reported as met or missed.
+
+use osmium_engine::EngineError;
+use osmium_engine::chat::{ChatEngine, EngineConfig};
+use osmium_engine::log::{self, Durability, EventLog, ExpectedVersion, LogConfig, Proposal};
+use osmium_engine::maintenance::{DataDirectory, RebuildOptions};
+use osmium_engine::schema::CF_POSITION_EVENT;
+use osmium_proto::events::{self, EventEnvelope, event_envelope::Event};
+use osmium_proto::ids::{ChatId, Position, StreamId, UserId};
+use osmium_proto::prost::Message as _;
+use osmium_proto::refs::{ChatRef, GroupRef, UserRef, chat_ref::Ref};
+use osmium_proto::{chats, messages, types};
+use rocksdb::{ColumnFamilyDescriptor, DB, WriteBatch, WriteOptions};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Concurrent submitters of the append parts (2 and 3).
+pub const SUBMITTERS: [usize; 3] = [1, 16, 256];
+/// Group sizes of part 4, in members (2 = a DM).
+pub const GROUP_SIZES: [u64; 4] = [2, 100, 1_000, 10_000];
+/// Chats per user of part 5.
+pub const CHAT_COUNTS: [u64; 3] = [10, 1_000, 10_000];
+/// `get_chats` page size measured.
+pub const GET_CHATS_LIMIT: u32 = 50;
+/// Events per append when generating the log for the rebuild (part 7).
+pub const GENERATE_APPEND_EVENTS: usize = 256;
+/// Commands in flight when setting up users, DMs and the generated log.
+const SETUP_CONCURRENCY: usize = 32;
+/// How long to wait for the live tail to report a run's last batch.
+const TAIL_WAIT_MS: u64 = 2_000;
+/// How often the RSS sampler looks when the peak cannot be reset.
+const RSS_SAMPLE_INTERVAL_MS: u64 = 10;
+
+/// How much work each part does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BenchPlan {
+    /// Name printed in the title (`--quick`, full, smoke).
+    pub name: &'static str,
+    /// Runs of every throughput and latency measurement; the median is printed.
+    pub runs: usize,
+    /// Events appended per run in `Sync` mode, per entry of [`SUBMITTERS`].
+    pub sync_events: [u64; 3],
+    /// Events appended per run in `Buffered` mode, per entry of [`SUBMITTERS`].
+    pub buffered_events: [u64; 3],
+    /// `send_message` calls per run and group size.
+    pub sends: u64,
+    /// `get_chats` calls per run and user.
+    pub get_chats_calls: u64,
+    /// `mark_chat_read` calls per run in `Buffered` mode.
+    pub mark_read_calls: u64,
+    /// `mark_chat_read` calls per run in `Sync` mode.
+    pub mark_read_sync_calls: u64,
+    /// Events of the generated log that is rebuilt.
+    pub rebuild_events: u64,
+    /// Rebuilds (and raw iterations) of that log; the median is printed.
+    pub rebuild_runs: usize,
+}
+
+impl BenchPlan {
+    /// `--quick`: what CI could run as a smoke test (well under 2 minutes on 2 cores).
+    pub fn quick() -> BenchPlan {
+        BenchPlan {
+            name: "quick",
+            runs: 3,
+            sync_events: [300, 3_000, 10_000],
+            buffered_events: [5_000, 10_000, 20_000],
+            sends: 2_000,
+            get_chats_calls: 1_000,
+            mark_read_calls: 2_000,
+            mark_read_sync_calls: 200,
+            rebuild_events: 1_000_000,
+            rebuild_runs: 1,
+        }
+    }
+
+    /// The full run: more of everything and a 10M-event log.
+    pub fn full() -> BenchPlan {
+        BenchPlan {
+            name: "full",
+            runs: 5,
+            sync_events: [1_000, 10_000, 60_000],
+            buffered_events: [20_000, 80_000, 200_000],
+            sends: 10_000,
+            get_chats_calls: 5_000,
+            mark_read_calls: 10_000,
+            mark_read_sync_calls: 1_000,
+            rebuild_events: 10_000_000,
+            rebuild_runs: 3,
+        }
+    }
+
+    /// A tiny run with every row, for the functional test (numbers meaningless).
+    pub fn smoke() -> BenchPlan {
+        BenchPlan {
+            name: "smoke",
+            runs: 1,
+            sync_events: [5, 32, 256],
+            buffered_events: [50, 160, 512],
+            sends: 20,
+            get_chats_calls: 20,
+            mark_read_calls: 20,
+            mark_read_sync_calls: 5,
+            rebuild_events: 5_000,
+            rebuild_runs: 1,
+        }
+    }
+}
+
+/// Whether a ratio should be at least or at most a bound.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Target {
+    /// `ratio >= bound`.
+    AtLeast(f64),
+    /// `ratio <= bound`.
+    AtMost(f64),
+}
+
+impl Target {
+    /// Whether `ratio` meets it.
+    pub fn met(self, ratio: f64) -> bool {
+        match self {
+            Target::AtLeast(bound) => ratio >= bound,
+            Target::AtMost(bound) => ratio <= bound,
+        }
+    }
+
+    fn describe(self) -> String {
+        match self {
+            Target::AtLeast(bound) => format!(">= {bound}"),
+            Target::AtMost(bound) => format!("<= {bound}"),
+        }
+    }
+}
+
+/// The unit of a row's value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unit {
+    /// Events (or commands) per second.
+    EventsPerSecond,
+    /// Microseconds.
+    Micros,
+    /// Mebibytes.
+    MiB,
+    /// Bytes per event.
+    BytesPerEvent,
+    /// Bytes.
+    Bytes,
+    /// Events per committed batch.
+    EventsPerBatch,
+}
+
+impl Unit {
+    fn suffix(self) -> &'static str {
+        match self {
+            Unit::EventsPerSecond => "events/s",
+            Unit::Micros => "µs",
+            Unit::MiB => "MiB",
+            Unit::BytesPerEvent => "B/event",
+            Unit::Bytes => "B",
+            Unit::EventsPerBatch => "events/batch",
+        }
+    }
+
+    fn format(self, value: f64) -> String {
+        match self {
+            Unit::EventsPerSecond | Unit::BytesPerEvent | Unit::Bytes => format!("{} {}", thousands(value), self.suffix()),
+            Unit::Micros | Unit::EventsPerBatch => format!("{value:.1} {}", self.suffix()),
+            Unit::MiB => format!("{value:.0} {}", self.suffix()),
+        }
+    }
+}
+
+/// One row of the table.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Row {
+    /// The part (1 to 8).
+    pub part: u8,
+    /// What was measured.
+    pub measure: String,
+    /// The measured value (a median over runs unless the note says otherwise).
+    pub value: f64,
+    /// Its unit.
+    pub unit: Unit,
+    /// The row it is compared with (by measure) and the ratio value / baseline.
+    pub baseline: Option<(String, f64)>,
+    /// The target of the ratio, if the issue sets one.
+    pub target: Option<Target>,
+    /// Runs, sizes, caveats.
+    pub note: String,
+}
+
+impl Row {
+    fn new(part: u8, measure: impl Into<String>, value: f64, unit: Unit, note: impl Into<String>) -> Row {
+        Row { part, measure: measure.into(), value, unit, baseline: None, target: None, note: note.into() }
+    }
+
+    fn against(mut self, baseline_measure: impl Into<String>, baseline_value: f64) -> Row {
+        let ratio = if baseline_value > 0.0 { self.value / baseline_value } else { f64::NAN };
+        self.baseline = Some((baseline_measure.into(), ratio));
+        self
+    }
+
+    fn with_target(mut self, target: Target) -> Row {
+        self.target = Some(target);
+        self
+    }
+
+    /// `Some(true)` when the row has a target and its ratio meets it.
+    pub fn met(&self) -> Option<bool> {
+        match (&self.baseline, self.target) {
+            (Some((_, ratio)), Some(target)) => Some(target.met(*ratio)),
+            _ => None,
+        }
+    }
+}
+
+/// What the machine is, as far as the benchmark can tell.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Machine {
+    /// Logical CPUs available.
+    pub cores: usize,
+    /// Total memory, in bytes.
+    pub memory_bytes: u64,
+    /// The directory measured in.
+    pub directory: PathBuf,
+    /// Device and file system of that directory (from `/proc/mounts`).
+    pub disk: String,
+    /// 1-minute load average at the start and the end of the run.
+    pub load_start: String,
+    /// See `load_start`.
+    pub load_end: String,
+}
+
+/// The whole result.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BenchReport {
+    /// The plan that ran.
+    pub plan: BenchPlan,
+    /// The rows, in part order.
+    pub rows: Vec<Row>,
+    /// The machine.
+    pub machine: Machine,
+    /// How peak RSS was measured.
+    pub rss_method: &'static str,
+    /// Wall time of the whole run, in seconds.
+    pub seconds: f64,
+}
+
+fn thousands(value: f64) -> String {
+    if !value.is_finite() {
+        return "n/a".into();
+    }
+    let digits = format!("{:.0}", value.abs());
+    let mut out = String::new();
+    for (index, digit) in digits.chars().enumerate() {
+        if index > 0 && (digits.len() - index) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(digit);
+    }
+    if value < 0.0 { format!("-{out}") } else { out }
+}
+
+impl BenchReport {
+    /// The table as Markdown, ready to paste into `BENCHMARKS.md`.
+    pub fn markdown(&self) -> String {
+        let m = &self.machine;
+        let mut out = String::new();
+        out.push_str(&format!(
+            "osmium-replay bench ({} plan: medians of {} runs, rebuild {} runs; {:.0} s in all)\n\n",
+            self.plan.name, self.plan.runs, self.plan.rebuild_runs, self.seconds
+        ));
+        out.push_str(&format!(
+            "machine: {} cores, {:.1} GiB memory; directory {} on {}; load average (1 min) {} at start, {} at end; peak RSS: {}\n\n",
+            m.cores,
+            m.memory_bytes as f64 / (1u64 << 30) as f64,
+            m.directory.display(),
+            m.disk,
+            m.load_start,
+            m.load_end,
+            self.rss_method
+        ));
+        out.push_str("| part | measure | value | ratio (to) | target | notes |\n|---|---|---:|---|---|---|\n");
+        for row in &self.rows {
+            let ratio = row
+                .baseline
+                .as_ref()
+                .map_or_else(String::new, |(measure, ratio)| format!("**{ratio:.2}** ({measure})"));
+            let target = match (row.target, row.met()) {
+                (Some(target), Some(true)) => format!("{} met", target.describe()),
+                (Some(target), _) => format!("{} **missed**", target.describe()),
+                (None, _) => String::new(),
+            };
+            out.push_str(&format!(
+                "| {} | {} | {} | {ratio} | {target} | {} |\n",
+                row.part,
+                row.measure,
+                row.unit.format(row.value),
+                row.note
+            ));
+        }
+        out
+    }
+
+    /// The report as one JSON document.
+    pub fn json(&self) -> serde_json::Value {
+        let rows: Vec<_> = self
+            .rows
+            .iter()
+            .map(|row| {
+                serde_json::json!({
+                    "part": row.part,
+                    "measure": row.measure,
+                    "value": row.value,
+                    "unit": row.unit.suffix(),
+                    "baseline": row.baseline.as_ref().map(|(measure, _)| measure),
+                    "ratio": row.baseline.as_ref().map(|(_, ratio)| ratio),
+                    "target": row.target.map(Target::describe),
+                    "met": row.met(),
+                    "note": row.note,
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "plan": self.plan.name,
+            "runs": self.plan.runs,
+            "seconds": self.seconds,
+            "machine": {
+                "cores": self.machine.cores,
+                "memory_bytes": self.machine.memory_bytes,
+                "directory": self.machine.directory,
+                "disk": self.machine.disk,
+                "load_start": self.machine.load_start,
+                "load_end": self.machine.load_end,
+            },
+            "rss_method": self.rss_method,
+            "rows": rows,
+        })
+    }
+}
+
+// ---- small helpers ----------------------------------------------------------------
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> EngineError + '_ {
+    move |source| EngineError::Io { path: path.to_path_buf(), source }
+}
+
+fn storage(context: &'static str) -> impl FnOnce(rocksdb::Error) -> EngineError {
+    move |source| EngineError::Storage { context, source }
+}
+
+fn missing_log_family() -> EngineError {
+    EngineError::Corrupt { what: "column families".into(), expected: format!("column family {CF_POSITION_EVENT}"), found: "none".into() }
+}
+
+fn joined<T>(result: Result<Result<T, EngineError>, tokio::task::JoinError>) -> Result<T, EngineError> {
+    result.map_err(|_| EngineError::Closed)?
+}
+
+/// Median of `values` (NaN when empty).
+pub fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+/// The `quantile` (0..=1) of `sorted` by nearest rank (NaN when empty).
+pub fn percentile(sorted: &[f64], quantile: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((sorted.len() as f64) * quantile).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn micros(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1e6
+}
+
+fn user_ref(user: UserId) -> ChatRef {
+    ChatRef { r#ref: Some(Ref::User(UserRef { user_id: user.get() })) }
+}
+
+fn group_ref(group: u64) -> ChatRef {
+    ChatRef { r#ref: Some(Ref::Group(GroupRef { group_id: group })) }
+}
+
+fn message_text(n: u64) -> String {
+    format!("message {n}: see you at the station at seven, bring the tickets")
+}
+
+/// Bytes of every file under `path`.
+fn directory_bytes(path: &Path) -> Result<u64, EngineError> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(path).map_err(io_error(path))? {
+        let entry = entry.map_err(io_error(path))?;
+        let metadata = entry.metadata().map_err(io_error(&entry.path()))?;
+        total += if metadata.is_dir() { directory_bytes(&entry.path())? } else { metadata.len() };
+    }
+    Ok(total)
+}
+
+// ---- peak RSS ---------------------------------------------------------------------
+
+/// A `/proc/self/status` field in bytes (Linux only).
+fn status_bytes(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|line| line.starts_with(field))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Resets the kernel's peak-RSS mark (VmHWM) to the current RSS; false where unsupported.
+fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok() && status_bytes("VmHWM:").is_some()
+}
+
+/// Peak RSS during one part: VmHWM reset at the start when the kernel allows it, otherwise
+/// the largest VmRSS seen by a sampling thread.
+struct PartRss {
+    sampler: Option<(Arc<AtomicBool>, Arc<AtomicU64>, std::thread::JoinHandle<()>)>,
+}
+
+impl PartRss {
+    fn start() -> PartRss {
+        if reset_peak_rss() {
+            return PartRss { sampler: None };
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let peak = Arc::new(AtomicU64::new(status_bytes("VmRSS:").unwrap_or(0)));
+        let (thread_stop, thread_peak) = (stop.clone(), peak.clone());
+        let handle = std::thread::spawn(move || {
+            while !thread_stop.load(Ordering::Relaxed) {
+                if let Some(rss) = status_bytes("VmRSS:") {
+                    thread_peak.fetch_max(rss, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(RSS_SAMPLE_INTERVAL_MS));
+            }
+        });
+        PartRss { sampler: Some((stop, peak, handle)) }
+    }
+
+    /// Peak RSS in bytes, if it could be read.
+    fn finish(self) -> Option<u64> {
+        match self.sampler {
+            None => status_bytes("VmHWM:"),
+            Some((stop, peak, handle)) => {
+                stop.store(true, Ordering::Relaxed);
+                let _ = handle.join();
+                status_bytes("VmRSS:").map(|rss| rss.max(peak.load(Ordering::Relaxed)))
+            }
+        }
+    }
+}
+
+fn rss_method() -> &'static str {
+    if reset_peak_rss() {
+        "VmHWM from /proc/self/status, reset per part through /proc/self/clear_refs"
+    } else if status_bytes("VmRSS:").is_some() {
+        "largest VmRSS sampled every 10 ms (VmHWM cannot be reset here)"
+    } else {
+        "unavailable (no /proc/self/status)"
+    }
+}
+
+// ---- machine ----------------------------------------------------------------------
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|text| text.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "n/a".into())
+}
+
+fn machine(directory: &Path) -> Machine {
+    let memory_bytes = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            let line = text.lines().find(|line| line.starts_with("MemTotal:"))?.to_owned();
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .map_or(0, |kib| kib * 1024);
+    let canonical = directory.canonicalize().unwrap_or_else(|_| directory.to_path_buf());
+    let disk = std::fs::read_to_string("/proc/mounts")
+        .ok()
+        .and_then(|mounts| {
+            mounts
+                .lines()
+                .filter_map(|line| {
+                    let mut fields = line.split_whitespace();
+                    let (device, mount, fs) = (fields.next()?, fields.next()?, fields.next()?);
+                    canonical.starts_with(mount).then(|| (mount.len(), format!("{device} ({fs}, mounted at {mount})")))
+                })
+                .max_by_key(|(length, _)| *length)
+                .map(|(_, disk)| disk)
+        })
+        .unwrap_or_else(|| "unknown".into());
+    Machine {
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        memory_bytes,
+        directory: canonical,
+        disk,
+        load_start: load_average(),
+        load_end: String::new(),
+    }
+}
+
+// ---- raw RocksDB baselines --------------------------------------------------------
+
+/// A RocksDB database with the engine's options and its log column family: the storage
+/// limit the engine is compared with.
+struct RawDb {
+    db: DB,
+    next_key: u64,
+}
+
+impl RawDb {
+    fn open(path: &Path) -> Result<RawDb, EngineError> {
+        let family = ColumnFamilyDescriptor::new(CF_POSITION_EVENT, log::db_options());
+        let db = DB::open_cf_descriptors(&log::db_options(), path, vec![family]).map_err(storage("opening the raw database"))?;
+        Ok(RawDb { db, next_key: 1 })
+    }
+
+    /// Writes `events` values (cycling through `values`) under increasing 8-byte keys in
+    /// `WriteBatch`es of `batch` puts, one write (synced or not) per batch; events/s.
+    fn put_rate(&mut self, values: &[Vec<u8>], batch: usize, events: u64, sync: bool) -> Result<f64, EngineError> {
+        let family = self.db.cf_handle(CF_POSITION_EVENT).ok_or_else(missing_log_family)?;
+        let mut options = WriteOptions::default();
+        options.set_sync(sync);
+        let batch = batch.max(1) as u64;
+        let started = Instant::now();
+        let mut written = 0u64;
+        while written < events {
+            let mut write = WriteBatch::default();
+            for _ in 0..batch.min(events - written) {
+                let value = values.get((self.next_key as usize) % values.len().max(1)).map_or(&[][..], Vec::as_slice);
+                write.put_cf(family, self.next_key.to_be_bytes(), value);
+                self.next_key += 1;
+                written += 1;
+            }
+            self.db.write_opt(write, &options).map_err(storage("writing a raw batch"))?;
+        }
+        Ok(written as f64 / started.elapsed().as_secs_f64().max(1e-9))
+    }
+}
+
+/// Sequential iteration of the log column family with a prost decode of every record,
+/// on a read-only open of the engine's directory: (events, seconds).
+fn raw_iterate(path: &Path) -> Result<(u64, f64), EngineError> {
+    let options = log::db_options();
+    let names = DB::list_cf(&options, path).map_err(storage("listing column families"))?;
+    let db = DB::open_cf_for_read_only(&options, path, names, false).map_err(storage("opening the log read-only"))?;
+    let family = db.cf_handle(CF_POSITION_EVENT).ok_or_else(missing_log_family)?;
+    let started = Instant::now();
+    let mut iter = db.raw_iterator_cf(family);
+    iter.seek_to_first();
+    let mut events = 0u64;
+    while let Some(value) = iter.value() {
+        let envelope = EventEnvelope::decode(value)
+            .map_err(|err| EngineError::Decode { position: Position(events + 1), reason: err.to_string() })?;
+        std::hint::black_box(&envelope);
+        events += 1;
+        iter.next();
+    }
+    iter.status().map_err(storage("iterating the log"))?;
+    Ok((events, started.elapsed().as_secs_f64()))
+}
+
+// ---- the event log directly: appends and generation -------------------------------
+
+/// Creates a group `owner` + `members` by appending its `group_created` event; its id.
+async fn create_group_event(log: &EventLog, owner: UserId, members: Vec<u64>) -> Result<ChatId, EngineError> {
+    let appended = log
+        .submit(Box::new(move |ctx| {
+            let chat = ChatId(ctx.next_id());
+            let created = events::GroupCreated { owner_id: owner.get(), name: format!("group of {owner}"), member_ids: members };
+            Ok(Proposal {
+                stream: StreamId::Chat(chat),
+                expected_version: ExpectedVersion::NoStream,
+                actor: owner,
+                events: vec![Event::GroupCreated(created)],
+                idempotency_key: None,
+            })
+        }))
+        .await?;
+    let first = appended.events.first().ok_or(EngineError::Closed)?;
+    match osmium_projections::stream_of(first)? {
+        StreamId::Chat(chat) => Ok(chat),
+        StreamId::User(_) => Err(EngineError::Closed),
+    }
+}
+
+/// Appends `count` `message_sent` events by `author` to `chat` in one append.
+async fn append_messages(log: &EventLog, chat: ChatId, author: UserId, first_n: u64, count: usize) -> Result<(), EngineError> {
+    log.submit(Box::new(move |ctx| {
+        let events = (0..count as u64)
+            .map(|offset| {
+                Event::MessageSent(events::MessageSent {
+                    message_id: ctx.next_id(),
+                    author_id: author.get(),
+                    text: message_text(first_n + offset),
+                    ..Default::default()
+                })
+            })
+            .collect();
+        Ok(Proposal { stream: StreamId::Chat(chat), expected_version: ExpectedVersion::Any, actor: author, events, idempotency_key: None })
+    }))
+    .await
+    .map(drop)
+}
+
+/// Counts the batches the writer commits, from the live tail.
+struct BatchCounter {
+    batches: Arc<AtomicU64>,
+    events: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl BatchCounter {
+    fn start(log: &EventLog) -> BatchCounter {
+        let mut tail = log.subscribe();
+        let (batches, events) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let (task_batches, task_events) = (batches.clone(), events.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                match tail.recv().await {
+                    Ok(batch) => {
+                        task_batches.fetch_add(1, Ordering::Relaxed);
+                        task_events.fetch_add(batch.events.len() as u64, Ordering::Relaxed);
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                        task_batches.fetch_add(missed, Ordering::Relaxed);
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        BatchCounter { batches, events, task }
+    }
+
+    /// Batches committed for `events` appended events (waits for the tail to catch up).
+    async fn finish(self, events: u64) -> u64 {
+        let deadline = Instant::now() + Duration::from_millis(TAIL_WAIT_MS);
+        while self.events.load(Ordering::Relaxed) < events && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        self.task.abort();
+        self.batches.load(Ordering::Relaxed).max(1)
+    }
+}
+
+/// One append run: `events` single-event appends by `submitters` concurrent tasks, each on
+/// its own chat. Returns (events/s, mean events per committed batch).
+async fn append_run(log: &Arc<EventLog>, chats: &[(ChatId, UserId)], submitters: usize, events: u64) -> Result<(f64, f64), EngineError> {
+    let counter = BatchCounter::start(log);
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(submitters);
+    for submitter in 0..submitters {
+        let share = events / submitters as u64 + u64::from((submitter as u64) < events % submitters as u64);
+        let (chat, author) = chats[submitter % chats.len()];
+        let log = log.clone();
+        tasks.push(tokio::spawn(async move {
+            for n in 0..share {
+                append_messages(&log, chat, author, n, 1).await?;
+            }
+            Ok::<(), EngineError>(())
+        }));
+    }
+    for task in tasks {
+        joined(task.await)?;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let batches = counter.finish(events).await;
+    Ok((events as f64 / seconds.max(1e-9), events as f64 / batches as f64))
+}
+
+/// The encoded bytes of up to `limit` stored events from `from`: the raw baselines' values.
+fn stored_values(log: &EventLog, from: Position, limit: usize) -> Result<Vec<Vec<u8>>, EngineError> {
+    Ok(log.read_all(from, limit)?.iter().map(|event| event.encode_to_vec()).collect())
+}
+
+struct AppendResult {
+    submitters: usize,
+    events: u64,
+    rate: f64,
+    batch: f64,
+    raw_rate: f64,
+    raw_batch: usize,
+}
+
+/// Parts 2 and 3 for one durability, with their raw baselines: for every submitter count,
+/// `runs` times an engine run and then a raw run at the batch size the engine's group
+/// commit reached in it (interleaved, so that both see the same disk conditions).
+/// Returns the medians and the mean size of the values written.
+async fn append_part(
+    dir: &Path,
+    raw: &mut RawDb,
+    durability: Durability,
+    events_per_run: &[u64; 3],
+    runs: usize,
+    say: &(dyn Fn(String) + Sync),
+) -> Result<(Vec<AppendResult>, f64), EngineError> {
+    let config = LogConfig { durability, ..LogConfig::default() };
+    let log = Arc::new(EventLog::open(dir, config)?);
+    let mut creations = Vec::with_capacity(SUBMITTERS[2]);
+    for index in 0..SUBMITTERS[2] as u64 {
+        let (log, owner) = (log.clone(), UserId(1_000 + 2 * index));
+        creations.push(tokio::spawn(async move { Ok((create_group_event(&log, owner, vec![owner.get() + 1]).await?, owner)) }));
+    }
+    let mut chats = Vec::with_capacity(SUBMITTERS[2]);
+    for creation in creations {
+        chats.push(joined(creation.await)?);
+    }
+    let first = log.last_position().next();
+    let sync = durability == Durability::Sync;
+    let mut values: Vec<Vec<u8>> = Vec::new();
+    let mut results = Vec::new();
+    for (submitters, &events) in SUBMITTERS.into_iter().zip(events_per_run) {
+        let (mut rates, mut batches, mut raw_rates) = (Vec::new(), Vec::new(), Vec::new());
+        for run in 0..runs {
+            say(format!("{durability:?} append: {submitters} submitters, run {}/{runs}, and its raw baseline", run + 1));
+            let (rate, batch) = append_run(&log, &chats, submitters, events).await?;
+            if values.is_empty() {
+                values = stored_values(&log, first, 1_024)?;
+            }
+            rates.push(rate);
+            batches.push(batch);
+            raw_rates.push(raw.put_rate(&values, batch.round().max(1.0) as usize, events, sync)?);
+        }
+        let batch = median(&batches);
+        results.push(AppendResult {
+            submitters,
+            events,
+            rate: median(&rates),
+            batch,
+            raw_rate: median(&raw_rates),
+            raw_batch: batch.round().max(1.0) as usize,
+        });
+    }
+    let value_bytes = values.iter().map(Vec::len).sum::<usize>() as f64 / values.len().max(1) as f64;
+    Ok((results, value_bytes))
+}
+
+// ---- the chat engine: sends, chat lists, reads ------------------------------------
+
+async fn upsert_users(engine: &ChatEngine, ids: std::ops::RangeInclusive<u64>) -> Result<(), EngineError> {
+    let ids: Vec<u64> = ids.collect();
+    let mut tasks = Vec::new();
+    for chunk in ids.chunks(ids.len().div_ceil(SETUP_CONCURRENCY).max(1)) {
+        let (engine, chunk) = (engine.clone(), chunk.to_vec());
+        tasks.push(tokio::spawn(async move {
+            for id in chunk {
+                engine.upsert_user(types::User { id, name: format!("user {id}"), ..Default::default() }).await?;
+            }
+            Ok::<(), EngineError>(())
+        }));
+    }
+    for task in tasks {
+        joined(task.await)?;
+    }
+    Ok(())
+}
+
+/// `hub` sends one DM to each of `peers` (concurrently): it is then in that many chats.
+async fn open_dms(engine: &ChatEngine, hub: UserId, peers: &[u64]) -> Result<(), EngineError> {
+    let mut tasks = Vec::new();
+    for chunk in peers.chunks(peers.len().div_ceil(SETUP_CONCURRENCY).max(1)) {
+        let (engine, chunk) = (engine.clone(), chunk.to_vec());
+        tasks.push(tokio::spawn(async move {
+            for peer in chunk {
+                let request = messages::SendMessage { chat_ref: Some(user_ref(UserId(peer))), message: "hi".into(), ..Default::default() };
+                engine.send_message(hub, request).await?;
+            }
+            Ok::<(), EngineError>(())
+        }));
+    }
+    for task in tasks {
+        joined(task.await)?;
+    }
+    Ok(())
+}
+
+/// Latencies (µs, sorted) of `calls` sequential calls of `call(n)`.
+async fn latencies<F, Fut>(calls: u64, mut call: F) -> Result<Vec<f64>, EngineError>
+where
+    F: FnMut(u64) -> Fut,
+    Fut: std::future::Future<Output = Result<(), EngineError>>,
+{
+    let mut samples = Vec::with_capacity(calls as usize);
+    for n in 0..calls {
+        let started = Instant::now();
+        call(n).await?;
+        samples.push(micros(started.elapsed()));
+    }
+    samples.sort_by(f64::total_cmp);
+    Ok(samples)
+}
+
+/// Median over `runs` of (p50, p99) of `calls` calls.
+async fn latency_runs<F, Fut>(runs: usize, calls: u64, mut call: F) -> Result<(f64, f64), EngineError>
+where
+    F: FnMut(u64) -> Fut,
+    Fut: std::future::Future<Output = Result<(), EngineError>>,
+{
+    let (mut p50s, mut p99s) = (Vec::new(), Vec::new());
+    for run in 0..runs as u64 {
+        let samples = latencies(calls, |n| call(run * calls + n)).await?;
+        p50s.push(percentile(&samples, 0.50));
+        p99s.push(percentile(&samples, 0.99));
+    }
+    Ok((median(&p50s), median(&p99s)))
+}
+
+const PEERS_FIRST: u64 = 1;
+const HUB_FIRST: u64 = 100_001;
+
+/// Part 4: µs per `send_message` for each group size; the runs go round the sizes, so
+/// that background work (flushes, compactions) does not favour one size.
+async fn send_part(engine: &ChatEngine, plan: &BenchPlan, say: &(dyn Fn(String) + Sync)) -> Result<Vec<(u64, f64)>, EngineError> {
+    let sender = UserId(PEERS_FIRST);
+    let mut targets = Vec::new();
+    for size in GROUP_SIZES {
+        let chat_ref = if size == 2 {
+            user_ref(UserId(PEERS_FIRST + 1))
+        } else {
+            let users = (PEERS_FIRST + 1..PEERS_FIRST + size).map(|user_id| UserRef { user_id }).collect();
+            let group = engine.create_chat(sender, chats::CreateChat { users, name: format!("{size} members") }).await?;
+            group_ref(group.id)
+        };
+        targets.push((size, chat_ref, Vec::new()));
+    }
+    let mut client_id = 1u64;
+    let mut send = |chat_ref: ChatRef, text: String| {
+        client_id += 1;
+        let request = messages::SendMessage { chat_ref: Some(chat_ref), message: text, client_id: Some(client_id), ..Default::default() };
+        engine.send_message(sender, request)
+    };
+    for (_, chat_ref, _) in &targets {
+        send(*chat_ref, "warm-up (creates the DM)".into()).await?;
+    }
+    for run in 0..plan.runs {
+        for (size, chat_ref, costs) in &mut targets {
+            say(format!("send_message, {size} members, run {}/{}", run + 1, plan.runs));
+            let started = Instant::now();
+            for n in 0..plan.sends {
+                send(*chat_ref, message_text(n)).await?;
+            }
+            costs.push(micros(started.elapsed()) / plan.sends.max(1) as f64);
+        }
+    }
+    Ok(targets.into_iter().map(|(size, _, costs)| (size, median(&costs))).collect())
+}
+
+/// Part 5: (chats, p50 µs, p99 µs) of `get_chats` for a user in each of [`CHAT_COUNTS`] chats.
+async fn get_chats_part(engine: &ChatEngine, plan: &BenchPlan, say: &(dyn Fn(String) + Sync)) -> Result<Vec<(u64, f64, f64)>, EngineError> {
+    let mut results = Vec::new();
+    for (index, count) in CHAT_COUNTS.into_iter().enumerate() {
+        let hub = UserId(HUB_FIRST + index as u64);
+        say(format!("get_chats: opening {count} DMs for user {hub}"));
+        let peers: Vec<u64> = (PEERS_FIRST..PEERS_FIRST + count).collect();
+        open_dms(engine, hub, &peers).await?;
+        say(format!("get_chats: user in {count} chats, {} runs", plan.runs));
+        let (p50, p99) = latency_runs(plan.runs, plan.get_chats_calls, |_| {
+            let request = chats::GetChats { limit: Some(GET_CHATS_LIMIT), ..Default::default() };
+            async move { engine.get_chats(hub, request).await.map(drop) }
+        })
+        .await?;
+        results.push((count, p50, p99));
+    }
+    Ok(results)
+}
+
+/// Part 6: (p50, p99) of `mark_chat_read` by the user of 1,000 chats, round-robin over them.
+async fn mark_read_part(engine: &ChatEngine, runs: usize, calls: u64) -> Result<(f64, f64), EngineError> {
+    let reader = UserId(HUB_FIRST + 1);
+    let chats = CHAT_COUNTS[1];
+    latency_runs(runs, calls, |n| {
+        let request = chats::MarkChatRead {
+            chat_ref: Some(user_ref(UserId(PEERS_FIRST + n % chats))),
+            message_id: u64::MAX,
+            read_amount: None,
+        };
+        async move { engine.mark_chat_read(reader, request).await }
+    })
+    .await
+}
+
+// ---- the run ----------------------------------------------------------------------
+
+/// Runs `plan` in a new temporary directory under `parent` (removed afterwards).
+/// `progress` gets one line per step.
+pub fn run(plan: &BenchPlan, parent: &Path, progress: &(dyn Fn(String) + Sync)) -> Result<BenchReport, EngineError> {
+    let started = Instant::now();
+    std::fs::create_dir_all(parent).map_err(io_error(parent))?;
+    let temp = tempfile::Builder::new().prefix("osmium-bench-").tempdir_in(parent).map_err(io_error(parent))?;
+    let root = temp.path().to_path_buf();
+    let mut machine = machine(&root);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| EngineError::Io { path: PathBuf::from("<tokio runtime>"), source })?;
+    let mut rows = Vec::new();
+    let mut rss: Vec<(String, Option<u64>)> = Vec::new();
+    let mut raw = RawDb::open(&root.join("raw"))?;
+
+    // Parts 2 and 3 (and their baselines in part 1).
+    let mut append_rows = Vec::new();
+    let mut baseline_rows = Vec::new();
+    for (durability, events, part, target) in [
+        (Durability::Sync, &plan.sync_events, 2u8, Target::AtLeast(0.8)),
+        (Durability::Buffered, &plan.buffered_events, 3u8, Target::AtLeast(0.5)),
+    ] {
+        let meter = PartRss::start();
+        let dir = root.join(format!("append-{durability:?}").to_lowercase());
+        let (results, value_bytes) = runtime.block_on(append_part(&dir, &mut raw, durability, events, plan.runs, progress))?;
+        rss.push((format!("{durability:?} appends and their raw baselines (parts 2, 3)"), meter.finish()));
+        let sync = durability == Durability::Sync;
+        let wal = if sync { "WAL synced" } else { "WAL not synced" };
+        for result in &results {
+            let raw_measure = format!("raw WriteBatch, {wal}, batch {}", result.raw_batch);
+            baseline_rows.push(Row::new(
+                1,
+                raw_measure.clone(),
+                result.raw_rate,
+                Unit::EventsPerSecond,
+                format!("{} puts of real encoded events (mean {value_bytes:.0} B) per run, runs interleaved with part {part}", result.events),
+            ));
+            let mode = if sync { "durable (Sync)" } else { "Buffered" };
+            let plural = if result.submitters == 1 { "" } else { "s" };
+            append_rows.push(
+                Row::new(
+                    part,
+                    format!("{mode} append, {} submitter{plural}", result.submitters),
+                    result.rate,
+                    Unit::EventsPerSecond,
+                    format!("{} single-event appends per run; group commit reached {:.1} events/batch", result.events, result.batch),
+                )
+                .against(raw_measure, result.raw_rate)
+                .with_target(target),
+            );
+        }
+    }
+
+    // Parts 4, 5 and 6 on one engine (Buffered, to see the engine's own cost rather than
+    // the disk's sync latency; part 6 adds Sync).
+    let chat_dir = root.join("chat");
+    let meter = PartRss::start();
+    let buffered = EngineConfig { log: LogConfig { durability: Durability::Buffered, ..LogConfig::default() }, ..EngineConfig::default() };
+    let (sends, lists, marks) = runtime.block_on(async {
+        let engine = ChatEngine::open(&chat_dir, buffered.clone()).await?;
+        progress(format!("creating {} users", GROUP_SIZES[3]));
+        upsert_users(&engine, PEERS_FIRST..=PEERS_FIRST + GROUP_SIZES[3]).await?;
+        upsert_users(&engine, HUB_FIRST..=HUB_FIRST + CHAT_COUNTS.len() as u64).await?;
+        let sends = send_part(&engine, plan, progress).await?;
+        let lists = get_chats_part(&engine, plan, progress).await?;
+        progress("mark_chat_read (Buffered)".into());
+        let marks = mark_read_part(&engine, plan.runs, plan.mark_read_calls).await?;
+        Ok::<_, EngineError>((sends, lists, marks))
+    })?;
+    let marks_sync = runtime.block_on(async {
+        progress("mark_chat_read (Sync)".into());
+        let sync = EngineConfig { log: LogConfig { durability: Durability::Sync, ..LogConfig::default() }, ..EngineConfig::default() };
+        let engine = ChatEngine::open(&chat_dir, sync).await?;
+        mark_read_part(&engine, plan.runs, plan.mark_read_sync_calls).await
+    })?;
+    rss.push(("send_message, get_chats, mark_chat_read (parts 4 to 6)".into(), meter.finish()));
+    let dm_cost = sends.first().map_or(f64::NAN, |(_, cost)| *cost);
+    let send_rows: Vec<Row> = sends
+        .iter()
+        .map(|&(size, cost)| {
+            let what = if size == 2 { "a DM".to_owned() } else { format!("a group of {} members", thousands(size as f64)) };
+            let row = Row::new(
+                4,
+                format!("send_message to {what}"),
+                cost,
+                Unit::Micros,
+                format!("{} sequential sends per run, Buffered, with client_id, no subscribers", plan.sends),
+            )
+            .against("send to a DM", dm_cost);
+            if size == GROUP_SIZES[3] { row.with_target(Target::AtMost(2.0)) } else { row }
+        })
+        .collect();
+    let p99_small = lists.first().map_or(f64::NAN, |(_, _, p99)| *p99);
+    let p50_small = lists.first().map_or(f64::NAN, |(_, p50, _)| *p50);
+    let mut list_rows = Vec::new();
+    let p99_mid = lists.get(1).map_or(f64::NAN, |(_, _, p99)| *p99);
+    for &(count, p50, p99) in &lists {
+        let shown = (count as usize).min(GET_CHATS_LIMIT as usize);
+        let mut note = format!("{} calls per run; DMs; page of {shown} conversations", plan.get_chats_calls);
+        if count == CHAT_COUNTS[2] {
+            note.push_str(&format!("; p99 {:.2}x that at 1,000 chats (same page size)", p99 / p99_mid));
+        }
+        let label = thousands(count as f64);
+        list_rows.push(Row::new(5, format!("get_chats p50, user in {label} chats"), p50, Unit::Micros, format!("{} calls per run; DMs; page of {shown} conversations", plan.get_chats_calls)).against("p50 at 10 chats", p50_small));
+        let p99_row = Row::new(5, format!("get_chats p99, user in {label} chats"), p99, Unit::Micros, note).against("p99 at 10 chats", p99_small);
+        list_rows.push(if count == CHAT_COUNTS[2] { p99_row.with_target(Target::AtMost(1.5)) } else { p99_row });
+    }
+    let mark_note = |calls: u64| format!("{calls} calls per run, user in 1,000 chats, round-robin");
+    let mark_rows = vec![
+        Row::new(6, "mark_chat_read p50 (Buffered)", marks.0, Unit::Micros, mark_note(plan.mark_read_calls)),
+        Row::new(6, "mark_chat_read p99 (Buffered)", marks.1, Unit::Micros, mark_note(plan.mark_read_calls)),
+        Row::new(6, "mark_chat_read p50 (Sync)", marks_sync.0, Unit::Micros, mark_note(plan.mark_read_sync_calls)),
+        Row::new(6, "mark_chat_read p99 (Sync)", marks_sync.1, Unit::Micros, mark_note(plan.mark_read_sync_calls)),
+    ];
+
+    // Part 7: generate the log, then iterate it raw and rebuild it.
+    let rebuild_dir = root.join("rebuild");
+    let meter = PartRss::start();
+    progress(format!("generating a log of {} events", thousands(plan.rebuild_events as f64)));
+    let generated = runtime.block_on(generate_log(&rebuild_dir, plan.rebuild_events))?;
+    rss.push(("generating the log (part 7)".into(), meter.finish()));
+    drop(runtime);
+
+    let meter = PartRss::start();
+    let mut iterate_rates = Vec::new();
+    for run in 0..plan.rebuild_runs {
+        progress(format!("raw iteration + decode, run {}/{}", run + 1, plan.rebuild_runs));
+        let (events, seconds) = raw_iterate(&rebuild_dir)?;
+        iterate_rates.push(events as f64 / seconds.max(1e-9));
+    }
+    rss.push(("raw iteration + decode (part 1)".into(), meter.finish()));
+    let meter = PartRss::start();
+    let mut rebuild_rates = Vec::new();
+    let mut rebuilt_events = 0;
+    for run in 0..plan.rebuild_runs {
+        progress(format!("rebuild, run {}/{}", run + 1, plan.rebuild_runs));
+        let mut directory = DataDirectory::open_exclusive(&rebuild_dir)?;
+        let rebuild_started = Instant::now();
+        let report = directory.rebuild(RebuildOptions::default(), &mut |_, _| {})?;
+        rebuild_rates.push(report.events as f64 / rebuild_started.elapsed().as_secs_f64().max(1e-9));
+        rebuilt_events = report.events;
+    }
+    rss.push(("rebuild (part 7)".into(), meter.finish()));
+    let disk_bytes = directory_bytes(&rebuild_dir)?;
+    let raw_iterate_rate = median(&iterate_rates);
+    let events_label = thousands(rebuilt_events as f64);
+    baseline_rows.push(Row::new(
+        1,
+        "raw iteration + prost decode of the log",
+        raw_iterate_rate,
+        Unit::EventsPerSecond,
+        format!("{events_label} events, read-only open of the directory of part 7"),
+    ));
+    let rebuild_rows = vec![
+        Row::new(7, format!("rebuild of {events_label} events"), median(&rebuild_rates), Unit::EventsPerSecond, format!("DataDirectory::rebuild, default batches; {} run(s)", plan.rebuild_runs))
+            .against("raw iteration + decode", raw_iterate_rate)
+            .with_target(Target::AtLeast(0.5)),
+        Row::new(
+            7,
+            format!("generating those {events_label} events"),
+            generated.rate,
+            Unit::EventsPerSecond,
+            format!(
+                "Buffered EventLog appends of {GENERATE_APPEND_EVENTS} message_sent events, {} groups of 2 to 8 members; {:.1} s, once",
+                generated.chats, generated.seconds
+            ),
+        ),
+    ];
+
+    let mut size_rows: Vec<Row> = rss
+        .into_iter()
+        .map(|(part, peak)| {
+            let value = peak.map_or(f64::NAN, |bytes| bytes as f64 / (1u64 << 20) as f64);
+            Row::new(8, format!("peak RSS: {part}"), value, Unit::MiB, "")
+        })
+        .collect();
+    size_rows.push(Row::new(
+        8,
+        "bytes on disk per event",
+        disk_bytes as f64 / rebuilt_events.max(1) as f64,
+        Unit::BytesPerEvent,
+        format!(
+            "whole data directory of part 7 after its rebuilds (log, stream index, projections, WAL): {:.0} MiB",
+            disk_bytes as f64 / (1u64 << 20) as f64
+        ),
+    ));
+    size_rows.push(Row::new(8, "encoded event (message_sent envelope)", generated.mean_event_bytes, Unit::Bytes, "mean protobuf size in the log of part 7"));
+
+    rows.extend(baseline_rows);
+    rows.extend(append_rows);
+    rows.extend(send_rows);
+    rows.extend(list_rows);
+    rows.extend(mark_rows);
+    rows.extend(rebuild_rows);
+    rows.extend(size_rows);
+    drop(raw);
+    machine.load_end = load_average();
+    let report = BenchReport { plan: plan.clone(), rows, machine, rss_method: rss_method(), seconds: started.elapsed().as_secs_f64() };
+    temp.close().map_err(io_error(&root))?;
+    Ok(report)
+}
+
+struct Generated {
+    rate: f64,
+    seconds: f64,
+    chats: u64,
+    mean_event_bytes: f64,
+}
+
+/// Part 7's log: `events` events (groups, then `message_sent` in appends of
+/// [`GENERATE_APPEND_EVENTS`]) through the event log in `Buffered` mode.
+async fn generate_log(dir: &Path, events: u64) -> Result<Generated, EngineError> {
+    let log = Arc::new(EventLog::open(dir, LogConfig { durability: Durability::Buffered, ..LogConfig::default() })?);
+    let started = Instant::now();
+    let chat_count = (events / 1_000).clamp(1, 10_000);
+    let mut chats = Vec::with_capacity(chat_count as usize);
+    for index in 0..chat_count {
+        let owner = UserId(1 + (index * 13) % 10_000);
+        let members = (1..2 + index % 7).map(|offset| 1 + (owner.get() + offset) % 10_000).collect();
+        chats.push((create_group_event(&log, owner, members).await?, owner));
+    }
+    let messages = events.saturating_sub(chat_count);
+    let appends = messages.div_ceil(GENERATE_APPEND_EVENTS as u64);
+    let chats = Arc::new(chats);
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let (log, chats, next) = (log.clone(), chats.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let append = next.fetch_add(1, Ordering::Relaxed);
+                if append >= appends {
+                    return Ok::<(), EngineError>(());
+                }
+                let first = append * GENERATE_APPEND_EVENTS as u64;
+                let count = (messages - first).min(GENERATE_APPEND_EVENTS as u64) as usize;
+                let (chat, author) = chats[(append % chats.len() as u64) as usize];
+                append_messages(&log, chat, author, first, count).await?;
+            }
+        }));
+    }
+    for task in tasks {
+        joined(task.await)?;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let sample = stored_values(&log, Position(chat_count + 1), 1_024)?;
+    let mean_event_bytes = sample.iter().map(Vec::len).sum::<usize>() as f64 / sample.len().max(1) as f64;
+    let total = log.last_position().get();
+    Ok(Generated { rate: total as f64 / seconds.max(1e-9), seconds, chats: chat_count, mean_event_bytes })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_and_medians() {
+        let sorted: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&sorted, 0.5), 50.0);
+        assert_eq!(percentile(&sorted, 0.99), 99.0);
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(thousands(1234567.4), "1,234,567");
+        assert_eq!(thousands(12.0), "12");
+    }
+}
