@@ -417,6 +417,15 @@ impl ChatEngine {
         self.read(|view| Ok(load_member(view, chat, user)?.is_some()))
     }
 
+    /// A user's directory entry as the protocol `User`, or `None` when the user was never
+    /// upserted (for embedders that answer with the signed-in user, e.g. a gateway).
+    pub fn get_user(&self, user: UserId) -> Result<Option<types::User>, EngineError> {
+        self.read(|view| match osmium_projections::records::load_user(view, user)? {
+            None => Ok(None),
+            Some(_) => Ok(Some(query::user_view(view, user)?)),
+        })
+    }
+
     /// The newest durable log position.
     pub fn last_position(&self) -> Position {
         self.inner.log.last_position()

@@ -1,0 +1,75 @@
+//! How a [`crate::Gateway`] is started: addresses, data directory, engine settings and
+//! the per-connection limits.
+
+use osmium_engine::EngineConfig;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// The default WebSocket address.
+pub const LISTEN_DEFAULT: &str = "127.0.0.1:7070";
+/// The default metrics address.
+pub const METRICS_LISTEN_DEFAULT: &str = "127.0.0.1:7071";
+
+/// Per-connection bounds. Every one is enforced before memory is spent on it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GatewayLimits {
+    /// Largest frame served, in bytes; a larger one is answered with 413 and dropped.
+    pub frame_bytes_max: usize,
+    /// Largest frame the transport reads at all, in bytes; a larger one closes the
+    /// connection (1009). Must be at least `frame_bytes_max`.
+    pub frame_bytes_close_max: usize,
+    /// Server messages (results and updates) queued for one connection before it is
+    /// closed as too slow (1008).
+    pub outbound_queue_max: usize,
+    /// Calls of one connection running at once; further frames wait (backpressure).
+    pub calls_in_flight_max: usize,
+    /// `SetTyping` calls per connection per second; more are answered with 429.
+    pub typing_per_second_max: u32,
+    /// How long the WebSocket handshake may take, in milliseconds.
+    pub handshake_timeout_ms: u64,
+    /// How long shutdown waits for connections to finish their calls, in milliseconds.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for GatewayLimits {
+    fn default() -> Self {
+        GatewayLimits {
+            frame_bytes_max: 1024 * 1024,
+            frame_bytes_close_max: 8 * 1024 * 1024,
+            outbound_queue_max: 1_024,
+            calls_in_flight_max: 32,
+            typing_per_second_max: 5,
+            handshake_timeout_ms: 10_000,
+            shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
+/// Everything [`crate::Gateway::start`] needs.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// WebSocket address (port 0: an ephemeral port, see [`crate::Gateway::local_addr`]).
+    pub listen: SocketAddr,
+    /// Metrics address; `None` serves no metrics.
+    pub metrics_listen: Option<SocketAddr>,
+    /// The engine's data directory (also holds the tokens file).
+    pub data_dir: PathBuf,
+    /// The engine's settings.
+    pub engine: EngineConfig,
+    /// Per-connection bounds.
+    pub limits: GatewayLimits,
+}
+
+impl ServerConfig {
+    /// Ephemeral ports on loopback for both listeners, default engine and limits.
+    pub fn ephemeral(data_dir: impl Into<PathBuf>) -> ServerConfig {
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        ServerConfig {
+            listen: loopback,
+            metrics_listen: Some(loopback),
+            data_dir: data_dir.into(),
+            engine: EngineConfig::default(),
+            limits: GatewayLimits::default(),
+        }
+    }
+}

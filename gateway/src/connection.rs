@@ -1,0 +1,478 @@
+//! One WebSocket connection: this task reads and decodes frames and dispatches calls
+//! (at most `calls_in_flight_max` at once, in a `JoinSet` that dies with the connection);
+//! one writer task drains the bounded outbound queue; once signed in, one forwarder task
+//! moves the user's engine updates into the same queue. Whoever finds the queue full
+//! closes the connection (1008, with a reason): memory per connection stays bounded.
+
+use crate::codes;
+use crate::error::random_bytes;
+use crate::metrics::Metrics;
+use crate::tokens::TokenStore;
+use crate::{GatewayLimits, dispatch};
+use futures_util::{SinkExt as _, StreamExt as _};
+use osmium_engine::ChatEngine;
+use osmium_proto::core::client_message::Message as Call;
+use osmium_proto::core::rpc_result::Result as Answer;
+use osmium_proto::core::{
+    ClientMessage, Initialized, RpcError, RpcResult, ServerMessage, server_message,
+};
+use osmium_proto::ids::UserId;
+use osmium_proto::{auth, types};
+use prost::Message as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{self, Message as Frame};
+
+/// What every connection shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) engine: ChatEngine,
+    pub(crate) tokens: TokenStore,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) limits: GatewayLimits,
+    /// `true` once the server shuts down.
+    pub(crate) shutdown: watch::Receiver<bool>,
+}
+
+/// Why the writer must close at once (without draining the queue).
+type Abort = watch::Sender<Option<(CloseCode, String)>>;
+
+/// The close frame to send once the queue is drained (when none was set: 1000, or 1001
+/// during shutdown).
+type FinalReason = Arc<std::sync::Mutex<Option<(CloseCode, String)>>>;
+
+/// How long a closing connection keeps reading for the client's close reply, in
+/// milliseconds (so that the socket is not reset under unread data).
+const CLOSE_LINGER_MS: u64 = 2_000;
+
+/// The sending side of the outbound queue.
+#[derive(Clone, Debug)]
+struct Outbound {
+    queue: mpsc::Sender<server_message::Message>,
+    abort: Arc<Abort>,
+    final_reason: FinalReason,
+    metrics: Arc<Metrics>,
+}
+
+impl Outbound {
+    /// Queues a server message; on a full queue closes the connection and says `false`.
+    fn push(&self, message: server_message::Message) -> bool {
+        match self.queue.try_send(message) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if close_now(&self.abort, CloseCode::Policy, "outbound queue full: the client reads too slowly") {
+                    self.metrics.connections_closed_slow.inc();
+                }
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    fn result(&self, req_id: u32, result: Option<Answer>) -> bool {
+        self.push(server_message::Message::Result(RpcResult { req_id, result }))
+    }
+
+    fn error(&self, req_id: u32, error: RpcError) -> bool {
+        self.result(req_id, Some(Answer::Error(error)))
+    }
+
+    /// Closes with `code` and `reason` after everything queued is written.
+    fn close_after_queue(&self, code: CloseCode, reason: &str) {
+        if let Ok(mut final_reason) = self.final_reason.lock() {
+            final_reason.get_or_insert_with(|| (code, reason.to_owned()));
+        }
+    }
+}
+
+/// Asks the writer to close the connection now; `false` if it was already asked.
+fn close_now(abort: &Abort, code: CloseCode, reason: &str) -> bool {
+    abort.send_if_modified(|current| {
+        if current.is_some() {
+            return false;
+        }
+        *current = Some((code, reason.to_owned()));
+        true
+    })
+}
+
+/// The signed-in state of a connection.
+#[derive(Debug)]
+struct Session {
+    user: UserId,
+    token_hash: String,
+    tokens_generation: u64,
+}
+
+/// At most `max` calls per one-second window.
+#[derive(Debug)]
+struct RateWindow {
+    max: u32,
+    started: Instant,
+    count: u32,
+}
+
+impl RateWindow {
+    fn allow(&mut self, now: Instant) -> bool {
+        if now.duration_since(self.started) >= Duration::from_secs(1) {
+            self.started = now;
+            self.count = 0;
+        }
+        if self.count >= self.max {
+            return false;
+        }
+        self.count += 1;
+        true
+    }
+}
+
+/// The `id` of a frame that does not decode as a whole, when its first field is it.
+fn leading_id(bytes: &[u8]) -> u32 {
+    let mut rest = bytes;
+    if rest.first() != Some(&0x08) {
+        return 0; // not field 1 as a varint
+    }
+    rest = &rest[1..];
+    prost::encoding::decode_varint(&mut rest).ok().and_then(|id| u32::try_from(id).ok()).unwrap_or(0)
+}
+
+/// Serves one accepted TCP connection until it closes.
+pub(crate) async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
+    let limits = &shared.limits;
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(limits.frame_bytes_close_max))
+        .max_frame_size(Some(limits.frame_bytes_close_max));
+    let handshake = tokio_tungstenite::accept_async_with_config(stream, Some(config));
+    let socket = match tokio::time::timeout(Duration::from_millis(limits.handshake_timeout_ms), handshake).await {
+        Ok(Ok(socket)) => socket,
+        Ok(Err(err)) => {
+            tracing::debug!(%peer, %err, "websocket handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "websocket handshake timed out");
+            return;
+        }
+    };
+    shared.metrics.connections.inc();
+    shared.metrics.connections_accepted.inc();
+    tracing::debug!(%peer, "connection open");
+    let (sink, frames) = socket.split();
+    let (queue, queue_rx) = mpsc::channel(limits.outbound_queue_max.max(1));
+    let (abort, abort_rx) = watch::channel(None);
+    let final_reason = FinalReason::default();
+    let outbound =
+        Outbound { queue, abort: Arc::new(abort), final_reason: final_reason.clone(), metrics: shared.metrics.clone() };
+    let mut writer =
+        tokio::spawn(write_loop(sink, queue_rx, abort_rx.clone(), final_reason, shared.shutdown.clone()));
+    let mut frames = frames;
+    let mut connection = Connection {
+        shared: shared.clone(),
+        outbound,
+        session: None,
+        forwarder: None,
+        calls: JoinSet::new(),
+        typing: RateWindow { max: limits.typing_per_second_max, started: Instant::now(), count: 0 },
+    };
+    connection.read_loop(&mut frames, abort_rx).await;
+    // Finish the calls in flight (shutdown: within the grace period), then let the writer
+    // drain the queue and close.
+    let grace = Duration::from_millis(shared.limits.shutdown_grace_ms);
+    let _ = tokio::time::timeout(grace, async {
+        while connection.calls.join_next().await.is_some() {}
+    })
+    .await;
+    connection.calls.abort_all();
+    if let Some(forwarder) = connection.forwarder.take() {
+        forwarder.abort();
+    }
+    drop(connection);
+    if tokio::time::timeout(grace, &mut writer).await.is_err() {
+        writer.abort(); // the client reads nothing at all: drop it
+    }
+    // The closing handshake: read (and drop) what the client still sends until its close
+    // reply, so that the socket is not reset under data it has not read yet.
+    let _ = tokio::time::timeout(Duration::from_millis(CLOSE_LINGER_MS), async {
+        while let Some(Ok(_)) = frames.next().await {}
+    })
+    .await;
+    shared.metrics.connections.dec();
+    tracing::debug!(%peer, "connection closed");
+}
+
+type FrameStream = futures_util::stream::SplitStream<tokio_tungstenite::WebSocketStream<TcpStream>>;
+type FrameSink = futures_util::stream::SplitSink<tokio_tungstenite::WebSocketStream<TcpStream>, Frame>;
+
+async fn write_loop(
+    mut sink: FrameSink,
+    mut queue: mpsc::Receiver<server_message::Message>,
+    mut abort: watch::Receiver<Option<(CloseCode, String)>>,
+    final_reason: FinalReason,
+    shutdown: watch::Receiver<bool>,
+) {
+    let mut sequence: u32 = 0;
+    let mut abort_open = true;
+    let mut close = loop {
+        tokio::select! {
+            biased;
+            changed = abort.changed(), if abort_open => {
+                if changed.is_err() {
+                    abort_open = false; // every sender gone: drain the queue, then close
+                    continue;
+                }
+                let reason = abort.borrow().clone();
+                if reason.is_some() {
+                    break reason;
+                }
+            }
+            next = queue.recv() => match next {
+                Some(message) => {
+                    sequence = sequence.wrapping_add(1);
+                    let bytes = ServerMessage { id: sequence, message: Some(message) }.encode_to_vec();
+                    if sink.feed(Frame::Binary(bytes.into())).await.is_err() {
+                        return;
+                    }
+                    if queue.is_empty() && sink.flush().await.is_err() {
+                        return;
+                    }
+                }
+                None => break None,
+            },
+        }
+    };
+    if close.is_none() {
+        close = final_reason.lock().ok().and_then(|reason| reason.clone());
+    }
+    if close.is_none() && *shutdown.borrow() {
+        close = Some((CloseCode::Away, "server shutting down".into()));
+    }
+    let (code, reason) = close.unwrap_or((CloseCode::Normal, String::new()));
+    let close = async {
+        let _ = sink.send(Frame::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
+        let _ = sink.close().await;
+    };
+    let _ = tokio::time::timeout(Duration::from_millis(CLOSE_LINGER_MS), close).await;
+}
+
+struct Connection {
+    shared: Arc<Shared>,
+    outbound: Outbound,
+    session: Option<Session>,
+    forwarder: Option<tokio::task::JoinHandle<()>>,
+    calls: JoinSet<()>,
+    typing: RateWindow,
+}
+
+impl Connection {
+    async fn read_loop(&mut self, frames: &mut FrameStream, mut abort: watch::Receiver<Option<(CloseCode, String)>>) {
+        let mut shutdown = self.shared.shutdown.clone();
+        loop {
+            if *shutdown.borrow() || abort.borrow().is_some() {
+                return;
+            }
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => return,
+                _ = abort.changed() => return,
+                Some(_) = self.calls.join_next(), if !self.calls.is_empty() => {}
+                frame = frames.next() => match frame {
+                    None => return,
+                    Some(Ok(frame)) => {
+                        if !self.on_frame(frame).await {
+                            return;
+                        }
+                    }
+                    Some(Err(tungstenite::Error::Capacity(err))) => {
+                        close_now(
+                            &self.outbound.abort,
+                            CloseCode::Size,
+                            &format!("frame over {} bytes: {err}", self.shared.limits.frame_bytes_close_max),
+                        );
+                        return;
+                    }
+                    Some(Err(err)) => {
+                        tracing::debug!(%err, "websocket read failed");
+                        return;
+                    }
+                },
+            }
+        }
+    }
+
+    /// Handles one frame; `false` ends the connection.
+    async fn on_frame(&mut self, frame: Frame) -> bool {
+        let metrics = &self.shared.metrics;
+        match frame {
+            Frame::Binary(bytes) => {
+                if bytes.len() > self.shared.limits.frame_bytes_max {
+                    metrics.request("frame", Some(codes::FRAME_TOO_LARGE), None);
+                    let message =
+                        format!("frame of {} bytes is over frame_bytes_max ({})", bytes.len(), self.shared.limits.frame_bytes_max);
+                    return self.outbound.error(leading_id(&bytes), codes::error(codes::FRAME_TOO_LARGE, message));
+                }
+                match ClientMessage::decode(&bytes[..]) {
+                    Ok(message) => self.on_message(message).await,
+                    Err(err) => {
+                        metrics.request("frame", Some(codes::BAD_FRAME), None);
+                        let error = codes::error(codes::BAD_FRAME, format!("frame does not decode as a ClientMessage: {err}"));
+                        self.outbound.error(leading_id(&bytes), error)
+                    }
+                }
+            }
+            Frame::Text(_) => {
+                metrics.request("frame", Some(codes::BAD_FRAME), None);
+                self.outbound.error(0, codes::error(codes::BAD_FRAME, "text frames are not served: send one protobuf ClientMessage per binary frame"))
+            }
+            Frame::Close(_) => false,
+            Frame::Ping(_) | Frame::Pong(_) | Frame::Frame(_) => true,
+        }
+    }
+
+    async fn on_message(&mut self, message: ClientMessage) -> bool {
+        let req_id = message.id;
+        let metrics = self.shared.metrics.clone();
+        let Some(call) = message.message else {
+            metrics.request("unsupported", Some(codes::UNSUPPORTED), None);
+            return self.outbound.error(req_id, codes::error(codes::UNSUPPORTED, "unsupported call: not part of the chat subset this server serves"));
+        };
+        let kind = dispatch::kind(&call);
+        let started = Instant::now();
+        match call {
+            Call::CoreInitialize(_) => {
+                metrics.request(kind, None, Some(started.elapsed().as_secs_f64()));
+                let initialized = Initialized {
+                    server_version: concat!("osmium-server ", env!("CARGO_PKG_VERSION")).into(),
+                    frame_bytes_max: u32::try_from(self.shared.limits.frame_bytes_max).unwrap_or(u32::MAX),
+                };
+                self.outbound.result(req_id, Some(Answer::Initialized(initialized)))
+            }
+            Call::AuthAuthorize(authorize) => {
+                let answer = self.authorize(&authorize.token).await;
+                let code = match &answer {
+                    Err(error) => Some(error.error_code),
+                    Ok(_) => None,
+                };
+                metrics.request(kind, code, Some(started.elapsed().as_secs_f64()));
+                match answer {
+                    Ok(authorization) => self.outbound.result(req_id, Some(Answer::Authorization(authorization))),
+                    Err(error) => self.outbound.error(req_id, error),
+                }
+            }
+            call => {
+                let Some(session) = &mut self.session else {
+                    metrics.request(kind, Some(codes::UNAUTHORIZED), None);
+                    return self.outbound.error(req_id, codes::error(codes::UNAUTHORIZED, "not signed in: send Authorize first"));
+                };
+                let generation = self.shared.tokens.generation();
+                if generation != session.tokens_generation {
+                    if self.shared.tokens.grant_of(&session.token_hash).is_none() {
+                        metrics.request(kind, Some(codes::UNAUTHORIZED), None);
+                        self.outbound.error(req_id, codes::error(codes::UNAUTHORIZED, "token revoked"));
+                        self.outbound.close_after_queue(CloseCode::Policy, "token revoked");
+                        return false;
+                    }
+                    session.tokens_generation = generation;
+                }
+                let user = session.user;
+                if matches!(call, Call::ChatsSetTyping(_)) && !self.typing.allow(started) {
+                    metrics.request(kind, Some(codes::RATE_LIMITED), None);
+                    let message =
+                        format!("SetTyping is limited to {} calls per second", self.shared.limits.typing_per_second_max);
+                    return self.outbound.error(req_id, codes::error(codes::RATE_LIMITED, message));
+                }
+                // Bounded concurrency: wait for a call to finish before starting another.
+                while self.calls.len() >= self.shared.limits.calls_in_flight_max.max(1) {
+                    let _ = self.calls.join_next().await;
+                }
+                let engine = self.shared.engine.clone();
+                let outbound = self.outbound.clone();
+                self.calls.spawn(async move {
+                    let result = dispatch::call(&engine, user, call).await;
+                    let seconds = started.elapsed().as_secs_f64();
+                    match result {
+                        Ok(answer) => {
+                            metrics.request(kind, None, Some(seconds));
+                            outbound.result(req_id, answer);
+                        }
+                        Err(err) => {
+                            let error = err.to_rpc_error();
+                            metrics.request(kind, Some(error.error_code), Some(seconds));
+                            outbound.error(req_id, error);
+                        }
+                    }
+                });
+                true
+            }
+        }
+    }
+
+    /// Signs the connection in: checks the token, keeps the user's directory entry in
+    /// step with the token's name, subscribes to the user's updates.
+    async fn authorize(&mut self, token: &str) -> Result<auth::Authorization, RpcError> {
+        if self.session.is_some() {
+            return Err(codes::error(codes::ALREADY_AUTHORIZED, "this connection is already signed in"));
+        }
+        let internal = |err: &dyn std::fmt::Display| {
+            tracing::error!(%err, "sign-in failed");
+            codes::error(codes::INTERNAL, format!("sign-in failed: {err}"))
+        };
+        let (grant, token_hash) = match self.shared.tokens.lookup(token) {
+            Ok(Some(found)) => found,
+            Ok(None) => return Err(codes::error(codes::UNAUTHORIZED, "unknown or revoked token")),
+            Err(err) => return Err(internal(&err)),
+        };
+        let tokens_generation = self.shared.tokens.generation();
+        let engine = &self.shared.engine;
+        let user = match engine.get_user(grant.user).map_err(|err| err.to_rpc_error())? {
+            Some(user) if user.name == grant.name => user,
+            existing => {
+                let user = types::User { id: grant.user.get(), name: grant.name.clone(), ..existing.unwrap_or_default() };
+                engine.upsert_user(user.clone()).await.map_err(|err| err.to_rpc_error())?;
+                user
+            }
+        };
+        let session_id = random_bytes::<8>().map(u64::from_le_bytes).map_err(|err| internal(&err))?;
+        // Subscribe before answering, so that no update after the answer is missed.
+        let mut updates = engine.subscribe(grant.user);
+        let outbound = self.outbound.clone();
+        self.forwarder = Some(tokio::spawn(async move {
+            while let Some(tagged) = updates.next().await {
+                if !outbound.push(server_message::Message::Update(tagged.update)) {
+                    return;
+                }
+            }
+            close_now(&outbound.abort, CloseCode::Again, "update stream fell behind: reconnect and resync");
+        }));
+        self.session = Some(Session { user: grant.user, token_hash, tokens_generation });
+        tracing::info!(user = %grant.user, session_id, "signed in");
+        Ok(auth::Authorization { token: token.to_owned(), user: Some(user), session_id })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leading_id_reads_field_one_varint() {
+        assert_eq!(leading_id(&[0x08, 0x96, 0x01, 0xff]), 150);
+        assert_eq!(leading_id(&[0x22, 0x00]), 0);
+        assert_eq!(leading_id(&[]), 0);
+    }
+
+    #[test]
+    fn rate_window_allows_max_per_second() {
+        let start = Instant::now();
+        let mut window = RateWindow { max: 2, started: start, count: 0 };
+        assert!(window.allow(start));
+        assert!(window.allow(start));
+        assert!(!window.allow(start));
+        assert!(window.allow(start + Duration::from_secs(1)));
+    }
+}

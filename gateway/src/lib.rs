@@ -1,0 +1,37 @@
+//! # osmium-gateway
+//!
+//! The WebSocket gateway (binary `osmium-server`): serves the embedded
+//! [`ChatEngine`](osmium_engine::ChatEngine) to Osmium clients, one protobuf
+//! `ClientMessage` per binary frame in, `ServerMessage`s (results and pushed updates) out,
+//! plus a Prometheus `GET /metrics` endpoint on a separate port.
+//!
+//! **What it owns:** the transport (WebSocket framing, per-connection reader, writer and
+//! update forwarder), sign-in by token ([`tokens`]: the tokens file in the data
+//! directory, only SHA-256 hashes stored), the mapping of calls to engine methods
+//! ([`dispatch`]), the gateway's own error codes ([`codes`]), metrics ([`metrics`]) and
+//! graceful shutdown ([`server`]).
+//!
+//! **What it must never do:** decide anything about conversation state (every call goes
+//! to the engine, which validates it); buffer without bound for a slow client (past
+//! `outbound_queue_max` the connection is closed with a reason); let a connection do
+//! anything but `Initialize`/`Authorize` before it is signed in; store a token in clear.
+//!
+//! **Hard limits** ([`config::GatewayLimits`]): `frame_bytes_max` per frame (default
+//! 1 MiB; larger frames are answered 413 and dropped, frames over
+//! `frame_bytes_close_max` close the connection), `outbound_queue_max` queued server
+//! messages per connection, `calls_in_flight_max` concurrent calls per connection,
+//! `typing_per_second_max` `SetTyping` calls per connection per second.
+
+pub mod client;
+pub mod codes;
+pub mod config;
+mod connection;
+pub mod dispatch;
+pub mod error;
+pub mod metrics;
+pub mod server;
+pub mod tokens;
+
+pub use config::{GatewayLimits, ServerConfig};
+pub use error::GatewayError;
+pub use server::Gateway;

@@ -1,0 +1,138 @@
+//! Prometheus metrics, served as text (OpenMetrics format, which Prometheus reads) on
+//! `GET /metrics` of the metrics address.
+//!
+//! | metric | type | what |
+//! |---|---|---|
+//! | `osmium_gateway_connections` | gauge | WebSocket connections open |
+//! | `osmium_gateway_connections_accepted_total` | counter | connections accepted |
+//! | `osmium_gateway_connections_closed_slow_total` | counter | connections closed because their outbound queue was full |
+//! | `osmium_gateway_requests_total{kind,result}` | counter | frames answered, by call kind and result (`ok` or the error code) |
+//! | `osmium_gateway_request_duration_seconds{kind}` | histogram | call latency, from decoded frame to queued result |
+//! | `osmium_engine_events_appended_total` | counter | events committed to the log |
+//! | `osmium_engine_commit_batch_events` | histogram | events per group-commit batch |
+//! | `osmium_engine_projection_lag_positions` | gauge | durable log positions not yet seen by the live tail (projections are written in the commit's own batch, so this is the lag of the update fan-out's input) |
+
+use osmium_engine::ChatEngine;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+type RequestLabels = [(&'static str, &'static str); 2];
+type KindLabel = [(&'static str, &'static str); 1];
+
+fn latency_histogram() -> Histogram {
+    // 100 µs .. ~3.3 s
+    Histogram::new(exponential_buckets(0.000_1, 2.0, 16))
+}
+
+/// The gateway's metrics and their registry.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Connections open.
+    pub connections: Gauge,
+    /// Connections accepted.
+    pub connections_accepted: Counter,
+    /// Connections closed because their outbound queue was full.
+    pub connections_closed_slow: Counter,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<KindLabel, Histogram, fn() -> Histogram>,
+    /// Events committed to the log.
+    pub events_appended: Counter,
+    /// Events per group-commit batch.
+    pub commit_batch_events: Histogram,
+    projection_lag: Gauge,
+    tail_position: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// Fresh metrics, registered.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let connections = Gauge::default();
+        let connections_accepted = Counter::default();
+        let connections_closed_slow = Counter::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        let latency = Family::<KindLabel, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
+        let events_appended = Counter::default();
+        let commit_batch_events = Histogram::new(exponential_buckets(1.0, 2.0, 12));
+        let projection_lag = Gauge::default();
+        registry.register("osmium_gateway_connections", "WebSocket connections open", connections.clone());
+        registry.register(
+            "osmium_gateway_connections_accepted",
+            "WebSocket connections accepted",
+            connections_accepted.clone(),
+        );
+        registry.register(
+            "osmium_gateway_connections_closed_slow",
+            "Connections closed because their outbound queue was full",
+            connections_closed_slow.clone(),
+        );
+        registry.register("osmium_gateway_requests", "Frames answered, by call kind and result", requests.clone());
+        registry.register(
+            "osmium_gateway_request_duration_seconds",
+            "Call latency from decoded frame to queued result",
+            latency.clone(),
+        );
+        registry.register("osmium_engine_events_appended", "Events committed to the log", events_appended.clone());
+        registry.register("osmium_engine_commit_batch_events", "Events per group-commit batch", commit_batch_events.clone());
+        registry.register(
+            "osmium_engine_projection_lag_positions",
+            "Durable log positions not yet seen by the live tail",
+            projection_lag.clone(),
+        );
+        Metrics {
+            registry,
+            connections,
+            connections_accepted,
+            connections_closed_slow,
+            requests,
+            latency,
+            events_appended,
+            commit_batch_events,
+            projection_lag,
+            tail_position: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts one answered frame (`code` `None` = success).
+    pub fn request(&self, kind: &'static str, code: Option<u32>, seconds: Option<f64>) {
+        self.requests.get_or_create(&[("kind", kind), ("result", crate::codes::result_label(code))]).inc();
+        if let Some(seconds) = seconds {
+            self.latency.get_or_create(&[("kind", kind)]).observe(seconds);
+        }
+    }
+
+    /// Records a committed batch seen on the live tail.
+    pub fn batch_committed(&self, events: usize, last_position: u64) {
+        self.events_appended.inc_by(events as u64);
+        self.commit_batch_events.observe(events as f64);
+        self.tail_position.fetch_max(last_position, Ordering::AcqRel);
+    }
+
+    /// Starts the live tail at `position` (the log's end when the server starts).
+    pub fn tail_at(&self, position: u64) {
+        self.tail_position.fetch_max(position, Ordering::AcqRel);
+    }
+
+    /// The text exposition, with the lag measured against `engine` now.
+    pub fn encode(&self, engine: &ChatEngine) -> String {
+        let lag = engine.last_position().get().saturating_sub(self.tail_position.load(Ordering::Acquire));
+        self.projection_lag.set(i64::try_from(lag).unwrap_or(i64::MAX));
+        let mut text = String::new();
+        if encode(&mut text, &self.registry).is_err() {
+            text.clear();
+        }
+        text
+    }
+}

@@ -1,0 +1,217 @@
+//! The running server: the engine, the WebSocket accept loop, the metrics endpoint, the
+//! live-tail task that feeds the engine metrics, the tokens file poll, and graceful
+//! shutdown (stop accepting, finish in-flight calls, drain queues, close every connection
+//! with 1001 going away, close the engine).
+
+use crate::connection::{self, Shared};
+use crate::error::GatewayError;
+use crate::metrics::Metrics;
+use crate::tokens::{TOKENS_POLL_INTERVAL_MS, TokenStore};
+use crate::{GatewayLimits, ServerConfig};
+use osmium_engine::ChatEngine;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{broadcast, watch};
+use tokio::task::{JoinHandle, JoinSet};
+
+/// Largest HTTP request head the metrics endpoint reads, in bytes.
+pub const METRICS_REQUEST_BYTES_MAX: usize = 8 * 1024;
+
+/// A running gateway. Dropping it without [`Gateway::shutdown`] aborts its tasks.
+#[derive(Debug)]
+pub struct Gateway {
+    engine: ChatEngine,
+    metrics: Arc<Metrics>,
+    local_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
+    shutdown: watch::Sender<bool>,
+    accept: Option<JoinHandle<()>>,
+    background: Vec<JoinHandle<()>>,
+}
+
+impl Gateway {
+    /// Opens the engine on `config.data_dir` and starts listening.
+    pub async fn start(config: ServerConfig) -> Result<Gateway, GatewayError> {
+        if config.limits.frame_bytes_close_max < config.limits.frame_bytes_max {
+            return Err(GatewayError::InvalidArgument {
+                field: "frame_bytes_close_max",
+                reason: "must be at least frame_bytes_max".into(),
+            });
+        }
+        let engine = ChatEngine::open(&config.data_dir, config.engine.clone()).await?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| GatewayError::Bind { addr: config.listen, source })?;
+        let local_addr = listener.local_addr().map_err(|source| GatewayError::Bind { addr: config.listen, source })?;
+        let metrics = Arc::new(Metrics::new());
+        metrics.tail_at(engine.last_position().get());
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let tokens = TokenStore::new(&config.data_dir);
+        tokens.refresh()?;
+        let shared = Arc::new(Shared {
+            engine: engine.clone(),
+            tokens,
+            metrics: metrics.clone(),
+            limits: config.limits.clone(),
+            shutdown: shutdown_rx.clone(),
+        });
+        let mut background = vec![
+            tokio::spawn(tail(engine.log().subscribe(), metrics.clone())),
+            tokio::spawn(poll_tokens(shared.clone())),
+        ];
+        let mut metrics_addr = None;
+        if let Some(addr) = config.metrics_listen {
+            let metrics_listener =
+                TcpListener::bind(addr).await.map_err(|source| GatewayError::Bind { addr, source })?;
+            metrics_addr = Some(metrics_listener.local_addr().map_err(|source| GatewayError::Bind { addr, source })?);
+            background.push(tokio::spawn(serve_metrics(metrics_listener, engine.clone(), metrics.clone())));
+        }
+        let accept = tokio::spawn(accept_loop(listener, shared, shutdown_rx, config.limits));
+        tracing::info!(%local_addr, ?metrics_addr, data_dir = %config.data_dir.display(), "osmium-server listening");
+        Ok(Gateway { engine, metrics, local_addr, metrics_addr, shutdown, accept: Some(accept), background })
+    }
+
+    /// The WebSocket address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The metrics address actually bound, if metrics are served.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// The engine served (for in-process tools and tests).
+    pub fn engine(&self) -> &ChatEngine {
+        &self.engine
+    }
+
+    /// The metrics (the same ones `/metrics` shows).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Graceful shutdown: stops accepting, lets every connection finish its calls in
+    /// flight and drain its queue, closes them with 1001 (going away), then closes the
+    /// engine (releasing the data directory's lock) before returning.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        if let Some(accept) = self.accept.take() {
+            let _ = accept.await;
+        }
+        for task in self.background.drain(..) {
+            task.abort();
+            let _ = task.await;
+        }
+        tracing::info!("osmium-server stopped");
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+        if let Some(accept) = &self.accept {
+            accept.abort();
+        }
+        for task in &self.background {
+            task.abort();
+        }
+    }
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>, limits: GatewayLimits) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            biased;
+            _ = async { drop(shutdown.wait_for(|stop| *stop).await) } => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    connections.spawn(connection::serve(shared.clone(), stream, peer));
+                }
+                Err(err) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(%err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+    drop(listener);
+    let open = connections.len();
+    if open > 0 {
+        tracing::info!(open, "waiting for connections to finish");
+    }
+    // Each connection has the grace period for its calls and again for its writer.
+    let grace = Duration::from_millis(limits.shutdown_grace_ms.saturating_mul(2).saturating_add(1_000));
+    let _ = tokio::time::timeout(grace, async { while connections.join_next().await.is_some() {} }).await;
+    connections.abort_all();
+    while connections.join_next().await.is_some() {}
+}
+
+/// Feeds the engine metrics from the log's live tail.
+async fn tail(mut batches: broadcast::Receiver<Arc<osmium_engine::CommittedBatch>>, metrics: Arc<Metrics>) {
+    loop {
+        match batches.recv().await {
+            Ok(batch) => metrics.batch_committed(batch.events.len(), batch.events.last().map_or(0, |event| event.position)),
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                tracing::warn!(missed, "metrics tail fell behind; some batches were not counted");
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+async fn poll_tokens(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(TOKENS_POLL_INTERVAL_MS));
+    loop {
+        tick.tick().await;
+        if let Err(err) = shared.tokens.refresh() {
+            tracing::warn!(%err, "could not re-read the tokens file");
+        }
+    }
+}
+
+async fn serve_metrics(listener: TcpListener, engine: ChatEngine, metrics: Arc<Metrics>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let engine = engine.clone();
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(5), answer_metrics(stream, &engine, &metrics)).await;
+        });
+    }
+}
+
+/// A minimal HTTP/1.1 responder: `GET /metrics` gets the exposition, anything else 404.
+async fn answer_metrics(mut stream: TcpStream, engine: &ChatEngine, metrics: &Metrics) -> std::io::Result<()> {
+    let mut head = Vec::with_capacity(1024);
+    let mut buffer = [0u8; 1024];
+    while !head.windows(4).any(|window| window == b"\r\n\r\n") && head.len() < METRICS_REQUEST_BYTES_MAX {
+        let read = stream.read(&mut buffer).await?;
+        if read == 0 {
+            break;
+        }
+        head.extend_from_slice(&buffer[..read]);
+    }
+    let request_line = head.split(|&byte| byte == b'\r').next().unwrap_or_default();
+    let (status, content_type, body) = if request_line.starts_with(b"GET /metrics ") || request_line == b"GET /metrics" {
+        ("200 OK", "application/openmetrics-text; version=1.0.0; charset=utf-8", metrics.encode(engine))
+    } else {
+        ("404 Not Found", "text/plain; charset=utf-8", "not found: try GET /metrics\n".to_owned())
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(response.as_bytes()).await?;
+    stream.shutdown().await
+}
