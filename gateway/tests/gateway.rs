@@ -481,3 +481,59 @@ fn token_commands_create_list_and_revoke_from_the_command_line() {
     assert_eq!(run(&["token", "revoke", "--user", "1001"]).trim(), "revoked 1 token(s)");
     assert_eq!(run(&["token", "list"]), "");
 }
+
+#[tokio::test]
+async fn draft_and_mute_changes_reach_every_connection_of_the_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = start(dir.path()).await;
+    let mut phone = signed_in(&gateway, dir.path(), ANN, "ann").await;
+    let mut laptop = signed_in(&gateway, dir.path(), ANN, "ann").await;
+    let result = call(&mut phone, Call::ChatsCreateChat(chats::CreateChat { users: vec![], name: "notes".into() })).await;
+    let Some(Answer::Group(group)) = result.result else { panic!("{result:?}") };
+    for client in [&mut phone, &mut laptop] {
+        assert!(matches!(next_update(client).await, U::Group(_)));
+    }
+    // Drafts and mute have no call on the wire; the embedding backend sets them.
+    gateway.engine().save_draft(ANN, group_ref(group.id), Some("half a thought".into())).await.unwrap();
+    gateway.engine().set_muted(ANN, group_ref(group.id), true).await.unwrap();
+    for client in [&mut phone, &mut laptop] {
+        let U::Chat(update) = next_update(client).await else { panic!("expected UpdateChat") };
+        assert_eq!(update.chat.unwrap().chat.unwrap().draft.as_deref(), Some("half a thought"));
+        let U::Chat(update) = next_update(client).await else { panic!("expected UpdateChat") };
+        assert!(update.chat.unwrap().chat.unwrap().muted);
+    }
+    stop(gateway, [phone, laptop]).await;
+}
+
+#[test]
+fn server_binary_shuts_down_gracefully_on_sigterm() {
+    use std::io::BufRead as _;
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_osmium-server"))
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--durability", "buffered", "--data-dir"])
+        .arg(dir.path())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut log = std::io::BufReader::new(server.stderr.take().unwrap());
+    let addr: std::net::SocketAddr = loop {
+        let mut line = String::new();
+        assert!(log.read_line(&mut line).unwrap() > 0, "server exited before listening");
+        if let Some(rest) = line.split("local_addr=").nth(1) {
+            break rest.split_whitespace().next().unwrap().parse().unwrap();
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let mut client = Client::connect(addr).await.unwrap();
+        let result = call(&mut client, Call::CoreInitialize(Initialize::default())).await;
+        assert!(matches!(result.result, Some(Answer::Initialized(_))));
+        let status = std::process::Command::new("kill").args(["-TERM", &server.id().to_string()]).status().unwrap();
+        assert!(status.success());
+        let (code, _) = close_frame(&mut client).await;
+        assert_eq!(code, CloseCode::Away);
+        let _ = client.next_frame().await;
+    });
+    let status = server.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}
