@@ -28,7 +28,7 @@ use std::collections::HashMap;
 use std::fs::{File, TryLockError};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use tokio::sync::{broadcast, oneshot, watch};
 
@@ -211,10 +211,17 @@ pub(crate) struct LogShared {
     pub(crate) path: PathBuf,
     pub(crate) slot: ProjectionSlot,
     durable_position: AtomicU64,
+    /// Set when the log handle is dropped: background readers stop at the next event.
+    closing: AtomicBool,
     _lock: File,
 }
 
 impl LogShared {
+    /// Whether the log is being closed: a background task holding this must let go soon.
+    pub(crate) fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
+    }
+
     pub(crate) fn durable_position(&self) -> Position {
         Position(self.durable_position.load(Ordering::Acquire))
     }
@@ -448,6 +455,7 @@ impl EventLog {
             path: path.to_path_buf(),
             slot,
             durable_position: AtomicU64::new(last_position.get()),
+            closing: AtomicBool::new(false),
             _lock: lock,
         });
         let view = RocksView::latest(&shared.db, slot);
@@ -601,13 +609,28 @@ impl EventLog {
     }
 }
 
+/// How long dropping the log waits for a background task (the update fan-out) to let go of
+/// the database, so that the directory is free when the drop returns.
+pub const CLOSE_WAIT_MAX_MS: u64 = 5_000;
+
 impl Drop for EventLog {
     fn drop(&mut self) {
+        self.shared.closing.store(true, Ordering::Release);
         self.submit.take(); // the writer drains the queue, then stops
         if let Some(writer) = self.writer.take()
             && writer.join().is_err()
         {
             tracing::error!("the log writer thread panicked");
+        }
+        // Background tasks hold the database only while working on one event and check
+        // `closing` before the next, so this wait is short; without it the directory lock
+        // could outlive the last handle and an immediate reopen fail with DirectoryInUse.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(CLOSE_WAIT_MAX_MS);
+        while Arc::strong_count(&self.shared) > 1 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        if Arc::strong_count(&self.shared) > 1 {
+            tracing::warn!(wait_ms = CLOSE_WAIT_MAX_MS, "a background task still holds the database; it closes when that task ends");
         }
     }
 }

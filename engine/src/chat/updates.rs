@@ -94,7 +94,9 @@ fn update(kind: updates::update::Update) -> updates::Update {
 /// Runs until the log closes: turns every committed batch into user updates.
 ///
 /// It holds the log only weakly, so that dropping the engine closes the database (and
-/// releases the directory lock) at once, not when this task is next polled.
+/// releases the directory lock) at once, not when this task is next polled; while it works
+/// on a batch it checks `is_closing` before each event, so a drop waits for one event at
+/// most (see `EventLog`'s `Drop`).
 pub(crate) async fn fan_out(
     shared: std::sync::Weak<LogShared>,
     hub: Arc<UpdateHub>,
@@ -110,6 +112,9 @@ pub(crate) async fn fan_out(
                 let Some(shared) = shared.upgrade() else { return };
                 let view = RocksView::snapshot(&shared.db, shared.slot);
                 for event in &batch.events {
+                    if shared.is_closing() {
+                        return; // the engine is being dropped: let go of the database
+                    }
                     if let Err(err) = publish_event(&view, &hub, &typing, event) {
                         tracing::warn!(position = event.position, %err, "could not build updates for an event");
                     }
