@@ -21,6 +21,9 @@ pub struct GatewayLimits {
     /// Server messages (results and updates) queued for one connection before it is
     /// closed as too slow (1008).
     pub outbound_queue_max: usize,
+    /// The WebSocket read buffer and write batch of one connection, in bytes each
+    /// (tungstenite's default is 128 KiB: 256 MiB of buffers at 1,000 connections).
+    pub socket_buffer_bytes: usize,
     /// Calls of one connection running at once; further frames wait (backpressure).
     pub calls_in_flight_max: usize,
     /// `SetTyping` calls per connection per second; more are answered with 429.
@@ -37,6 +40,7 @@ impl Default for GatewayLimits {
             frame_bytes_max: 1024 * 1024,
             frame_bytes_close_max: 8 * 1024 * 1024,
             outbound_queue_max: 1_024,
+            socket_buffer_bytes: 16 * 1024,
             calls_in_flight_max: 32,
             typing_per_second_max: 5,
             handshake_timeout_ms: 10_000,

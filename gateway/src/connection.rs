@@ -146,6 +146,8 @@ fn leading_id(bytes: &[u8]) -> u32 {
 pub(crate) async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     let limits = &shared.limits;
     let config = WebSocketConfig::default()
+        .read_buffer_size(limits.socket_buffer_bytes)
+        .write_buffer_size(limits.socket_buffer_bytes)
         .max_message_size(Some(limits.frame_bytes_close_max))
         .max_frame_size(Some(limits.frame_bytes_close_max));
     let handshake = tokio_tungstenite::accept_async_with_config(stream, Some(config));

@@ -230,7 +230,13 @@ async fn connect(addr: std::net::SocketAddr, token: String) -> Result<Socket, Ga
     let error = |err: &dyn std::fmt::Display| GatewayError::WebSocket(err.to_string());
     let stream = TcpStream::connect(addr).await.map_err(|err| error(&err))?;
     stream.set_nodelay(true).map_err(|err| error(&err))?;
-    let (mut socket, _) = tokio_tungstenite::client_async(format!("ws://{addr}/"), stream).await.map_err(|err| error(&err))?;
+    let buffers = GatewayLimits::default().socket_buffer_bytes;
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(buffers)
+        .write_buffer_size(buffers);
+    let (mut socket, _) = tokio_tungstenite::client_async_with_config(format!("ws://{addr}/"), stream, Some(config))
+        .await
+        .map_err(|err| error(&err))?;
     let authorize = ClientMessage { id: 1, message: Some(Call::AuthAuthorize(auth::Authorize { token })) };
     socket.send(Frame::Binary(authorize.encode_to_vec().into())).await.map_err(|err| error(&err))?;
     loop {
