@@ -440,12 +440,7 @@ async fn metrics_endpoint_serves_request_and_engine_counters() {
     let gateway = start(dir.path()).await;
     let mut client = signed_in(&gateway, dir.path(), ANN, "ann").await;
     call(&mut client, Call::ChatsGetChats(chats::GetChats::default())).await;
-    let mut http = tokio::net::TcpStream::connect(gateway.metrics_addr().unwrap()).await.unwrap();
-    http.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
-    let mut body = String::new();
-    http.read_to_string(&mut body).await.unwrap();
-    assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
-    for line in [
+    let expected = [
         "osmium_gateway_connections 1",
         "osmium_gateway_requests_total{kind=\"chats_get_chats\",result=\"ok\"} 1",
         "osmium_gateway_requests_total{kind=\"auth_authorize\",result=\"ok\"} 1",
@@ -453,8 +448,21 @@ async fn metrics_endpoint_serves_request_and_engine_counters() {
         "osmium_engine_events_appended_total 1",
         "osmium_engine_commit_batch_events_count 1",
         "osmium_engine_projection_lag_positions 0",
-    ] {
-        assert!(body.lines().any(|got| got == line), "missing {line:?} in\n{body}");
+    ];
+    // The engine counters follow the log's live tail, a moment after the commit.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let mut http = tokio::net::TcpStream::connect(gateway.metrics_addr().unwrap()).await.unwrap();
+        http.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut body = String::new();
+        http.read_to_string(&mut body).await.unwrap();
+        assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
+        let missing: Vec<_> = expected.iter().filter(|line| !body.lines().any(|got| got == **line)).collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "missing {missing:?} in\n{body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     stop(gateway, [client]).await;
 }
