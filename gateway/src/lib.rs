@@ -8,8 +8,9 @@
 //! **What it owns:** the transport (WebSocket framing, per-connection reader, writer and
 //! update forwarder), sign-in by token ([`tokens`]: the tokens file in the data
 //! directory, only SHA-256 hashes stored), the mapping of calls to engine methods
-//! ([`dispatch`]), the gateway's own error codes ([`codes`]), metrics ([`metrics`]) and
-//! graceful shutdown ([`server`]).
+//! ([`dispatch`]), the gateway's own error codes ([`codes`]), metrics ([`metrics`]),
+//! graceful shutdown ([`server`]), and a minimal client for tests and the load run
+//! ([`client`]).
 //!
 //! **What it must never do:** decide anything about conversation state (every call goes
 //! to the engine, which validates it); buffer without bound for a slow client (past

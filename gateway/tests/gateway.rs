@@ -545,3 +545,36 @@ fn server_binary_shuts_down_gracefully_on_sigterm() {
     let status = server.wait().unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+#[tokio::test]
+async fn every_remaining_chat_call_is_served_with_its_result_variant() {
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = start(dir.path()).await;
+    let mut bob = signed_in(&gateway, dir.path(), BOB, "bob").await;
+    let mut ann = signed_in(&gateway, dir.path(), ANN, "ann").await;
+    let result = call(&mut ann, Call::ChatsCreateChat(chats::CreateChat { users: vec![], name: "g".into() })).await;
+    let Some(Answer::Group(group)) = result.result else { panic!("{result:?}") };
+    let chat = group_ref(group.id);
+    let edit = chats::EditChat { chat_ref: Some(chat), name: Some("renamed".into()), ..Default::default() };
+    let result = call(&mut ann, Call::ChatsEditChat(edit)).await;
+    let Some(Answer::Chat(edited)) = result.result else { panic!("{result:?}") };
+    assert_eq!(edited.group.unwrap().name, "renamed");
+    ok_unit(&call(&mut ann, Call::ChatsAddChatMember(chats::AddChatMember { chat_ref: Some(chat), user_id: BOB.get() })).await);
+    let result = call(&mut ann, Call::ChatsCreateChatInvite(chats::CreateChatInvite { chat_ref: Some(chat), ..Default::default() })).await;
+    let Some(Answer::CreatedInvite(invite)) = result.result else { panic!("{result:?}") };
+    let result = call(&mut ann, Call::ChatsListChatInvites(chats::ListChatInvites { chat_ref: Some(chat) })).await;
+    let Some(Answer::InviteList(list)) = result.result else { panic!("{result:?}") };
+    assert_eq!(list.invites.iter().map(|invite| invite.code.as_str()).collect::<Vec<_>>(), vec![invite.code.as_str()]);
+    ok_unit(&call(&mut ann, Call::ChatsDeleteChatInvite(chats::DeleteChatInvite { code: invite.code })).await);
+    let send = messages::SendMessage { chat_ref: Some(chat), message: "tpyo".into(), ..Default::default() };
+    let result = call(&mut bob, Call::MessagesSendMessage(send)).await;
+    let Some(Answer::SentMessage(sent)) = result.result else { panic!("{result:?}") };
+    let edit = messages::EditMessage { chat_ref: Some(chat), message_id: sent.message_id, message: Some("typo".into()) };
+    ok_unit(&call(&mut bob, Call::MessagesEditMessage(edit)).await);
+    let delete = messages::DeleteMessage { chat_ref: Some(chat), message_ids: vec![sent.message_id] };
+    ok_unit(&call(&mut ann, Call::MessagesDeleteMessage(delete)).await);
+    let result = call(&mut bob, Call::MessagesGetHistory(messages::GetHistory { chat_ref: Some(chat), ..Default::default() })).await;
+    let Some(Answer::Messages(page)) = result.result else { panic!("{result:?}") };
+    assert!(page.messages.is_empty(), "{page:?}");
+    stop(gateway, [ann, bob]).await;
+}
