@@ -104,7 +104,7 @@ impl BenchPlan {
             mark_read_calls: 10_000,
             mark_read_sync_calls: 1_000,
             rebuild_events: 10_000_000,
-            rebuild_runs: 3,
+            rebuild_runs: 1,
         }
     }
 
@@ -286,7 +286,7 @@ impl BenchReport {
         let m = &self.machine;
         let mut out = String::new();
         out.push_str(&format!(
-            "osmium-replay bench ({} plan: medians of {} runs, rebuild {} runs; {:.0} s in all)\n\n",
+            "osmium-replay bench ({} plan: medians of {} runs; rebuild and raw iteration: {} run(s); {:.0} s in all)\n\n",
             self.plan.name, self.plan.runs, self.plan.rebuild_runs, self.seconds
         ));
         out.push_str(&format!(
