@@ -16,8 +16,12 @@ pub struct GatewayLimits {
     /// Largest frame served, in bytes; a larger one is answered with 413 and dropped.
     pub frame_bytes_max: usize,
     /// Largest frame the transport reads at all, in bytes; a larger one closes the
-    /// connection (1009). Must be at least `frame_bytes_max`.
+    /// connection (1009). Must be at least `frame_bytes_max`; it is what one connection
+    /// may hold of one incoming frame.
     pub frame_bytes_close_max: usize,
+    /// Connections served at once; further ones wait in the listen backlog until one
+    /// closes.
+    pub connections_max: usize,
     /// Server messages (results and updates) queued for one connection before it is
     /// closed as too slow (1008).
     pub outbound_queue_max: usize,
@@ -38,7 +42,8 @@ impl Default for GatewayLimits {
     fn default() -> Self {
         GatewayLimits {
             frame_bytes_max: 1024 * 1024,
-            frame_bytes_close_max: 8 * 1024 * 1024,
+            frame_bytes_close_max: 2 * 1024 * 1024,
+            connections_max: 10_000,
             outbound_queue_max: 1_024,
             socket_buffer_bytes: 16 * 1024,
             calls_in_flight_max: 32,

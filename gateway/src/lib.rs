@@ -19,9 +19,11 @@
 //!
 //! **Hard limits** ([`config::GatewayLimits`]): `frame_bytes_max` per frame (default
 //! 1 MiB; larger frames are answered 413 and dropped, frames over
-//! `frame_bytes_close_max` close the connection), `outbound_queue_max` queued server
-//! messages per connection, `calls_in_flight_max` concurrent calls per connection,
-//! `typing_per_second_max` `SetTyping` calls per connection per second.
+//! `frame_bytes_close_max`, default 2 MiB, close the connection), `connections_max`
+//! connections (default 10,000), `outbound_queue_max` queued server messages per
+//! connection (default 1,024), `calls_in_flight_max` concurrent calls per connection
+//! (32), `typing_per_second_max` `SetTyping` calls per connection per second (5),
+//! `socket_buffer_bytes` of WebSocket read and write buffer per connection (16 KiB).
 
 pub mod client;
 pub mod codes;

@@ -43,6 +43,9 @@ struct ServeArgs {
     /// Largest frame served, in bytes (larger frames are answered with 413).
     #[arg(long, env = "OSMIUM_FRAME_BYTES_MAX", default_value_t = GatewayLimits::default().frame_bytes_max)]
     frame_bytes_max: usize,
+    /// Connections served at once (more wait in the listen backlog).
+    #[arg(long, env = "OSMIUM_CONNECTIONS_MAX", default_value_t = GatewayLimits::default().connections_max)]
+    connections_max: usize,
     /// Server messages queued per connection before a slow client is disconnected.
     #[arg(long, env = "OSMIUM_OUTBOUND_QUEUE_MAX", default_value_t = GatewayLimits::default().outbound_queue_max)]
     outbound_queue_max: usize,
@@ -151,7 +154,8 @@ async fn serve(data_dir: PathBuf, args: ServeArgs) -> Result<(), GatewayError> {
     };
     let limits = GatewayLimits {
         frame_bytes_max: args.frame_bytes_max,
-        frame_bytes_close_max: args.frame_bytes_max.saturating_mul(8),
+        frame_bytes_close_max: args.frame_bytes_max.saturating_mul(2),
+        connections_max: args.connections_max,
         outbound_queue_max: args.outbound_queue_max,
         calls_in_flight_max: args.calls_in_flight_max,
         typing_per_second_max: args.typing_per_second_max,

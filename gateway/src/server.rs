@@ -129,7 +129,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut shutdown: w
             biased;
             _ = async { drop(shutdown.wait_for(|stop| *stop).await) } => break,
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            accepted = listener.accept() => match accepted {
+            accepted = listener.accept(), if connections.len() < limits.connections_max.max(1) => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
                     connections.spawn(connection::serve(shared.clone(), stream, peer));

@@ -578,3 +578,18 @@ async fn every_remaining_chat_call_is_served_with_its_result_variant() {
     assert!(page.messages.is_empty(), "{page:?}");
     stop(gateway, [ann, bob]).await;
 }
+
+#[tokio::test]
+async fn connections_over_the_limit_wait_until_one_closes() {
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = start_with(dir.path(), GatewayLimits { connections_max: 1, ..GatewayLimits::default() }).await;
+    let first = connect(&gateway).await;
+    let addr = gateway.local_addr();
+    let mut second = tokio::spawn(async move { Client::connect(addr).await.unwrap() });
+    assert!(tokio::time::timeout(Duration::from_millis(300), &mut second).await.is_err(), "served past the limit");
+    drop(first);
+    let mut second = tokio::time::timeout(WAIT, second).await.expect("served once the first closed").unwrap();
+    let result = call(&mut second, Call::CoreInitialize(Initialize::default())).await;
+    assert!(matches!(result.result, Some(Answer::Initialized(_))));
+    stop(gateway, [second]).await;
+}
