@@ -593,3 +593,24 @@ async fn connections_over_the_limit_wait_until_one_closes() {
     assert!(matches!(result.result, Some(Answer::Initialized(_))));
     stop(gateway, [second]).await;
 }
+
+#[tokio::test]
+async fn revoke_with_a_name_keeps_the_users_other_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    tokens::create_token(dir.path(), ANN, "phone").await.unwrap();
+    tokens::create_token(dir.path(), ANN, "laptop").await.unwrap();
+    tokens::create_token(dir.path(), BOB, "phone").await.unwrap();
+    assert_eq!(tokens::revoke_tokens(dir.path(), ANN, Some("phone")).unwrap(), 1);
+    let left: Vec<(u64, String)> =
+        tokens::list_tokens(dir.path()).unwrap().into_iter().map(|entry| (entry.user_id, entry.name)).collect();
+    assert_eq!(left, vec![(ANN.get(), "laptop".to_owned()), (BOB.get(), "phone".to_owned())]);
+}
+
+#[tokio::test]
+async fn malformed_tokens_file_stops_the_server_from_starting() {
+    let dir = tempfile::tempdir().unwrap();
+    tokens::create_token(dir.path(), ANN, "ann").await.unwrap();
+    std::fs::write(dir.path().join(tokens::TOKENS_FILE_NAME), b"{ not json").unwrap();
+    let started = Gateway::start(config(dir.path(), GatewayLimits::default())).await;
+    assert!(matches!(started, Err(osmium_gateway::GatewayError::TokensFile { .. })), "{started:?}");
+}
