@@ -1,11 +1,12 @@
 //! Sign-in tokens: created and revoked by `osmium-server token ...` while the server may
 //! be running (the engine holds the directory lock, so this never opens the engine when
 //! its database exists), stored only as SHA-256 hashes in [`TOKENS_FILE_NAME`] in the
-//! data directory, written atomically (temp file, fsync, rename). The server re-reads the
-//! file when its modification time or size changes, so a revocation takes effect
-//! without a restart: new `Authorize` calls fail at once, and signed-in connections of
-//! the revoked token are closed on their next call or within
-//! [`TOKENS_POLL_INTERVAL_MS`].
+//! data directory, written atomically (temp file, fsync, rename). Create and revoke hold
+//! [`TOKENS_LOCK_FILE_NAME`] while they read, change and rewrite the file, so concurrent
+//! commands lose nothing. The server re-reads the file when its modification time, size
+//! or inode changes, so a revocation takes effect without a restart: new `Authorize`
+//! calls fail at once, and signed-in connections of the revoked token are closed on
+//! their next call after the server noticed (within [`TOKENS_POLL_INTERVAL_MS`]).
 
 use crate::error::{GatewayError, random_bytes};
 use base64::Engine as _;
@@ -22,6 +23,8 @@ use std::time::SystemTime;
 
 /// The tokens file, in the data directory next to the engine's database.
 pub const TOKENS_FILE_NAME: &str = "gateway-tokens.json";
+/// The lock file that serializes `token create`/`revoke` (read, change, rewrite).
+pub const TOKENS_LOCK_FILE_NAME: &str = "gateway-tokens.lock";
 /// Bytes of OS randomness in a token (256 bits), URL-safe base64 without padding.
 pub const TOKEN_RANDOM_BYTES: usize = 32;
 /// How often the server checks the tokens file for changes, in milliseconds.
@@ -97,6 +100,19 @@ fn write_file(data_dir: &Path, file: &TokensFile) -> Result<(), GatewayError> {
     std::fs::File::open(data_dir).and_then(|dir| dir.sync_all()).map_err(GatewayError::io(data_dir))
 }
 
+/// Holds the tokens lock of `data_dir` until dropped (waits for other token commands).
+fn lock_tokens(data_dir: &Path) -> Result<std::fs::File, GatewayError> {
+    let path = data_dir.join(TOKENS_LOCK_FILE_NAME);
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(GatewayError::io(&path))?;
+    lock.lock().map_err(GatewayError::io(&path))?;
+    Ok(lock)
+}
+
 /// Makes sure `data_dir` holds an engine database, so that the engine accepts the tokens
 /// file beside it (it refuses a directory with other files but no database). Opens the
 /// engine only when there is no database yet (a running server always has one).
@@ -123,6 +139,7 @@ pub async fn create_token(data_dir: &Path, user: UserId, name: &str) -> Result<S
     }
     ensure_database(data_dir).await?;
     let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes::<TOKEN_RANDOM_BYTES>()?);
+    let _lock = lock_tokens(data_dir)?;
     let mut file = read_file(&tokens_path(data_dir))?;
     file.version = TOKENS_FILE_VERSION;
     let created_at_ms = SystemTime::now()
@@ -136,6 +153,10 @@ pub async fn create_token(data_dir: &Path, user: UserId, name: &str) -> Result<S
 
 /// Revokes every token of `user` (only those named `name` when given); returns how many.
 pub fn revoke_tokens(data_dir: &Path, user: UserId, name: Option<&str>) -> Result<usize, GatewayError> {
+    if !tokens_path(data_dir).exists() {
+        return Ok(0); // and no lock file: it would make a fresh directory foreign to the engine
+    }
+    let _lock = lock_tokens(data_dir)?;
     let mut file = read_file(&tokens_path(data_dir))?;
     let before = file.tokens.len();
     file.tokens.retain(|entry| !(entry.user_id == user.get() && name.is_none_or(|name| entry.name == name)));

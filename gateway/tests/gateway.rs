@@ -614,3 +614,17 @@ async fn malformed_tokens_file_stops_the_server_from_starting() {
     let started = Gateway::start(config(dir.path(), GatewayLimits::default())).await;
     assert!(matches!(started, Err(osmium_gateway::GatewayError::TokensFile { .. })), "{started:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_token_creates_lose_none() {
+    let dir = tempfile::tempdir().unwrap();
+    tokens::create_token(dir.path(), ANN, "first").await.unwrap();
+    let creates = (0..8).map(|index| {
+        let dir = dir.path().to_owned();
+        tokio::spawn(async move { tokens::create_token(&dir, UserId(2_000 + index), "device").await.unwrap() })
+    });
+    for create in creates.collect::<Vec<_>>() {
+        create.await.unwrap();
+    }
+    assert_eq!(tokens::list_tokens(dir.path()).unwrap().len(), 9);
+}
