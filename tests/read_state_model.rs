@@ -109,18 +109,30 @@ enum Step {
     Mute { user: u64, chat: Chat, muted: bool },
     Typing { user: u64, chat: Chat, typing: bool },
     Leave { user: u64, chat: Chat },
-    Remove { actor: u64, chat: Chat, user: u64 },
-    Add { actor: u64, chat: Chat, user: u64 },
-    SetOverrides { actor: u64, chat: Chat, user: u64, overrides: Overrides },
-    CreateInvite { actor: u64, chat: Chat, expires_in_ms: Option<u64>, max_uses: Option<u32> },
+    Remove { actor: Actor, chat: Chat, user: u64 },
+    Add { actor: Actor, chat: Chat, user: u64 },
+    SetOverrides { actor: Actor, chat: Chat, user: u64, overrides: Overrides },
+    CreateInvite { actor: Actor, chat: Chat, expires_in_ms: Option<u64>, max_uses: Option<u32> },
     UseInvite { user: u64, nth: usize },
-    DeleteInvite { actor: u64, nth: usize },
+    DeleteInvite { actor: Actor, nth: usize },
     AdvanceClock { ms: u64 },
     Reopen,
 }
 
 fn user() -> impl Strategy<Value = u64> {
     prop::sample::select(USERS.to_vec())
+}
+
+/// Who runs an owner-only command: mostly whoever owns the chat when the step runs (a
+/// random user would rarely be the owner, leaving the accepted paths untested).
+#[derive(Clone, Copy, Debug)]
+enum Actor {
+    Owner,
+    User(u64),
+}
+
+fn actor() -> impl Strategy<Value = Actor> {
+    prop_oneof![2 => Just(Actor::Owner), 1 => user().prop_map(Actor::User)]
 }
 
 fn chat() -> impl Strategy<Value = Chat> {
@@ -151,14 +163,14 @@ fn step() -> impl Strategy<Value = Step> {
         1 => (user(), chat(), any::<bool>()).prop_map(|(user, chat, muted)| Step::Mute { user, chat, muted }),
         1 => (user(), chat(), any::<bool>()).prop_map(|(user, chat, typing)| Step::Typing { user, chat, typing }),
         1 => (user(), group_chat()).prop_map(|(user, chat)| Step::Leave { user, chat }),
-        1 => (user(), group_chat(), user()).prop_map(|(actor, chat, user)| Step::Remove { actor, chat, user }),
-        1 => (user(), group_chat(), user()).prop_map(|(actor, chat, user)| Step::Add { actor, chat, user }),
-        1 => (user(), group_chat(), user(), overrides)
+        1 => (actor(), group_chat(), user()).prop_map(|(actor, chat, user)| Step::Remove { actor, chat, user }),
+        1 => (actor(), group_chat(), user()).prop_map(|(actor, chat, user)| Step::Add { actor, chat, user }),
+        2 => (actor(), group_chat(), user(), overrides)
             .prop_map(|(actor, chat, user, overrides)| Step::SetOverrides { actor, chat, user, overrides }),
-        2 => (user(), group_chat(), expires_in_ms, max_uses)
+        2 => (actor(), group_chat(), expires_in_ms, max_uses)
             .prop_map(|(actor, chat, expires_in_ms, max_uses)| Step::CreateInvite { actor, chat, expires_in_ms, max_uses }),
         2 => (user(), 0usize..3).prop_map(|(user, nth)| Step::UseInvite { user, nth }),
-        1 => (user(), 0usize..3).prop_map(|(actor, nth)| Step::DeleteInvite { actor, nth }),
+        1 => (actor(), 0usize..3).prop_map(|(actor, nth)| Step::DeleteInvite { actor, nth }),
         1 => (0u64..4_000).prop_map(|ms| Step::AdvanceClock { ms }),
         1 => Just(Step::Reopen),
     ]
@@ -204,6 +216,14 @@ impl ModelChat {
 
     fn last_message_id(&self) -> u64 {
         self.last_live().unwrap_or(self.id)
+    }
+
+    /// The user an [`Actor`] stands for in this chat now (a DM has no owner: user 1).
+    fn resolve(&self, actor: Actor) -> u64 {
+        match actor {
+            Actor::User(user) => user,
+            Actor::Owner => self.group_owner.unwrap_or(1),
+        }
     }
 
     fn member(&self, user: u64) -> Option<&ModelMember> {
@@ -511,9 +531,13 @@ impl Harness {
                 Outcome::Ephemeral
             }
             Step::Leave { user, chat } => self.remove(&engine, user, chat, user).await,
-            Step::Remove { actor, chat, user } => self.remove(&engine, actor, chat, user).await,
+            Step::Remove { actor, chat, user } => {
+                let actor = self.chats[&chat].resolve(actor);
+                self.remove(&engine, actor, chat, user).await
+            }
             Step::Add { actor, chat, user } => {
                 let model = self.chats.get_mut(&chat).unwrap();
+                let actor = model.resolve(actor);
                 let request = chats::AddChatMember { chat_ref: Some(group(model.id)), user_id: user };
                 let result = engine.add_chat_member(UserId(actor), request).await;
                 if model.member(actor).is_none() {
@@ -531,6 +555,7 @@ impl Harness {
             }
             Step::SetOverrides { actor, chat, user, overrides } => {
                 let model = self.chats.get_mut(&chat).unwrap();
+                let actor = model.resolve(actor);
                 let (pos, neg) = overrides.bits();
                 let request = types::PermissionOverrides { pos, neg };
                 let result = engine.set_permission_overrides(UserId(actor), group(model.id), UserId(user), request).await;
@@ -550,6 +575,7 @@ impl Harness {
             }
             Step::CreateInvite { actor, chat, expires_in_ms, max_uses } => {
                 let model = &self.chats[&chat];
+                let actor = model.resolve(actor);
                 let expires_at_ms = expires_in_ms.map(|ms| now_ms + ms);
                 let request =
                     chats::CreateChatInvite { chat_ref: Some(group(model.id)), expires_at: expires_at_ms, max_uses };
@@ -592,6 +618,7 @@ impl Harness {
             Step::DeleteInvite { actor, nth } => {
                 let Some(invite) = self.invites.get_mut(nth) else { return Outcome::NotSent };
                 let model = &self.chats[&invite.chat];
+                let actor = model.resolve(actor);
                 let request = chats::DeleteChatInvite { code: invite.code.clone() };
                 let result = engine.delete_chat_invite(UserId(actor), request).await;
                 if invite.deleted || model.member(actor).is_none() {
