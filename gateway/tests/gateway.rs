@@ -536,7 +536,9 @@ fn server_binary_shuts_down_gracefully_on_sigterm() {
         let mut client = Client::connect(addr).await.unwrap();
         let result = call(&mut client, Call::CoreInitialize(Initialize::default())).await;
         assert!(matches!(result.result, Some(Answer::Initialized(_))));
-        let status = std::process::Command::new("kill").args(["-TERM", &server.id().to_string()]).status().unwrap();
+        // The shell's builtin `kill`: present wherever `sh` is, unlike procps' /usr/bin/kill.
+        let kill = format!("kill -TERM {}", server.id());
+        let status = std::process::Command::new("sh").args(["-c", &kill]).status().unwrap();
         assert!(status.success());
         let (code, _) = close_frame(&mut client).await;
         assert_eq!(code, CloseCode::Away);
