@@ -274,6 +274,7 @@ struct Connection {
 impl Connection {
     async fn read_loop(&mut self, frames: &mut FrameStream, mut abort: watch::Receiver<Option<(CloseCode, String)>>) {
         let mut shutdown = self.shared.shutdown.clone();
+        let mut tokens = self.shared.tokens.watch();
         loop {
             if *shutdown.borrow() || abort.borrow().is_some() {
                 return;
@@ -282,6 +283,12 @@ impl Connection {
                 biased;
                 _ = shutdown.changed() => return,
                 _ = abort.changed() => return,
+                Ok(()) = tokens.changed(), if self.session.is_some() => {
+                    if self.revoked() {
+                        self.outbound.close_after_queue(CloseCode::Policy, "token revoked");
+                        return;
+                    }
+                }
                 Some(_) = self.calls.join_next(), if !self.calls.is_empty() => {}
                 frame = frames.next() => match frame {
                     None => return,
@@ -367,21 +374,17 @@ impl Connection {
                 }
             }
             call => {
-                let Some(session) = &mut self.session else {
+                let Some(session) = &self.session else {
                     metrics.request(kind, Some(codes::UNAUTHORIZED), None);
                     return self.outbound.error(req_id, codes::error(codes::UNAUTHORIZED, "not signed in: send Authorize first"));
                 };
-                let generation = self.shared.tokens.generation();
-                if generation != session.tokens_generation {
-                    if self.shared.tokens.grant_of(&session.token_hash).is_none() {
-                        metrics.request(kind, Some(codes::UNAUTHORIZED), None);
-                        self.outbound.error(req_id, codes::error(codes::UNAUTHORIZED, "token revoked"));
-                        self.outbound.close_after_queue(CloseCode::Policy, "token revoked");
-                        return false;
-                    }
-                    session.tokens_generation = generation;
-                }
                 let user = session.user;
+                if self.revoked() {
+                    metrics.request(kind, Some(codes::UNAUTHORIZED), None);
+                    self.outbound.error(req_id, codes::error(codes::UNAUTHORIZED, "token revoked"));
+                    self.outbound.close_after_queue(CloseCode::Policy, "token revoked");
+                    return false;
+                }
                 if matches!(call, Call::ChatsSetTyping(_)) && !self.typing.allow(started) {
                     metrics.request(kind, Some(codes::RATE_LIMITED), None);
                     let message =
@@ -414,6 +417,21 @@ impl Connection {
         }
     }
 
+    /// Whether the signed-in token is gone from the tokens file (checked only when the
+    /// file was re-read since the last check).
+    fn revoked(&mut self) -> bool {
+        let Some(session) = &mut self.session else { return false };
+        let generation = self.shared.tokens.generation();
+        if generation == session.tokens_generation {
+            return false;
+        }
+        if self.shared.tokens.grant_of(&session.token_hash).is_none() {
+            return true;
+        }
+        session.tokens_generation = generation;
+        false
+    }
+
     /// Signs the connection in: checks the token, keeps the user's directory entry in
     /// step with the token's name, subscribes to the user's updates.
     async fn authorize(&mut self, token: &str) -> Result<auth::Authorization, RpcError> {
@@ -424,12 +442,13 @@ impl Connection {
             tracing::error!(%err, "sign-in failed");
             codes::error(codes::INTERNAL, format!("sign-in failed: {err}"))
         };
+        // Read before the lookup: a re-read in between makes the session check again.
+        let tokens_generation = self.shared.tokens.generation();
         let (grant, token_hash) = match self.shared.tokens.lookup(token) {
             Ok(Some(found)) => found,
             Ok(None) => return Err(codes::error(codes::UNAUTHORIZED, "unknown or revoked token")),
             Err(err) => return Err(internal(&err)),
         };
-        let tokens_generation = self.shared.tokens.generation();
         let engine = &self.shared.engine;
         let user = match engine.get_user(grant.user).map_err(|err| err.to_rpc_error())? {
             Some(user) if user.name == grant.name => user,

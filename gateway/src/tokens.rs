@@ -5,8 +5,8 @@
 //! [`TOKENS_LOCK_FILE_NAME`] while they read, change and rewrite the file, so concurrent
 //! commands lose nothing. The server re-reads the file when its modification time, size
 //! or inode changes, so a revocation takes effect without a restart: new `Authorize`
-//! calls fail at once, and signed-in connections of the revoked token are closed on
-//! their next call after the server noticed (within [`TOKENS_POLL_INTERVAL_MS`]).
+//! calls fail at once, and signed-in connections of the revoked token are closed as soon
+//! as the server noticed (within [`TOKENS_POLL_INTERVAL_MS`]), with or without a call.
 
 use crate::error::{GatewayError, random_bytes};
 use base64::Engine as _;
@@ -18,8 +18,8 @@ use std::collections::HashMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
+use tokio::sync::watch;
 
 /// The tokens file, in the data directory next to the engine's database.
 pub const TOKENS_FILE_NAME: &str = "gateway-tokens.json";
@@ -194,17 +194,24 @@ struct Cached {
 pub(crate) struct TokenStore {
     path: PathBuf,
     cached: Mutex<Cached>,
-    generation: AtomicU64,
+    /// Bumped every time the file's contents were re-read; connections watch it to
+    /// close themselves when their token is revoked.
+    generation: watch::Sender<u64>,
 }
 
 impl TokenStore {
     pub(crate) fn new(data_dir: &Path) -> TokenStore {
-        TokenStore { path: tokens_path(data_dir), cached: Mutex::new(Cached::default()), generation: AtomicU64::new(0) }
+        TokenStore { path: tokens_path(data_dir), cached: Mutex::new(Cached::default()), generation: watch::Sender::new(0) }
     }
 
     /// Bumped every time the file's contents were re-read.
     pub(crate) fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
+        *self.generation.borrow()
+    }
+
+    /// Wakes when the generation changes (the file was re-read).
+    pub(crate) fn watch(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
     }
 
     /// Re-reads the file if its modification time or size changed.
@@ -232,7 +239,8 @@ impl TokenStore {
             .collect();
         cached.stamp = stamp;
         cached.loaded = true;
-        self.generation.fetch_add(1, Ordering::AcqRel);
+        drop(cached);
+        self.generation.send_modify(|generation| *generation += 1);
         Ok(())
     }
 

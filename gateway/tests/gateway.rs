@@ -397,11 +397,22 @@ async fn revoked_token_is_refused_and_its_connection_closed() {
     let mut fresh = connect(&gateway).await;
     let result = call(&mut fresh, Call::AuthAuthorize(auth::Authorize { token })).await;
     assert_eq!(error_code(&result), Some(codes::UNAUTHORIZED));
-    let result = call(&mut signed, Call::ChatsGetChats(chats::GetChats::default())).await;
-    assert_eq!(error_code(&result), Some(codes::UNAUTHORIZED));
+    // That Authorize re-read the file: the signed-in connection is closed without a call.
     let (code, reason) = close_frame(&mut signed).await;
     assert_eq!((code, reason.as_str()), (CloseCode::Policy, "token revoked"));
     stop(gateway, [signed, fresh]).await;
+}
+
+#[tokio::test]
+async fn revoked_token_closes_an_idle_connection_without_a_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = start(dir.path()).await;
+    let mut idle = signed_in(&gateway, dir.path(), ANN, "ann").await;
+    assert_eq!(tokens::revoke_tokens(dir.path(), ANN, None).unwrap(), 1);
+    // No call: the server notices the revocation on its tokens poll and closes on its own.
+    let (code, reason) = close_frame(&mut idle).await;
+    assert_eq!((code, reason.as_str()), (CloseCode::Policy, "token revoked"));
+    stop(gateway, [idle]).await;
 }
 
 #[tokio::test]
