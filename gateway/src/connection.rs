@@ -462,8 +462,10 @@ impl Connection {
         // Subscribe before answering, so that no update after the answer is missed.
         let mut updates = engine.subscribe(grant.user);
         let outbound = self.outbound.clone();
+        let engine = engine.clone();
         self.forwarder = Some(tokio::spawn(async move {
             while let Some(tagged) = updates.next().await {
+                outbound.metrics.update_queued(engine.last_position().get(), tagged.position.get());
                 if !outbound.push(server_message::Message::Update(tagged.update)) {
                     return;
                 }

@@ -10,16 +10,21 @@
 //! | `osmium_gateway_request_duration_seconds{kind}` | histogram | call latency, from decoded frame to queued result |
 //! | `osmium_engine_events_appended_total` | counter | events committed to the log |
 //! | `osmium_engine_commit_batch_events` | histogram | events per group-commit batch |
-//! | `osmium_engine_projection_lag_positions` | gauge | durable log positions not yet seen by the live tail (projections are written in the commit's own batch, so this is the lag of the update fan-out's input) |
+//! | `osmium_gateway_update_lag_positions` | histogram | per update queued for a connection: log positions committed after the update's own position by then (how far the engine's update fan-out plus the gateway's forwarding run behind the log) |
+//!
+//! "Projection lag" in the sense of projections behind the log is always 0 here: the
+//! engine writes the projections in the commit's own batch. What can lag is the update
+//! fan-out (it reads the projections after the commit and publishes per user), so that
+//! is what `osmium_gateway_update_lag_positions` measures, at the point where updates
+//! reach a connection's queue. Typing updates, which are not logged, carry the position
+//! current when they were made and so count as lag 0 at once.
 
-use osmium_engine::ChatEngine;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 type RequestLabels = [(&'static str, &'static str); 2];
 type KindLabel = [(&'static str, &'static str); 1];
@@ -45,8 +50,7 @@ pub struct Metrics {
     pub events_appended: Counter,
     /// Events per group-commit batch.
     pub commit_batch_events: Histogram,
-    projection_lag: Gauge,
-    tail_position: AtomicU64,
+    update_lag: Histogram,
 }
 
 impl Default for Metrics {
@@ -66,7 +70,7 @@ impl Metrics {
         let latency = Family::<KindLabel, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
         let events_appended = Counter::default();
         let commit_batch_events = Histogram::new(exponential_buckets(1.0, 2.0, 12));
-        let projection_lag = Gauge::default();
+        let update_lag = Histogram::new(exponential_buckets(1.0, 2.0, 12));
         registry.register("osmium_gateway_connections", "WebSocket connections open", connections.clone());
         registry.register(
             "osmium_gateway_connections_accepted",
@@ -87,9 +91,9 @@ impl Metrics {
         registry.register("osmium_engine_events_appended", "Events committed to the log", events_appended.clone());
         registry.register("osmium_engine_commit_batch_events", "Events per group-commit batch", commit_batch_events.clone());
         registry.register(
-            "osmium_engine_projection_lag_positions",
-            "Durable log positions not yet seen by the live tail",
-            projection_lag.clone(),
+            "osmium_gateway_update_lag_positions",
+            "Log positions committed after an update's own position when it was queued for a connection",
+            update_lag.clone(),
         );
         Metrics {
             registry,
@@ -100,8 +104,7 @@ impl Metrics {
             latency,
             events_appended,
             commit_batch_events,
-            projection_lag,
-            tail_position: AtomicU64::new(0),
+            update_lag,
         }
     }
 
@@ -114,21 +117,19 @@ impl Metrics {
     }
 
     /// Records a committed batch seen on the live tail.
-    pub fn batch_committed(&self, events: usize, last_position: u64) {
+    pub fn batch_committed(&self, events: usize) {
         self.events_appended.inc_by(events as u64);
         self.commit_batch_events.observe(events as f64);
-        self.tail_position.fetch_max(last_position, Ordering::AcqRel);
     }
 
-    /// Starts the live tail at `position` (the log's end when the server starts).
-    pub fn tail_at(&self, position: u64) {
-        self.tail_position.fetch_max(position, Ordering::AcqRel);
+    /// Records an update queued for a connection: `log_position` is the log's durable
+    /// end then, `update_position` the position the update reflects.
+    pub fn update_queued(&self, log_position: u64, update_position: u64) {
+        self.update_lag.observe(log_position.saturating_sub(update_position) as f64);
     }
 
-    /// The text exposition, with the lag measured against `engine` now.
-    pub fn encode(&self, engine: &ChatEngine) -> String {
-        let lag = engine.last_position().get().saturating_sub(self.tail_position.load(Ordering::Acquire));
-        self.projection_lag.set(i64::try_from(lag).unwrap_or(i64::MAX));
+    /// The text exposition.
+    pub fn encode(&self) -> String {
         let mut text = String::new();
         if encode(&mut text, &self.registry).is_err() {
             text.clear();

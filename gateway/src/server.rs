@@ -47,7 +47,6 @@ impl Gateway {
             .map_err(|source| GatewayError::Bind { addr: config.listen, source })?;
         let local_addr = listener.local_addr().map_err(|source| GatewayError::Bind { addr: config.listen, source })?;
         let metrics = Arc::new(Metrics::new());
-        metrics.tail_at(engine.last_position().get());
         let (shutdown, shutdown_rx) = watch::channel(false);
         let tokens = TokenStore::new(&config.data_dir);
         tokens.refresh()?;
@@ -67,7 +66,7 @@ impl Gateway {
             let metrics_listener =
                 TcpListener::bind(addr).await.map_err(|source| GatewayError::Bind { addr, source })?;
             metrics_addr = Some(metrics_listener.local_addr().map_err(|source| GatewayError::Bind { addr, source })?);
-            background.push(tokio::spawn(serve_metrics(metrics_listener, engine.clone(), metrics.clone())));
+            background.push(tokio::spawn(serve_metrics(metrics_listener, metrics.clone())));
         }
         let accept = tokio::spawn(accept_loop(listener, shared, shutdown_rx, config.limits));
         tracing::info!(%local_addr, ?metrics_addr, data_dir = %config.data_dir.display(), "osmium-server listening");
@@ -158,7 +157,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut shutdown: w
 async fn tail(mut batches: broadcast::Receiver<Arc<osmium_engine::CommittedBatch>>, metrics: Arc<Metrics>) {
     loop {
         match batches.recv().await {
-            Ok(batch) => metrics.batch_committed(batch.events.len(), batch.events.last().map_or(0, |event| event.position)),
+            Ok(batch) => metrics.batch_committed(batch.events.len()),
             Err(broadcast::error::RecvError::Lagged(missed)) => {
                 tracing::warn!(missed, "metrics tail fell behind; some batches were not counted");
             }
@@ -177,22 +176,21 @@ async fn poll_tokens(shared: Arc<Shared>) {
     }
 }
 
-async fn serve_metrics(listener: TcpListener, engine: ChatEngine, metrics: Arc<Metrics>) {
+async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        let engine = engine.clone();
         let metrics = metrics.clone();
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(5), answer_metrics(stream, &engine, &metrics)).await;
+            let _ = tokio::time::timeout(Duration::from_secs(5), answer_metrics(stream, &metrics)).await;
         });
     }
 }
 
 /// A minimal HTTP/1.1 responder: `GET /metrics` gets the exposition, anything else 404.
-async fn answer_metrics(mut stream: TcpStream, engine: &ChatEngine, metrics: &Metrics) -> std::io::Result<()> {
+async fn answer_metrics(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
     let mut head = Vec::with_capacity(1024);
     let mut buffer = [0u8; 1024];
     while !head.windows(4).any(|window| window == b"\r\n\r\n") && head.len() < METRICS_REQUEST_BYTES_MAX {
@@ -204,7 +202,7 @@ async fn answer_metrics(mut stream: TcpStream, engine: &ChatEngine, metrics: &Me
     }
     let request_line = head.split(|&byte| byte == b'\r').next().unwrap_or_default();
     let (status, content_type, body) = if request_line.starts_with(b"GET /metrics ") || request_line == b"GET /metrics" {
-        ("200 OK", "application/openmetrics-text; version=1.0.0; charset=utf-8", metrics.encode(engine))
+        ("200 OK", "application/openmetrics-text; version=1.0.0; charset=utf-8", metrics.encode())
     } else {
         ("404 Not Found", "text/plain; charset=utf-8", "not found: try GET /metrics\n".to_owned())
     };

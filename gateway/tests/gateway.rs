@@ -458,7 +458,6 @@ async fn metrics_endpoint_serves_request_and_engine_counters() {
         "osmium_gateway_request_duration_seconds_count{kind=\"chats_get_chats\"} 1",
         "osmium_engine_events_appended_total 1",
         "osmium_engine_commit_batch_events_count 1",
-        "osmium_engine_projection_lag_positions 0",
     ];
     // The engine counters follow the log's live tail, a moment after the commit.
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -476,6 +475,41 @@ async fn metrics_endpoint_serves_request_and_engine_counters() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     stop(gateway, [client]).await;
+}
+
+/// The body of `GET /metrics` once every line of `expected` is in it (within `WAIT`).
+async fn metrics_with(gateway: &Gateway, expected: &[&str]) -> String {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let mut http = tokio::net::TcpStream::connect(gateway.metrics_addr().unwrap()).await.unwrap();
+        http.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut body = String::new();
+        http.read_to_string(&mut body).await.unwrap();
+        let missing: Vec<_> = expected.iter().filter(|line| !body.lines().any(|got| got == **line)).collect();
+        if missing.is_empty() {
+            return body;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "missing {missing:?} in\n{body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn update_lag_is_observed_for_every_update_queued_for_a_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = start(dir.path()).await;
+    let mut phone = signed_in(&gateway, dir.path(), ANN, "ann").await;
+    let mut laptop = signed_in(&gateway, dir.path(), ANN, "ann").await;
+    let result = call(&mut phone, Call::ChatsCreateChat(chats::CreateChat { users: vec![], name: "g".into() })).await;
+    assert!(matches!(result.result, Some(Answer::Group(_))), "{result:?}");
+    for client in [&mut phone, &mut laptop] {
+        assert!(matches!(next_update(client).await, U::Group(_)));
+    }
+    // One update per connection, each queued when the log was at its own position.
+    let body = metrics_with(&gateway, &["osmium_gateway_update_lag_positions_count 2"]).await;
+    assert!(body.lines().any(|line| line == "osmium_gateway_update_lag_positions_bucket{le=\"1.0\"} 2"), "{body}");
+    assert!(!body.contains("projection_lag"), "{body}");
+    stop(gateway, [phone, laptop]).await;
 }
 
 #[test]
