@@ -19,6 +19,11 @@ use tokio::task::{JoinHandle, JoinSet};
 
 /// Largest HTTP request head the metrics endpoint reads, in bytes.
 pub const METRICS_REQUEST_BYTES_MAX: usize = 8 * 1024;
+/// Metrics requests answered at once; further ones wait in the listen backlog.
+pub const METRICS_CONNECTIONS_MAX: usize = 16;
+/// How long one metrics request may take, from accept to the last byte written, in
+/// milliseconds.
+pub const METRICS_ANSWER_TIMEOUT_MS: u64 = 5_000;
 
 /// A running gateway. Dropping it without [`Gateway::shutdown`] aborts its tasks.
 #[derive(Debug)]
@@ -176,15 +181,26 @@ async fn poll_tokens(shared: Arc<Shared>) {
     }
 }
 
+/// Answers metrics requests, at most [`METRICS_CONNECTIONS_MAX`] at once (in a `JoinSet`
+/// that dies with this task).
 async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>) {
+    let mut answers = JoinSet::new();
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        while answers.len() >= METRICS_CONNECTIONS_MAX {
+            let _ = answers.join_next().await;
+        }
+        let accepted = tokio::select! {
+            Some(_) = answers.join_next(), if !answers.is_empty() => continue,
+            accepted = listener.accept() => accepted,
+        };
+        let Ok((stream, _)) = accepted else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
         let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(5), answer_metrics(stream, &metrics)).await;
+        answers.spawn(async move {
+            let timeout = Duration::from_millis(METRICS_ANSWER_TIMEOUT_MS);
+            let _ = tokio::time::timeout(timeout, answer_metrics(stream, &metrics)).await;
         });
     }
 }

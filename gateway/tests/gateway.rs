@@ -512,6 +512,31 @@ async fn update_lag_is_observed_for_every_update_queued_for_a_connection() {
     stop(gateway, [phone, laptop]).await;
 }
 
+#[tokio::test]
+async fn metrics_requests_over_the_limit_wait_until_one_finishes() {
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = start(dir.path()).await;
+    let addr = gateway.metrics_addr().unwrap();
+    // Idle clients that never send a request hold every slot.
+    let mut idle = Vec::new();
+    for _ in 0..osmium_gateway::server::METRICS_CONNECTIONS_MAX {
+        idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    let mut scrape = tokio::spawn(async move {
+        let mut http = tokio::net::TcpStream::connect(addr).await.unwrap();
+        http.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut body = String::new();
+        http.read_to_string(&mut body).await.unwrap();
+        body
+    });
+    assert!(tokio::time::timeout(Duration::from_millis(300), &mut scrape).await.is_err(), "answered past the limit");
+    drop(idle.pop());
+    let body = tokio::time::timeout(WAIT, scrape).await.expect("answered once a slot is free").unwrap();
+    assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
+    drop(idle);
+    stop(gateway, []).await;
+}
+
 #[test]
 fn token_commands_create_list_and_revoke_from_the_command_line() {
     let root = tempfile::tempdir().unwrap();
