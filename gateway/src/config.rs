@@ -25,6 +25,10 @@ pub struct GatewayLimits {
     /// Server messages (results and updates) queued for one connection before it is
     /// closed as too slow (1008).
     pub outbound_queue_max: usize,
+    /// Encoded bytes of the server messages queued for one connection before it is
+    /// closed as too slow (1008); a single larger message is still queued when the queue
+    /// is empty. Bounds what a client that never reads costs, whatever the answers' size.
+    pub outbound_queue_bytes_max: usize,
     /// The WebSocket read buffer and write batch of one connection, in bytes each
     /// (tungstenite's default is 128 KiB: 256 MiB of buffers at 1,000 connections).
     pub socket_buffer_bytes: usize,
@@ -45,6 +49,7 @@ impl Default for GatewayLimits {
             frame_bytes_close_max: 2 * 1024 * 1024,
             connections_max: 10_000,
             outbound_queue_max: 1_024,
+            outbound_queue_bytes_max: 8 * 1024 * 1024,
             socket_buffer_bytes: 16 * 1024,
             calls_in_flight_max: 32,
             typing_per_second_max: 5,

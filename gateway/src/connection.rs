@@ -1,7 +1,8 @@
 //! One WebSocket connection: this task reads and decodes frames and dispatches calls
 //! (at most `calls_in_flight_max` at once, in a `JoinSet` that dies with the connection);
 //! one writer task drains the bounded outbound queue; once signed in, one forwarder task
-//! moves the user's engine updates into the same queue. Whoever finds the queue full
+//! moves the user's engine updates into the same queue, bounded both in messages and in
+//! encoded bytes (one history page can be megabytes). Whoever finds the queue full
 //! closes the connection (1008, with a reason): memory per connection stays bounded.
 
 use crate::codes;
@@ -21,6 +22,7 @@ use osmium_proto::{auth, types};
 use prost::Message as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
@@ -54,24 +56,47 @@ const CLOSE_LINGER_MS: u64 = 2_000;
 /// The sending side of the outbound queue.
 #[derive(Clone, Debug)]
 struct Outbound {
-    queue: mpsc::Sender<server_message::Message>,
+    /// Each message with the bytes it was counted as in `queued_bytes`.
+    queue: mpsc::Sender<(server_message::Message, usize)>,
+    /// Encoded bytes of the messages in `queue` (the writer subtracts what it takes).
+    queued_bytes: Arc<AtomicUsize>,
+    queued_bytes_max: usize,
     abort: Arc<Abort>,
     final_reason: FinalReason,
     metrics: Arc<Metrics>,
 }
 
 impl Outbound {
-    /// Queues a server message; on a full queue closes the connection and says `false`.
+    /// Queues a server message; on a full queue (by count, or by bytes unless the queue
+    /// is empty: one large message alone is always taken) closes the connection and says
+    /// `false`.
     fn push(&self, message: server_message::Message) -> bool {
-        match self.queue.try_send(message) {
+        let bytes = message.encoded_len();
+        let max = self.queued_bytes_max;
+        let reserved = self.queued_bytes.fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| {
+            (queued == 0 || queued.saturating_add(bytes) <= max).then(|| queued.saturating_add(bytes))
+        });
+        if reserved.is_err() {
+            self.close_slow();
+            return false;
+        }
+        match self.queue.try_send((message, bytes)) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
-                if close_now(&self.abort, CloseCode::Policy, "outbound queue full: the client reads too slowly") {
-                    self.metrics.connections_closed_slow.inc();
-                }
+                self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+                self.close_slow();
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+                false
+            }
+        }
+    }
+
+    fn close_slow(&self) {
+        if close_now(&self.abort, CloseCode::Policy, "outbound queue full: the client reads too slowly") {
+            self.metrics.connections_closed_slow.inc();
         }
     }
 
@@ -169,10 +194,17 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAd
     let (queue, queue_rx) = mpsc::channel(limits.outbound_queue_max.max(1));
     let (abort, abort_rx) = watch::channel(None);
     let final_reason = FinalReason::default();
-    let outbound =
-        Outbound { queue, abort: Arc::new(abort), final_reason: final_reason.clone(), metrics: shared.metrics.clone() };
+    let queued_bytes = Arc::new(AtomicUsize::new(0));
+    let outbound = Outbound {
+        queue,
+        queued_bytes: queued_bytes.clone(),
+        queued_bytes_max: limits.outbound_queue_bytes_max,
+        abort: Arc::new(abort),
+        final_reason: final_reason.clone(),
+        metrics: shared.metrics.clone(),
+    };
     let mut writer =
-        tokio::spawn(write_loop(sink, queue_rx, abort_rx.clone(), final_reason, shared.shutdown.clone()));
+        tokio::spawn(write_loop(sink, (queue_rx, queued_bytes), abort_rx.clone(), final_reason, shared.shutdown.clone()));
     let mut frames = frames;
     let mut connection = Connection {
         shared: shared.clone(),
@@ -213,7 +245,7 @@ type FrameSink = futures_util::stream::SplitSink<tokio_tungstenite::WebSocketStr
 
 async fn write_loop(
     mut sink: FrameSink,
-    mut queue: mpsc::Receiver<server_message::Message>,
+    (mut queue, queued_bytes): (mpsc::Receiver<(server_message::Message, usize)>, Arc<AtomicUsize>),
     mut abort: watch::Receiver<Option<(CloseCode, String)>>,
     final_reason: FinalReason,
     shutdown: watch::Receiver<bool>,
@@ -234,7 +266,8 @@ async fn write_loop(
                 }
             }
             next = queue.recv() => match next {
-                Some(message) => {
+                Some((message, queued)) => {
+                    queued_bytes.fetch_sub(queued, Ordering::AcqRel);
                     sequence = sequence.wrapping_add(1);
                     let bytes = ServerMessage { id: sequence, message: Some(message) }.encode_to_vec();
                     if sink.feed(Frame::Binary(bytes.into())).await.is_err() {

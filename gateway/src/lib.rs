@@ -21,7 +21,7 @@
 //! 1 MiB; larger frames are answered 413 and dropped, frames over
 //! `frame_bytes_close_max`, default 2 MiB, close the connection), `connections_max`
 //! connections (default 10,000), `outbound_queue_max` queued server messages per
-//! connection (default 1,024), `calls_in_flight_max` concurrent calls per connection
+//! connection (default 1,024) and `outbound_queue_bytes_max` of them (8 MiB), `calls_in_flight_max` concurrent calls per connection
 //! (32), `typing_per_second_max` `SetTyping` calls per connection per second (5),
 //! `socket_buffer_bytes` of WebSocket read and write buffer per connection (16 KiB).
 

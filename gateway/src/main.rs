@@ -49,6 +49,9 @@ struct ServeArgs {
     /// Server messages queued per connection before a slow client is disconnected.
     #[arg(long, env = "OSMIUM_OUTBOUND_QUEUE_MAX", default_value_t = GatewayLimits::default().outbound_queue_max)]
     outbound_queue_max: usize,
+    /// Bytes of server messages queued per connection before a slow client is disconnected.
+    #[arg(long, env = "OSMIUM_OUTBOUND_QUEUE_BYTES_MAX", default_value_t = GatewayLimits::default().outbound_queue_bytes_max)]
+    outbound_queue_bytes_max: usize,
     /// Calls of one connection running at once.
     #[arg(long, env = "OSMIUM_CALLS_IN_FLIGHT_MAX", default_value_t = GatewayLimits::default().calls_in_flight_max)]
     calls_in_flight_max: usize,
@@ -157,6 +160,7 @@ async fn serve(data_dir: PathBuf, args: ServeArgs) -> Result<(), GatewayError> {
         frame_bytes_close_max: args.frame_bytes_max.saturating_mul(2),
         connections_max: args.connections_max,
         outbound_queue_max: args.outbound_queue_max,
+        outbound_queue_bytes_max: args.outbound_queue_bytes_max,
         calls_in_flight_max: args.calls_in_flight_max,
         typing_per_second_max: args.typing_per_second_max,
         shutdown_grace_ms: args.shutdown_grace_ms,

@@ -386,6 +386,30 @@ async fn slow_reader_is_closed_when_its_outbound_queue_is_full() {
 }
 
 #[tokio::test]
+async fn slow_reader_is_closed_when_its_outbound_queue_bytes_are_over_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    // Plenty of messages allowed: only the byte bound can close this connection.
+    let limits = GatewayLimits { outbound_queue_max: 100_000, outbound_queue_bytes_max: 1024 * 1024, ..GatewayLimits::default() };
+    let gateway = start_with(dir.path(), limits).await;
+    let mut client = signed_in(&gateway, dir.path(), ANN, "ann").await;
+    let own = ChatRef { r#ref: Some(Ref::Self_(osmium_proto::refs::RefSelf {})) };
+    for _ in 0..100 {
+        let send = messages::SendMessage { chat_ref: Some(own), message: "y".repeat(4_000), ..Default::default() };
+        gateway.engine().send_message(ANN, send).await.unwrap();
+    }
+    // 400 KB per answer; never read until the server gives up on this client.
+    let history = messages::GetHistory { chat_ref: Some(own), limit: Some(100), offset: None };
+    for _ in 0..300 {
+        if client.send(Call::MessagesGetHistory(history)).await.is_err() {
+            break;
+        }
+    }
+    let (code, reason) = close_frame(&mut client).await;
+    assert_eq!((code, reason.contains("outbound queue full")), (CloseCode::Policy, true), "{reason}");
+    stop(gateway, [client]).await;
+}
+
+#[tokio::test]
 async fn revoked_token_is_refused_and_its_connection_closed() {
     let dir = tempfile::tempdir().unwrap();
     let gateway = start(dir.path()).await;
