@@ -203,14 +203,16 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAd
         final_reason: final_reason.clone(),
         metrics: shared.metrics.clone(),
     };
-    let mut writer =
-        tokio::spawn(write_loop(sink, (queue_rx, queued_bytes), abort_rx.clone(), final_reason, shared.shutdown.clone()));
+    // In a `JoinSet` so that it dies with this task even when this task is aborted (a
+    // writer blocked on a client that reads nothing would otherwise hold its socket).
+    let mut writer = JoinSet::new();
+    writer.spawn(write_loop(sink, (queue_rx, queued_bytes), abort_rx.clone(), final_reason, shared.shutdown.clone()));
     let mut frames = frames;
     let mut connection = Connection {
         shared: shared.clone(),
         outbound,
         session: None,
-        forwarder: None,
+        forwarder: JoinSet::new(),
         calls: JoinSet::new(),
         typing: RateWindow { max: limits.typing_per_second_max, started: Instant::now(), count: 0 },
     };
@@ -223,12 +225,10 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAd
     })
     .await;
     connection.calls.abort_all();
-    if let Some(forwarder) = connection.forwarder.take() {
-        forwarder.abort();
-    }
+    connection.forwarder.abort_all();
     drop(connection);
-    if tokio::time::timeout(grace, &mut writer).await.is_err() {
-        writer.abort(); // the client reads nothing at all: drop it
+    if tokio::time::timeout(grace, writer.join_next()).await.is_err() {
+        writer.abort_all(); // the client reads nothing at all: drop it
     }
     // The closing handshake: read (and drop) what the client still sends until its close
     // reply, so that the socket is not reset under data it has not read yet.
@@ -299,7 +299,9 @@ struct Connection {
     shared: Arc<Shared>,
     outbound: Outbound,
     session: Option<Session>,
-    forwarder: Option<tokio::task::JoinHandle<()>>,
+    /// At most one task; in a `JoinSet` so that it dies with the connection even when
+    /// the connection's task is aborted (it holds an engine handle).
+    forwarder: JoinSet<()>,
     calls: JoinSet<()>,
     typing: RateWindow,
 }
@@ -496,7 +498,7 @@ impl Connection {
         let mut updates = engine.subscribe(grant.user);
         let outbound = self.outbound.clone();
         let engine = engine.clone();
-        self.forwarder = Some(tokio::spawn(async move {
+        self.forwarder.spawn(async move {
             while let Some(tagged) = updates.next().await {
                 outbound.metrics.update_queued(engine.last_position().get(), tagged.position.get());
                 if !outbound.push(server_message::Message::Update(tagged.update)) {
@@ -504,7 +506,7 @@ impl Connection {
                 }
             }
             close_now(&outbound.abort, CloseCode::Again, "update stream fell behind: reconnect and resync");
-        }));
+        });
         self.session = Some(Session { user: grant.user, token_hash, tokens_generation });
         tracing::info!(user = %grant.user, session_id, "signed in");
         Ok(auth::Authorization { token: token.to_owned(), user: Some(user), session_id })

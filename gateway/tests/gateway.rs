@@ -470,6 +470,24 @@ async fn shutdown_closes_connections_with_going_away_and_releases_the_directory(
 }
 
 #[tokio::test]
+async fn dropping_the_gateway_without_shutdown_releases_the_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = start(dir.path()).await;
+    let client = signed_in(&gateway, dir.path(), ANN, "ann").await;
+    drop(gateway);
+    // Its tasks are aborted, not joined: the directory is free once they are gone.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match osmium_engine::ChatEngine::open(dir.path(), EngineConfig::default()).await {
+            Ok(_) => break,
+            Err(err) => assert!(tokio::time::Instant::now() < deadline, "directory still held: {err}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(client);
+}
+
+#[tokio::test]
 async fn metrics_endpoint_serves_request_and_engine_counters() {
     let dir = tempfile::tempdir().unwrap();
     let gateway = start(dir.path()).await;
