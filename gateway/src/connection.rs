@@ -94,10 +94,18 @@ impl Outbound {
         }
     }
 
+    /// Closes as too slow, counted before the writer can see the close (so that whoever
+    /// receives the close frame also finds it in the metrics).
     fn close_slow(&self) {
-        if close_now(&self.abort, CloseCode::Policy, "outbound queue full: the client reads too slowly") {
-            self.metrics.connections_closed_slow.inc();
-        }
+        let metrics = &self.metrics;
+        self.abort.send_if_modified(|current| {
+            if current.is_some() {
+                return false;
+            }
+            metrics.connections_closed_slow.inc();
+            *current = Some((CloseCode::Policy, "outbound queue full: the client reads too slowly".to_owned()));
+            true
+        });
     }
 
     fn result(&self, req_id: u32, result: Option<Answer>) -> bool {
