@@ -17,7 +17,7 @@ pub const FRAME_TOO_LARGE: u32 = 413;
 pub const RATE_LIMITED: u32 = 429;
 /// A `ClientMessage` variant the gateway does not serve (outside the chat subset).
 pub const UNSUPPORTED: u32 = 501;
-/// The gateway failed internally (e.g. it could not read its tokens file).
+/// The gateway failed internally (it could not read its tokens file, or a call panicked).
 pub const INTERNAL: u32 = 500;
 
 /// An `RPCError` with `code` and `message`.

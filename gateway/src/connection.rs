@@ -10,7 +10,7 @@ use crate::error::random_bytes;
 use crate::metrics::Metrics;
 use crate::tokens::TokenStore;
 use crate::{GatewayLimits, dispatch};
-use futures_util::{SinkExt as _, StreamExt as _};
+use futures_util::{FutureExt as _, SinkExt as _, StreamExt as _};
 use osmium_engine::ChatEngine;
 use osmium_proto::core::client_message::Message as Call;
 use osmium_proto::core::rpc_result::Result as Answer;
@@ -173,6 +173,22 @@ fn leading_id(bytes: &[u8]) -> u32 {
     }
     rest = &rest[1..];
     prost::encoding::decode_varint(&mut rest).ok().and_then(|id| u32::try_from(id).ok()).unwrap_or(0)
+}
+
+/// Runs a call; its engine error becomes the `RPCError`, and a panic in it a 500, so that
+/// the call is answered either way (a panicked task would otherwise leave its `req_id`
+/// without a result forever).
+async fn answer_of(
+    call: impl Future<Output = Result<Option<Answer>, osmium_engine::EngineError>>,
+) -> Result<Option<Answer>, RpcError> {
+    match std::panic::AssertUnwindSafe(call).catch_unwind().await {
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err(err)) => Err(err.to_rpc_error()),
+        Err(_) => {
+            tracing::error!("a call panicked; answered with 500");
+            Err(codes::error(codes::INTERNAL, "internal error: the call failed"))
+        }
+    }
 }
 
 /// Serves one accepted TCP connection until it closes.
@@ -441,15 +457,14 @@ impl Connection {
                 let engine = self.shared.engine.clone();
                 let outbound = self.outbound.clone();
                 self.calls.spawn(async move {
-                    let result = dispatch::call(&engine, user, call).await;
+                    let result = answer_of(dispatch::call(&engine, user, call)).await;
                     let seconds = started.elapsed().as_secs_f64();
                     match result {
                         Ok(answer) => {
                             metrics.request(kind, None, Some(seconds));
                             outbound.result(req_id, answer);
                         }
-                        Err(err) => {
-                            let error = err.to_rpc_error();
+                        Err(error) => {
                             metrics.request(kind, Some(error.error_code), Some(seconds));
                             outbound.error(req_id, error);
                         }
@@ -530,6 +545,12 @@ mod tests {
         assert_eq!(leading_id(&[0x08, 0x96, 0x01, 0xff]), 150);
         assert_eq!(leading_id(&[0x22, 0x00]), 0);
         assert_eq!(leading_id(&[]), 0);
+    }
+
+    #[tokio::test]
+    async fn panicking_call_is_answered_with_500() {
+        let answer = answer_of(async { panic!("engine bug") }).await;
+        assert_eq!(answer.map_err(|error| error.error_code), Err(codes::INTERNAL));
     }
 
     #[test]
