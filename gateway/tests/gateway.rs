@@ -656,7 +656,18 @@ fn server_binary_shuts_down_gracefully_on_sigterm() {
         assert_eq!(code, CloseCode::Away);
         let _ = client.next_frame().await;
     });
-    let status = server.wait().unwrap();
+    // Bounded: a shutdown that hangs fails the test instead of hanging it.
+    let deadline = std::time::Instant::now() + 3 * WAIT;
+    let status = loop {
+        if let Some(status) = server.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = server.kill();
+            panic!("server still running {:?} after SIGTERM", 3 * WAIT);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     assert!(status.success(), "{status:?}");
 }
 
