@@ -10,7 +10,7 @@
 
 use crate::error::{GatewayError, random_bytes};
 use base64::Engine as _;
-use osmium_engine::{ChatEngine, EngineConfig};
+use osmium_engine::{ChatEngine, EngineConfig, EngineError};
 use osmium_proto::ids::UserId;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -29,6 +29,10 @@ pub const TOKENS_LOCK_FILE_NAME: &str = "gateway-tokens.lock";
 pub const TOKEN_RANDOM_BYTES: usize = 32;
 /// How often the server checks the tokens file for changes, in milliseconds.
 pub const TOKENS_POLL_INTERVAL_MS: u64 = 1_000;
+/// How long `token create` waits for another engine that holds a fresh data directory
+/// (a concurrent `token create`, or a server starting) to create its database, in
+/// milliseconds.
+pub const DATABASE_WAIT_MS: u64 = 10_000;
 /// Longest user name a token may carry, in characters (the engine's default limit).
 pub const TOKEN_NAME_MAX_CHARS: usize = 100;
 
@@ -116,13 +120,31 @@ fn lock_tokens(data_dir: &Path) -> Result<std::fs::File, GatewayError> {
 /// Makes sure `data_dir` holds an engine database, so that the engine accepts the tokens
 /// file beside it (it refuses a directory with other files but no database). Opens the
 /// engine only when there is no database yet (a running server always has one).
+/// When another engine holds the directory, waits (up to [`DATABASE_WAIT_MS`]) for its
+/// database to appear instead of failing: writing the tokens file before that would make
+/// the directory foreign to the engine that is creating it.
 async fn ensure_database(data_dir: &Path) -> Result<(), GatewayError> {
-    if data_dir.join("CURRENT").exists() {
+    let current = data_dir.join("CURRENT");
+    if current.exists() {
         return Ok(());
     }
-    let engine = ChatEngine::open(data_dir, EngineConfig::default()).await?;
-    drop(engine);
-    Ok(())
+    match ChatEngine::open(data_dir, EngineConfig::default()).await {
+        Ok(engine) => {
+            drop(engine);
+            Ok(())
+        }
+        Err(err @ EngineError::DirectoryInUse { .. }) => {
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(DATABASE_WAIT_MS);
+            while !current.exists() {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(err.into());
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Ok(())
+        }
+        Err(err) => Err(err.into()),
+    }
 }
 
 /// Creates a token for `user` named `name` and returns it: the only time it is seen.

@@ -753,3 +753,17 @@ async fn concurrent_token_creates_lose_none() {
     }
     assert_eq!(tokens::list_tokens(dir.path()).unwrap().len(), 9);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_token_creates_on_a_fresh_directory_all_succeed() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("fresh");
+    let creates = (0..8).map(|index| {
+        let dir = dir.clone();
+        tokio::spawn(async move { tokens::create_token(&dir, UserId(2_000 + index), "device").await })
+    });
+    for create in creates.collect::<Vec<_>>() {
+        create.await.unwrap().unwrap();
+    }
+    assert_eq!(tokens::list_tokens(&dir).unwrap().len(), 8);
+}
