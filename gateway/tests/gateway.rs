@@ -360,24 +360,29 @@ async fn typing_flood_is_rate_limited() {
     stop(gateway, [client]).await;
 }
 
-#[tokio::test]
-async fn slow_reader_is_closed_when_its_outbound_queue_is_full() {
-    let dir = tempfile::tempdir().unwrap();
-    let limits = GatewayLimits { outbound_queue_max: 4, ..GatewayLimits::default() };
-    let gateway = start_with(dir.path(), limits).await;
-    let mut client = signed_in(&gateway, dir.path(), ANN, "ann").await;
+/// Fills ANN's own chat with 100 messages of 4,000 characters, then asks for that history
+/// (400 KB per answer) up to 300 times without reading, until the server gives up.
+async fn flood_without_reading(gateway: &Gateway, client: &mut Client) {
     let own = ChatRef { r#ref: Some(Ref::Self_(osmium_proto::refs::RefSelf {})) };
     for _ in 0..100 {
         let send = messages::SendMessage { chat_ref: Some(own), message: "y".repeat(4_000), ..Default::default() };
         gateway.engine().send_message(ANN, send).await.unwrap();
     }
-    // 400 KB per answer; never read until the server gives up on this client.
     let history = messages::GetHistory { chat_ref: Some(own), limit: Some(100), offset: None };
     for _ in 0..300 {
         if client.send(Call::MessagesGetHistory(history)).await.is_err() {
             break;
         }
     }
+}
+
+#[tokio::test]
+async fn slow_reader_is_closed_when_its_outbound_queue_is_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = GatewayLimits { outbound_queue_max: 4, ..GatewayLimits::default() };
+    let gateway = start_with(dir.path(), limits).await;
+    let mut client = signed_in(&gateway, dir.path(), ANN, "ann").await;
+    flood_without_reading(&gateway, &mut client).await;
     let (code, reason) = close_frame(&mut client).await;
     assert_eq!(code, CloseCode::Policy);
     assert!(reason.contains("outbound queue full"), "{reason}");
@@ -392,18 +397,7 @@ async fn slow_reader_is_closed_when_its_outbound_queue_bytes_are_over_the_limit(
     let limits = GatewayLimits { outbound_queue_max: 100_000, outbound_queue_bytes_max: 1024 * 1024, ..GatewayLimits::default() };
     let gateway = start_with(dir.path(), limits).await;
     let mut client = signed_in(&gateway, dir.path(), ANN, "ann").await;
-    let own = ChatRef { r#ref: Some(Ref::Self_(osmium_proto::refs::RefSelf {})) };
-    for _ in 0..100 {
-        let send = messages::SendMessage { chat_ref: Some(own), message: "y".repeat(4_000), ..Default::default() };
-        gateway.engine().send_message(ANN, send).await.unwrap();
-    }
-    // 400 KB per answer; never read until the server gives up on this client.
-    let history = messages::GetHistory { chat_ref: Some(own), limit: Some(100), offset: None };
-    for _ in 0..300 {
-        if client.send(Call::MessagesGetHistory(history)).await.is_err() {
-            break;
-        }
-    }
+    flood_without_reading(&gateway, &mut client).await;
     let (code, reason) = close_frame(&mut client).await;
     assert_eq!((code, reason.contains("outbound queue full")), (CloseCode::Policy, true), "{reason}");
     stop(gateway, [client]).await;
