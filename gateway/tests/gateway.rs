@@ -79,6 +79,14 @@ async fn stop<const N: usize>(gateway: Gateway, clients: [Client; N]) {
     gateway.shutdown().await;
 }
 
+/// The next result is error `code` for `req_id`, and the connection still answers calls.
+async fn assert_refused_then_usable(client: &mut Client, req_id: u32, code: u32) {
+    let result = tokio::time::timeout(WAIT, client.next_result()).await.unwrap().unwrap();
+    assert_eq!((result.req_id, error_code(&result)), (req_id, Some(code)));
+    let result = call(client, Call::CoreInitialize(Initialize::default())).await;
+    assert!(matches!(result.result, Some(Answer::Initialized(_))));
+}
+
 fn error_code(result: &RpcResult) -> Option<u32> {
     match &result.result {
         Some(Answer::Error(error)) => Some(error.error_code),
@@ -260,10 +268,7 @@ async fn undecodable_frame_gets_400_with_req_id_zero_and_connection_stays_usable
     let gateway = start(dir.path()).await;
     let mut client = connect(&gateway).await;
     client.send_frame(Frame::Binary(vec![0xff, 0xff, 0xff, 0xff].into())).await.unwrap();
-    let result = tokio::time::timeout(WAIT, client.next_result()).await.unwrap().unwrap();
-    assert_eq!((result.req_id, error_code(&result)), (0, Some(codes::BAD_FRAME)));
-    let result = call(&mut client, Call::CoreInitialize(Initialize::default())).await;
-    assert!(matches!(result.result, Some(Answer::Initialized(_))));
+    assert_refused_then_usable(&mut client, 0, codes::BAD_FRAME).await;
     stop(gateway, [client]).await;
 }
 
@@ -273,10 +278,7 @@ async fn text_frame_gets_400_with_req_id_zero_and_connection_stays_usable() {
     let gateway = start(dir.path()).await;
     let mut client = connect(&gateway).await;
     client.send_frame(Frame::Text("hello".into())).await.unwrap();
-    let result = tokio::time::timeout(WAIT, client.next_result()).await.unwrap().unwrap();
-    assert_eq!((result.req_id, error_code(&result)), (0, Some(codes::BAD_FRAME)));
-    let result = call(&mut client, Call::CoreInitialize(Initialize::default())).await;
-    assert!(matches!(result.result, Some(Answer::Initialized(_))));
+    assert_refused_then_usable(&mut client, 0, codes::BAD_FRAME).await;
     stop(gateway, [client]).await;
 }
 
@@ -291,10 +293,7 @@ async fn oversized_frame_gets_413_and_connection_stays_usable() {
         message: Some(Call::ChatsCreateChat(chats::CreateChat { users: vec![], name: "x".repeat(2_000) })),
     };
     client.send_frame(Frame::Binary(big.encode_to_vec().into())).await.unwrap();
-    let result = tokio::time::timeout(WAIT, client.next_result()).await.unwrap().unwrap();
-    assert_eq!((result.req_id, error_code(&result)), (42, Some(codes::FRAME_TOO_LARGE)));
-    let result = call(&mut client, Call::CoreInitialize(Initialize::default())).await;
-    assert!(matches!(result.result, Some(Answer::Initialized(_))));
+    assert_refused_then_usable(&mut client, 42, codes::FRAME_TOO_LARGE).await;
     stop(gateway, [client]).await;
 }
 
