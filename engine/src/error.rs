@@ -1,69 +1,17 @@
-//! The engine's one error type, and its mapping to the protocol's `RPCError`.
+//! The engine's error types, one per operation family (as redb does): [`OpenError`] for
+//! opening a data directory (what an operator fixes), [`EngineError`] for commands and
+//! reads (what a caller handles, mapped to the protocol's `RPCError`).
 
-use osmium_proto::ids::{Position, StreamId, StreamVersion};
 use osmium_projections::ProjectionError;
+use osmium_proto::ids::{Position, StreamId, StreamVersion};
 use std::path::PathBuf;
 
-/// Everything the engine can answer instead of a result.
-///
-/// Command errors (`NotFound` .. `Overloaded`) mean nothing was written. Storage,
-/// corruption and open errors are for the operator; [`EngineError::rpc_code`] maps
-/// every variant to a protocol error code (see the table in README.md).
+use crate::stream::ExpectedVersion;
+
+/// Why a data directory could not be opened. Nothing was changed in it.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum EngineError {
-    // ---- command outcomes -------------------------------------------------
-    /// The chat, message, user or invite does not exist for this caller (also used for
-    /// groups the caller is not a member of, so that their existence does not leak).
-    #[error("not found: {what}")]
-    NotFound {
-        /// What was looked for.
-        what: String,
-    },
-    /// The caller may not do this.
-    #[error("permission denied: {reason}")]
-    PermissionDenied {
-        /// Which rule refused it.
-        reason: String,
-    },
-    /// A request field is out of bounds or malformed.
-    #[error("invalid argument `{field}`: {reason}")]
-    InvalidArgument {
-        /// The field, as named in the protocol.
-        field: &'static str,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// The stream is not at the expected version: someone else appended first.
-    #[error("conflict on {stream}: expected version {expected:?}, found {found}")]
-    Conflict {
-        /// The stream appended to.
-        stream: StreamId,
-        /// What the caller expected.
-        expected: crate::log::ExpectedVersion,
-        /// The stream's actual version.
-        found: StreamVersion,
-    },
-    /// The invite code is unknown or was deleted.
-    #[error("invite not found")]
-    InviteNotFound,
-    /// The invite is past its expiry.
-    #[error("invite expired")]
-    InviteExpired,
-    /// The invite has reached its `max_uses`.
-    #[error("invite used up")]
-    InviteUsedUp,
-    /// The user is already a member of the chat.
-    #[error("already a member")]
-    AlreadyMember,
-    /// The commit queue is full; retry later.
-    #[error("engine overloaded: {queue_max} commands already queued")]
-    Overloaded {
-        /// The queue's bound.
-        queue_max: usize,
-    },
-
-    // ---- opening a directory ----------------------------------------------
+pub enum OpenError {
     /// Another process (or another engine in this process) has the directory open.
     #[error("data directory {path} is in use by another engine (lock file held); stop it first")]
     DirectoryInUse {
@@ -97,16 +45,99 @@ pub enum EngineError {
         /// The version this engine writes.
         expected: u32,
     },
-    /// The projections do not cover the log (never happens with one engine writing both).
+    /// The flushed projections claim events the log does not have (the log lost its tail,
+    /// e.g. a `Buffered` engine on a machine that lost power): rebuild them from the log.
     #[error(
-        "projections are at position {checkpoint} but the log ends at {last_position}; \
+        "projections are folded up to position {checkpoint} but the log ends at {last_position}; \
          run `osmium-replay rebuild --data-dir <dir>`"
     )]
-    ProjectionsBehind {
+    ProjectionsAhead {
         /// The projections' checkpoint.
         checkpoint: Position,
         /// The log's last position.
         last_position: Position,
+    },
+    /// A setting is out of its bounds.
+    #[error("invalid setting `{setting}`: {reason}")]
+    InvalidConfig {
+        /// The setting, as named in the config struct.
+        setting: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// `ChatEngine::open` was called outside a tokio runtime (it runs its update fan-out
+    /// and typing expiry as tasks).
+    #[error("ChatEngine::open must be called inside a tokio runtime")]
+    NoRuntime,
+    /// Reading or checking the directory failed (storage, corruption, a log event the
+    /// fold rejects while catching the projections up).
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+impl From<ProjectionError> for OpenError {
+    fn from(err: ProjectionError) -> Self {
+        OpenError::Engine(EngineError::Projection(err))
+    }
+}
+
+/// Everything a command or a read can answer instead of a result.
+///
+/// Command errors (`NotFound` .. `Overloaded`) mean nothing was written. Storage,
+/// corruption and writer errors are for the operator; [`EngineError::rpc_code`] maps
+/// every variant to a protocol error code (see the table in README.md).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    // ---- command outcomes -------------------------------------------------
+    /// The chat, message, user or invite does not exist for this caller (also used for
+    /// groups the caller is not a member of, so that their existence does not leak).
+    #[error("not found: {what}")]
+    NotFound {
+        /// What was looked for.
+        what: String,
+    },
+    /// The caller may not do this.
+    #[error("permission denied: {reason}")]
+    PermissionDenied {
+        /// Which rule refused it.
+        reason: String,
+    },
+    /// A request field is out of bounds or malformed.
+    #[error("invalid argument `{field}`: {reason}")]
+    InvalidArgument {
+        /// The field, as named in the protocol.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The stream is not at the expected version: someone else appended first.
+    #[error("conflict on {stream}: expected version {expected:?}, found {found}")]
+    Conflict {
+        /// The stream appended to.
+        stream: StreamId,
+        /// What the caller expected.
+        expected: ExpectedVersion,
+        /// The stream's actual version.
+        found: StreamVersion,
+    },
+    /// The invite code is unknown or was deleted.
+    #[error("invite not found")]
+    InviteNotFound,
+    /// The invite is past its expiry.
+    #[error("invite expired")]
+    InviteExpired,
+    /// The invite has reached its `max_uses`.
+    #[error("invite used up")]
+    InviteUsedUp,
+    /// The user is already a member of the chat.
+    #[error("already a member")]
+    AlreadyMember,
+    /// The command queue is full; retry later.
+    #[error("engine overloaded: {queue_max} commands already queued")]
+    Overloaded {
+        /// The queue's bound.
+        queue_max: usize,
     },
 
     // ---- storage and corruption ---------------------------------------------
@@ -147,17 +178,13 @@ pub enum EngineError {
         /// The OS error.
         source: std::io::Error,
     },
-    /// An earlier commit failed; the writer refuses further writes until reopened, because
-    /// it can no longer tell what reached the disk.
-    #[error("the log writer stopped after a failed commit ({reason}); reopen the engine")]
+    /// An earlier commit failed; the engine refuses further writes until reopened, because
+    /// it can no longer tell what reached the disk (reopening folds the log again).
+    #[error("the engine stopped writing after a failure ({reason}); reopen it")]
     WriterFailed {
         /// The failure that stopped it.
         reason: String,
     },
-    /// `ChatEngine::open` was called outside a tokio runtime (it runs its update fan-out
-    /// and typing expiry as tasks).
-    #[error("ChatEngine::open must be called inside a tokio runtime")]
-    NoRuntime,
     /// The engine is shutting down or was dropped.
     #[error("the engine is closed")]
     Closed,
@@ -200,5 +227,19 @@ impl EngineError {
     /// The protocol's `RPCError` for this error.
     pub fn to_rpc_error(&self) -> osmium_proto::core::RpcError {
         osmium_proto::core::RpcError { error_code: self.rpc_code(), error_message: self.to_string() }
+    }
+}
+
+impl OpenError {
+    pub(crate) fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> OpenError + '_ {
+        move |source| OpenError::Engine(EngineError::Io { path: path.to_path_buf(), source })
+    }
+
+    pub(crate) fn storage(context: &'static str) -> impl FnOnce(rocksdb::Error) -> OpenError {
+        move |source| OpenError::Engine(EngineError::Storage { context, source })
+    }
+
+    pub(crate) fn corrupt(what: impl Into<String>, expected: impl Into<String>, found: impl Into<String>) -> OpenError {
+        OpenError::Engine(EngineError::Corrupt { what: what.into(), expected: expected.into(), found: found.into() })
     }
 }

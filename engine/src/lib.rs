@@ -1,31 +1,46 @@
 //! # osmium-engine
 //!
-//! The durable core of osmium-state: the RocksDB event log with its single writer and
-//! group commit ([`log`]), and (built on it) command handling and the async
-//! [`ChatEngine`](crate) handle that a backend embeds.
+//! The durable core of osmium-state: the data directory ([`directory`]), the event log
+//! ([`log`]: one appender, group commit, reads, tail), the state machine that decides
+//! commands against the projections in memory and folds every event
+//! (`state_machine`), projection persistence (`persist`: flushed with their checkpoint
+//! every `flush_interval_ms` / `flush_events_max`), what readers see (`view`), offline
+//! work on a directory ([`maintenance`]), and the async [`ChatEngine`] a backend embeds
+//! ([`chat`]).
 //!
 //! **What it owns:** the data directory (its lock, format version, column families, see
 //! [`schema`]), position assignment, durability, idempotency, the clock and the id
-//! generator, and the validation of every command against current state.
+//! generator, the validation of every command against current state, and when the
+//! projections are flushed.
 //!
 //! **What it must never do:** decide what an event means for conversation state (that is
-//! [`osmium_projections::apply`], called inside the commit batch); write projections in
-//! any other way than in the same `WriteBatch` as the events they fold; acknowledge an
-//! append before it is durable; let a reader see a position that is not durable yet.
+//! [`osmium_projections::apply`], called on the state machine thread); append an event
+//! that no decision produced; acknowledge a command before its events are durable; let a
+//! reader see a position that is not durable yet; flush projections other than as a whole
+//! cut with its checkpoint.
 //!
 //! **Hard limits:** [`log::APPEND_EVENTS_MAX`] events per append,
 //! [`log::IDEMPOTENCY_KEY_MAX_BYTES`] per idempotency key, `commit_queue_max` queued
-//! commands (then [`EngineError::Overloaded`]), `commit_batch_max` commands per batch.
+//! commands (then [`EngineError::Overloaded`]), `commit_batch_max` commands per batch,
+//! `writer_queue_max` batches ahead of the disk, [`persist::FLUSHES_QUEUED_MAX`] flushes
+//! queued, `state_bytes_max` of records in memory.
 
 pub mod chat;
 pub mod clock;
+pub mod directory;
 pub mod error;
 pub mod log;
 pub mod maintenance;
-mod rocks;
+pub mod persist;
+mod runtime;
 pub mod schema;
+mod state_machine;
+mod stream;
+mod view;
 
+pub use chat::{ChatEngine, EngineConfig, EngineStats};
 pub use clock::{Clock, ManualClock, SnowflakeGenerator, SystemClock};
-pub use error::EngineError;
-pub use chat::{ChatEngine, EngineConfig};
-pub use log::{Appended, CommittedBatch, Durability, EventLog, ExpectedVersion, LogConfig};
+pub use error::{EngineError, OpenError};
+pub use log::{Appended, CommittedBatch, Durability, EventLog, ExpectedVersion, LogConfig, LogReader};
+pub use runtime::{CLOSE_WAIT_MAX_MS, StateConfig};
+pub use state_machine::Output;

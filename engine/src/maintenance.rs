@@ -5,38 +5,31 @@
 //! Rebuild needs the directory to itself (it takes the engine's lock); the other
 //! operations open the database read-only and work while an engine runs.
 
-use crate::error::EngineError;
-use crate::log::{self, decode_event};
-use crate::rocks::RocksView;
+use crate::directory::{DataDir, column_family, db_options};
+use crate::error::{EngineError, OpenError};
+use crate::log::{decode_event, read_events};
+use crate::persist;
 use crate::schema::{self, CF_META, CF_POSITION_EVENT, CF_STREAMID_VERSION_POSITION, ProjectionSlot};
-use osmium_projections::{MemStore, Overlay, StoreRead, Table, records};
+use crate::view::{RocksSource, RocksView};
+use osmium_projections::{MemStore, ProjectionState, Store, StoreRead, Table, keys, records};
 use osmium_proto::events::EventEnvelope;
 use osmium_proto::ids::{Position, StreamVersion};
-use rocksdb::{DB, WriteBatch, WriteOptions};
+use rocksdb::{WriteBatch, WriteOptions};
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-/// Events folded per write batch during a rebuild, by default.
-pub const REBUILD_BATCH_EVENTS: usize = 10_000;
+/// Events folded between two writes of the rebuilt slot, by default (each write is one
+/// atomic batch with its checkpoint: where an interrupted rebuild resumes).
+pub const REBUILD_BATCH_EVENTS: usize = 200_000;
+/// Events read per step.
+const READ_EVENTS: usize = 10_000;
+/// Memory for the records a rebuild holds (clean ones are evicted past it), in bytes.
+pub const REBUILD_STATE_BYTES_MAX: usize = 1024 * 1024 * 1024;
 
 /// A data directory opened for maintenance.
+#[derive(Debug)]
 pub struct DataDirectory {
-    db: DB,
-    path: PathBuf,
-    slot: ProjectionSlot,
-    last_position: Position,
-    _lock: Option<File>,
-}
-
-impl std::fmt::Debug for DataDirectory {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DataDirectory")
-            .field("path", &self.path)
-            .field("slot", &self.slot)
-            .field("last_position", &self.last_position)
-            .finish_non_exhaustive()
-    }
+    dir: DataDir,
 }
 
 /// Progress of long work: `(done, total)` in events.
@@ -191,46 +184,40 @@ pub fn diff_projections(expected: &MemStore, found: &MemStore, limit: usize) -> 
 
 impl DataDirectory {
     /// Opens the directory for exclusive work (rebuild). Fails with
-    /// [`EngineError::DirectoryInUse`] while an engine runs on it.
-    pub fn open_exclusive(path: impl AsRef<Path>) -> Result<DataDirectory, EngineError> {
-        let path = path.as_ref();
-        if !path.join("CURRENT").exists() {
-            return Err(EngineError::NotAnEngineDirectory {
-                path: path.to_path_buf(),
-                reason: "it holds no RocksDB database".into(),
-            });
-        }
-        let (db, lock) = log::open_database(path)?;
-        let (slot, last_position) = log::check_format(&db, path, false)?;
-        Ok(DataDirectory { db, path: path.to_path_buf(), slot, last_position, _lock: Some(lock) })
+    /// [`OpenError::DirectoryInUse`] while an engine runs on it.
+    pub fn open_exclusive(path: impl AsRef<Path>) -> Result<DataDirectory, OpenError> {
+        Ok(DataDirectory { dir: DataDir::open_existing(path)? })
     }
 
     /// Opens the directory read-only (works while an engine runs; sees the state as of now).
-    pub fn open_read_only(path: impl AsRef<Path>) -> Result<DataDirectory, EngineError> {
-        let path = path.as_ref();
-        let db = log::open_database_read_only(path)?;
-        let (slot, last_position) = log::check_format(&db, path, false)?;
-        Ok(DataDirectory { db, path: path.to_path_buf(), slot, last_position, _lock: None })
+    pub fn open_read_only(path: impl AsRef<Path>) -> Result<DataDirectory, OpenError> {
+        Ok(DataDirectory { dir: DataDir::open_read_only(path)? })
     }
 
     /// The newest position in the log.
     pub fn last_position(&self) -> Position {
-        self.last_position
+        self.dir.last_position
     }
 
     /// The projection slot being served.
     pub fn slot(&self) -> ProjectionSlot {
-        self.slot
+        self.dir.slot
     }
 
     /// Read access to the served projections (for queries such as a user's chat list).
     pub fn with_projections<T>(&self, read: impl FnOnce(&dyn StoreRead) -> T) -> T {
-        read(&RocksView::snapshot(&self.db, self.slot))
+        read(&RocksView::snapshot(&self.dir.db, self.dir.slot))
+    }
+
+    /// The position the served projections are folded to (an engine flushes them every
+    /// `flush_interval_ms`; it folds the rest of the log when it opens).
+    pub fn checkpoint(&self) -> Result<Position, EngineError> {
+        Ok(self.with_projections(|view| records::load_checkpoint(view))?)
     }
 
     /// Up to `limit` events from `from` on.
     pub fn read_events(&self, from: Position, limit: usize) -> Result<Vec<EventEnvelope>, EngineError> {
-        log::read_events(&self.db, from, self.last_position, limit)
+        read_events(&self.dir.db, from, self.dir.last_position, limit)
     }
 
     /// Visits every event from position 1 in order, `batch` at a time.
@@ -252,32 +239,60 @@ impl DataDirectory {
 
     /// Every entry of a projection slot, in memory.
     pub fn projection_contents(&self, slot: ProjectionSlot) -> Result<MemStore, EngineError> {
-        log::copy_projections(&self.db, slot)
+        let snapshot = RocksView::snapshot(&self.dir.db, slot);
+        let mut contents = MemStore::new();
+        for table in Table::ALL {
+            snapshot.scan(table, osmium_projections::ScanRange::prefix(&[]), &mut |key, value| {
+                contents.put(table, key.to_vec(), value.to_vec());
+                std::ops::ControlFlow::Continue(())
+            })?;
+        }
+        Ok(contents)
     }
 
-    /// Folds the whole log into memory, independently of the stored projections.
-    pub fn fold_in_memory(&self, progress: Progress<'_>) -> Result<MemStore, EngineError> {
-        let mut folded = MemStore::new();
-        let total = self.last_position.get();
-        self.for_each_event(REBUILD_BATCH_EVENTS, |event| {
-            osmium_projections::apply(&mut folded, event)?;
-            if event.position % REBUILD_BATCH_EVENTS as u64 == 0 || event.position == total {
-                progress(event.position, total);
+    /// Folds the log up to `up_to` into memory, independently of the stored projections.
+    pub fn fold_in_memory(&self, up_to: Position, progress: Progress<'_>) -> Result<MemStore, EngineError> {
+        let mut state = ProjectionState::in_memory();
+        let mut from = Position(1);
+        while from <= up_to {
+            let events = read_events(&self.dir.db, from, up_to, READ_EVENTS)?;
+            let Some(last) = events.last() else { break };
+            from = Position(last.position + 1);
+            for event in &events {
+                osmium_projections::apply(&mut state, event)?;
             }
-            Ok(())
-        })?;
-        Ok(folded)
+            progress(last.position, up_to.get());
+        }
+        Ok(state.to_memstore()?)
     }
 
-    /// Compares the served projections with a fresh fold of the log; at most `limit` differences.
-    pub fn verify(&self, limit: usize, progress: Progress<'_>) -> Result<Vec<ProjectionDifference>, EngineError> {
-        let expected = self.fold_in_memory(progress)?;
-        let found = self.projection_contents(self.slot)?;
-        Ok(diff_projections(&expected, &found, limit))
+    /// Compares the served projections with a fresh fold of the log up to their
+    /// checkpoint; at most `limit` differences. Returns the checkpoint verified too.
+    pub fn verify(&self, limit: usize, progress: Progress<'_>) -> Result<(Position, Vec<ProjectionDifference>), EngineError> {
+        let found = self.projection_contents(self.dir.slot)?;
+        let checkpoint = records::load_checkpoint(&found)?;
+        if checkpoint > self.dir.last_position {
+            return Err(EngineError::Corrupt {
+                what: "projection checkpoint".into(),
+                expected: format!("at most the log's last position {}", self.dir.last_position),
+                found: checkpoint.to_string(),
+            });
+        }
+        let expected = self.fold_in_memory(checkpoint, progress)?;
+        Ok((checkpoint, diff_projections(&expected, &found, limit)))
     }
 
     fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily, EngineError> {
-        log::column_family(&self.db, name)
+        column_family(&self.dir.db, name)
+    }
+
+    /// The database, to create or drop column families (nothing else may hold it then).
+    fn db_mut(&mut self) -> Result<&mut rocksdb::DB, EngineError> {
+        std::sync::Arc::get_mut(&mut self.dir.db).ok_or_else(|| EngineError::Corrupt {
+            what: "maintenance".into(),
+            expected: "the database held by this rebuild alone while it changes column families".into(),
+            found: "another holder".into(),
+        })
     }
 
     /// Rebuilds every projection from the log into the slot not being served, in batches
@@ -289,77 +304,74 @@ impl DataDirectory {
     /// With `options.from` it resumes an interrupted rebuild instead of starting over; with
     /// `options.only` it replaces one table and carries the others over as served.
     pub fn rebuild(&mut self, options: RebuildOptions, progress: Progress<'_>) -> Result<RebuildReport, EngineError> {
-        if self._lock.is_none() {
+        if self.dir.lock.is_none() {
             return Err(EngineError::PermissionDenied { reason: "rebuild needs the directory opened exclusively".into() });
         }
-        let target = self.slot.other();
+        let target = self.dir.slot.other();
+        let last_position = self.dir.last_position;
         let mut from = options.from.unwrap_or(Position(1)).max(Position(1));
         if from == Position(1) {
             self.reset_slot(target)?;
         } else {
-            let shadow = RocksView::latest(&self.db, target);
+            let shadow = RocksView::latest(&self.dir.db, target);
             let reached = records::load_checkpoint(&shadow)?;
             let schema = records::load_schema_version(&shadow)?;
             let resumable = schema == Some(osmium_projections::limits::PROJECTION_SCHEMA_VERSION);
-            if !resumable || reached.next() != from || from > self.last_position {
+            if !resumable || reached.next() != from || from > last_position {
                 return Err(EngineError::InvalidArgument {
                     field: "from",
                     reason: format!(
                         "the unused projection slot holds the fold up to position {reached}; resume with --from {} \
-                         (the log ends at {}), or omit --from to start over",
+                         (the log ends at {last_position}), or omit --from to start over",
                         reached.next(),
-                        self.last_position
                     ),
                 });
             }
         }
-        let batch_events = options.batch_events;
-        let total = self.last_position.get();
         let resumed_at = from.get() - 1;
-        let mut folded = 0u64;
-        let unsynced = WriteOptions::default(); // synced once, before the flip
-        loop {
-            let events = self.read_events(from, batch_events.max(1))?;
-            let Some(last) = events.last() else { break };
-            from = Position(last.position + 1);
-            let view = RocksView::latest(&self.db, target);
-            let mut overlay = Overlay::new(&view);
+        let source = RocksSource { db: self.dir.db.clone(), slot: target };
+        let mut state = ProjectionState::new(source, REBUILD_STATE_BYTES_MAX);
+        state.load_checkpoint()?;
+        let batch_events = options.batch_events.max(1) as u64;
+        let (mut folded, mut unwritten) = (0u64, 0u64);
+        let reader = EventReader::start(self.dir.db.clone(), from, last_position);
+        for events in reader.batches() {
+            // (the reader holds the database until it is dropped below)
+            let events = events?;
             for event in &events {
-                osmium_projections::apply(&mut overlay, event)?;
+                osmium_projections::apply(&mut state, event)?;
             }
-            let mut batch = WriteBatch::default();
-            for (table, key, value) in overlay.pending().iter() {
-                let cf = self.cf(target.column_family(table))?;
-                match value {
-                    Some(value) => batch.put_cf(cf, key, value),
-                    None => batch.delete_cf(cf, key),
-                }
-            }
-            drop(overlay);
-            self.db.write_opt(batch, &unsynced).map_err(EngineError::storage("writing rebuilt projections"))?;
             folded += events.len() as u64;
-            progress(resumed_at + folded, total);
+            unwritten += events.len() as u64;
+            from = Position(resumed_at + folded + 1);
+            if unwritten >= batch_events || from > last_position || state.over_budget() {
+                let writes = state.take_writes(true)?;
+                persist::flush_writes(&self.dir.db, target, &writes.writes)?;
+                state.mark_persisted(state.cuts());
+                state.evict();
+                unwritten = 0;
+                progress(resumed_at + folded, last_position.get());
+            }
         }
+        drop(reader);
+        drop(state);
         if let Some(only) = options.only {
             self.carry_over_all_but(only, target)?;
         }
         fail::fail_point!("rebuild::before_switch", |_| Err(EngineError::Io {
-            path: self.path.clone(),
+            path: self.dir.path.clone(),
             source: std::io::Error::other("injected at rebuild::before_switch"),
         }));
         let mut flip = WriteBatch::default();
-        if total == 0 {
-            let meta_cf = self.cf(target.column_family(Table::ProjectionMeta))?;
-            flip.put_cf(meta_cf, b"schema_version", osmium_projections::limits::PROJECTION_SCHEMA_VERSION.to_be_bytes());
-        }
         flip.put_cf(self.cf(CF_META)?, schema::META_PROJECTION_SLOT, [target.tag()]);
         let mut sync = WriteOptions::default();
         sync.set_sync(true);
-        self.db.flush_wal(true).map_err(EngineError::storage("syncing rebuilt projections"))?;
-        self.db.write_opt(flip, &sync).map_err(EngineError::storage("switching to the rebuilt projections"))?;
-        let previous = self.slot;
-        self.slot = target;
+        self.dir.db.flush_wal(true).map_err(EngineError::storage("syncing rebuilt projections"))?;
+        self.dir.db.write_opt(flip, &sync).map_err(EngineError::storage("switching to the rebuilt projections"))?;
+        let previous = self.dir.slot;
+        self.dir.slot = target;
         self.reset_slot(previous)?; // reclaims the old projections' space
+        progress(last_position.get(), last_position.get());
         Ok(RebuildReport { events: folded, slot: target })
     }
 
@@ -367,35 +379,39 @@ impl DataDirectory {
     fn carry_over_all_but(&mut self, kept: Table, target: ProjectionSlot) -> Result<(), EngineError> {
         for table in Table::ALL.into_iter().filter(|&table| table != kept && table != Table::ProjectionMeta) {
             let name = target.column_family(table);
-            self.db.drop_cf(name).map_err(EngineError::storage("dropping a rebuilt table"))?;
-            self.db.create_cf(name, &log::db_options()).map_err(EngineError::storage("creating a projection table"))?;
-            let mut iter = self.db.raw_iterator_cf(self.cf(self.slot.column_family(table))?);
+            let db = self.db_mut()?;
+            db.drop_cf(name).map_err(EngineError::storage("dropping a rebuilt table"))?;
+            db.create_cf(name, &db_options()).map_err(EngineError::storage("creating a projection table"))?;
+            let db = &self.dir.db;
+            let mut iter = db.raw_iterator_cf(self.cf(self.dir.slot.column_family(table))?);
             iter.seek_to_first();
             let mut batch = WriteBatch::default();
             while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
                 batch.put_cf(self.cf(name)?, key, value);
-                if batch.len() >= REBUILD_BATCH_EVENTS {
-                    self.db.write(std::mem::take(&mut batch)).map_err(EngineError::storage("copying a table"))?;
+                if batch.len() >= READ_EVENTS {
+                    db.write(std::mem::take(&mut batch)).map_err(EngineError::storage("copying a table"))?;
                 }
                 iter.next();
             }
             iter.status().map_err(EngineError::storage("reading a served table"))?;
-            self.db.write(batch).map_err(EngineError::storage("copying a table"))?;
+            db.write(batch).map_err(EngineError::storage("copying a table"))?;
         }
         Ok(())
     }
 
     /// Drops and recreates the column families of `slot` (never the served one).
     fn reset_slot(&mut self, slot: ProjectionSlot) -> Result<(), EngineError> {
-        assert_ne!(slot, self.slot, "the served projection slot is never reset");
+        assert_ne!(slot, self.dir.slot, "the served projection slot is never reset");
         for table in Table::ALL {
             let name = slot.column_family(table);
-            if self.db.cf_handle(name).is_some() {
-                self.db.drop_cf(name).map_err(EngineError::storage("dropping a stale projection slot"))?;
+            let db = self.db_mut()?;
+            if db.cf_handle(name).is_some() {
+                db.drop_cf(name).map_err(EngineError::storage("dropping a stale projection slot"))?;
             }
-            self.db.create_cf(name, &log::db_options()).map_err(EngineError::storage("creating a projection slot"))?;
+            db.create_cf(name, &db_options()).map_err(EngineError::storage("creating a projection slot"))?;
         }
-        Ok(())
+        let version = osmium_projections::limits::PROJECTION_SCHEMA_VERSION.to_be_bytes().to_vec();
+        persist::flush_writes(&self.dir.db, slot, &[(Table::ProjectionMeta, keys::META_SCHEMA_VERSION.to_vec(), Some(version))])
     }
 
     /// Checks the log: positions gapless from 1, every record decodes and sits under its
@@ -411,7 +427,7 @@ impl DataDirectory {
         let events = self.cf(CF_POSITION_EVENT)?;
         let index = self.cf(CF_STREAMID_VERSION_POSITION)?;
         let mut expected = 1u64;
-        let mut iter = self.db.raw_iterator_cf(events);
+        let mut iter = self.dir.db.raw_iterator_cf(events);
         iter.seek_to_first();
         while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
             match schema::parse_u64(key) {
@@ -427,7 +443,7 @@ impl DataDirectory {
                             Err(err) => report(format!("position {position}"), err.to_string()),
                             Ok(stream) => {
                                 let index_key = schema::stream_index_key(stream, StreamVersion(envelope.stream_version));
-                                let indexed = self.db.get_cf(index, index_key).map_err(EngineError::storage("reading the stream index"))?;
+                                let indexed = self.dir.db.get_cf(index, index_key).map_err(EngineError::storage("reading the stream index"))?;
                                 if indexed.as_deref().and_then(schema::parse_u64) != Some(position) {
                                     report(
                                         format!("{stream} version {}", envelope.stream_version),
@@ -438,7 +454,7 @@ impl DataDirectory {
                         },
                     }
                     if position % REBUILD_BATCH_EVENTS as u64 == 0 {
-                        progress(position, self.last_position.get());
+                        progress(position, self.dir.last_position.get());
                     }
                 }
             }
@@ -447,7 +463,7 @@ impl DataDirectory {
         iter.status().map_err(EngineError::storage("reading the log"))?;
         let logged = expected - 1;
         let mut indexed = 0u64;
-        let mut index_iter = self.db.raw_iterator_cf(index);
+        let mut index_iter = self.dir.db.raw_iterator_cf(index);
         index_iter.seek_to_first();
         while index_iter.valid() {
             indexed += 1;
@@ -458,19 +474,19 @@ impl DataDirectory {
             report("stream index".into(), format!("{indexed} entries for {logged} events"));
         }
         let checkpoint = self.with_projections(|view| records::load_checkpoint(view))?;
-        if checkpoint > self.last_position {
+        if checkpoint > self.dir.last_position {
             report(
                 "projection checkpoint".into(),
-                format!("at {checkpoint}, ahead of the log's last position {}", self.last_position),
+                format!("at {checkpoint}, ahead of the log's last position {}", self.dir.last_position),
             );
         }
-        progress(self.last_position.get(), self.last_position.get());
+        progress(self.dir.last_position.get(), self.dir.last_position.get());
         Ok(problems)
     }
 
     /// Counts and sizes.
     pub fn stats(&self) -> Result<DirectoryStats, EngineError> {
-        let mut stats = DirectoryStats { last_position: self.last_position.get(), ..DirectoryStats::default() };
+        let mut stats = DirectoryStats { last_position: self.dir.last_position.get(), ..DirectoryStats::default() };
         self.for_each_event(REBUILD_BATCH_EVENTS, |event| {
             if stats.first_position == 0 {
                 stats.first_position = event.position;
@@ -481,7 +497,7 @@ impl DataDirectory {
             Ok(())
         })?;
         for table in Table::ALL {
-            let mut iter = self.db.raw_iterator_cf(self.cf(self.slot.column_family(table))?);
+            let mut iter = self.dir.db.raw_iterator_cf(self.cf(self.dir.slot.column_family(table))?);
             iter.seek_to_first();
             let mut count = 0u64;
             while iter.valid() {
@@ -492,7 +508,7 @@ impl DataDirectory {
         }
         for name in schema::all_column_families() {
             let cf = self.cf(name)?;
-            let size = |property: &str| self.db.property_int_value_cf(cf, property).ok().flatten().unwrap_or(0);
+            let size = |property: &str| self.dir.db.property_int_value_cf(cf, property).ok().flatten().unwrap_or(0);
             let bytes = size("rocksdb.total-sst-files-size") + size("rocksdb.cur-size-all-mem-tables");
             stats.bytes_by_column_family.insert(name.to_owned(), bytes);
         }
@@ -501,6 +517,56 @@ impl DataDirectory {
 
     /// The directory.
     pub fn path(&self) -> &Path {
-        &self.path
+        self.dir.path()
+    }
+}
+
+/// Reads and decodes events on a thread of its own, so that a rebuild folds one chunk
+/// while the next is read (2 chunks in flight at most).
+struct EventReader {
+    chunks: crossbeam_channel::Receiver<Result<Vec<EventEnvelope>, EngineError>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl EventReader {
+    fn start(db: std::sync::Arc<rocksdb::DB>, from: Position, to: Position) -> EventReader {
+        let (sender, chunks) = crossbeam_channel::bounded(2);
+        let thread = std::thread::Builder::new().name("osmium-rebuild-read".into()).spawn(move || {
+            let mut from = from;
+            while from <= to {
+                let read = read_events(&db, from, to, READ_EVENTS);
+                let next = read.as_ref().ok().and_then(|events| events.last()).map(|last| Position(last.position + 1));
+                let stop = read.is_err() || next.is_none();
+                if sender.send(read).is_err() || stop {
+                    return;
+                }
+                from = next.unwrap_or(from);
+            }
+        });
+        match thread {
+            Ok(thread) => EventReader { chunks, thread: Some(thread) },
+            Err(err) => {
+                let (sender, chunks) = crossbeam_channel::bounded(1);
+                let _ = sender.send(Err(EngineError::Io { path: "<rebuild reader thread>".into(), source: err }));
+                EventReader { chunks, thread: None }
+            }
+        }
+    }
+
+    fn batches(&self) -> impl Iterator<Item = Result<Vec<EventEnvelope>, EngineError>> + '_ {
+        self.chunks.iter().filter(|chunk| chunk.as_ref().is_ok_and(|events| !events.is_empty()) || chunk.is_err())
+    }
+}
+
+impl Drop for EventReader {
+    fn drop(&mut self) {
+        // Unblock the thread if the rebuild stopped early, then wait for it.
+        while self.chunks.try_recv().is_ok() {}
+        if let Some(thread) = self.thread.take() {
+            let (_, replacement) = crossbeam_channel::bounded(0);
+            let chunks = std::mem::replace(&mut self.chunks, replacement);
+            drop(chunks);
+            let _ = thread.join();
+        }
     }
 }

@@ -1,6 +1,6 @@
 //! The projections crate's one error type.
 
-use crate::store::Table;
+use crate::tables::Table;
 
 /// What can go wrong while folding or reading projections. Every variant means the
 /// stored data (or the event fed in) is not what the fold expects: the fold never

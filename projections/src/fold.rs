@@ -1,31 +1,28 @@
-//! The fold: one pure function from (projection state, event) to projection writes,
-//! used alike by the live engine (inside its commit batch) and by the replay CLI.
+//! The fold: one function from (projection state, event) to a new state, used alike by
+//! the live engine (on its state machine thread), by recovery at open and by the replay
+//! CLI. It changes typed records in [`ProjectionState`]; the state reports the writes.
 //!
 //! The fold trusts that commands were validated before their events were written,
 //! but it checks what it relies on: an event that contradicts the state (a message
 //! from a non-member, a chat that does not exist) is a [`ProjectionError::Inconsistent`]
 //! naming the position, never a panic and never a silent skip.
 //!
-//! What one event writes (N = chat members):
-//! - `MessageSent`: the message, the chat record, the sender's member record, and for a
-//!   chat of at most [`CHAT_LIST_FANOUT_MAX`] members a delete and a put of each member's
-//!   chat-list key (so at most `2 * 256` small keys); for larger chats nothing per member.
-//! - `ChatMarkedRead`, `DraftSaved`, `MuteSet`, `PermissionOverridesSet`: one member record.
-//! - Unread counts are never written: they are derived from the chat's message sequence,
-//!   the member's read sequence and the deleted sequence numbers.
+//! What one event changes (N = chat members): `MessageSent` the message, the chat and
+//! the sender's member record, in O(1) whatever N (the chat-list index is derived at the
+//! next cut, see [`crate::chat_list`]); `ChatMarkedRead`, `DraftSaved`, `MuteSet`,
+//! `PermissionOverridesSet` one member record. Unread counts are never stored: they are
+//! derived from the chat's message sequence, the member's read sequence and the deleted
+//! sequence numbers.
 
+use crate::effects::{Addressing, Audience, ConversationSnapshot, Effect};
 use crate::error::ProjectionError;
-use crate::keys;
 use crate::limits::CHAT_LIST_FANOUT_MAX;
-use crate::records::{
-    self, ChatKind, ChatRecord, GroupInfo, InviteRecord, MemberRecord, MessageRecord, UserRecord, load_chat,
-    load_invite, load_member, load_message, save, save_checkpoint,
-};
-use crate::store::{ScanRange, Store, Table, collect_prefix};
+use crate::records::{ChatKind, ChatRecord, GroupInfo, InviteRecord, MemberRecord, MessageRecord, UserRecord};
+use crate::state::ProjectionState;
+use crate::store::StoreRead;
 use osmium_proto::events::{self, event_envelope::Event, stream_ref::Stream};
 use osmium_proto::ids::{ChatId, MessageId, Position, StreamId, UserId};
 use osmium_proto::prost::Message as _;
-use std::ops::ControlFlow;
 
 /// The stream of an envelope.
 pub fn stream_of(envelope: &events::EventEnvelope) -> Result<StreamId, ProjectionError> {
@@ -36,20 +33,43 @@ pub fn stream_of(envelope: &events::EventEnvelope) -> Result<StreamId, Projectio
     }
 }
 
-/// Folds one event into `store` and advances the checkpoint to its position.
-pub fn apply<S: Store + ?Sized>(store: &mut S, envelope: &events::EventEnvelope) -> Result<(), ProjectionError> {
+/// Folds one event into `state` and advances its checkpoint to the event's position.
+pub fn apply<S: StoreRead>(state: &mut ProjectionState<S>, envelope: &events::EventEnvelope) -> Result<(), ProjectionError> {
+    fold(state, envelope, None)
+}
+
+/// Folds one event like [`apply`] and appends what it means for live updates to `effects`.
+pub fn apply_with_effects<S: StoreRead>(
+    state: &mut ProjectionState<S>,
+    envelope: &events::EventEnvelope,
+    effects: &mut Vec<Effect>,
+) -> Result<(), ProjectionError> {
+    fold(state, envelope, Some(effects))
+}
+
+fn fold<S: StoreRead>(
+    state: &mut ProjectionState<S>,
+    envelope: &events::EventEnvelope,
+    effects: Option<&mut Vec<Effect>>,
+) -> Result<(), ProjectionError> {
     let position = envelope.position;
     let malformed = |reason: String| ProjectionError::MalformedEvent { position, reason };
     let event = envelope.event.as_ref().ok_or_else(|| malformed("no event".into()))?;
+    if position <= state.checkpoint().get() {
+        return Err(ProjectionError::Inconsistent {
+            position,
+            reason: format!("already folded up to position {}", state.checkpoint()),
+        });
+    }
     match (stream_of(envelope)?, event) {
-        (StreamId::User(user), Event::UserUpserted(upserted)) => upsert_user(store, user, upserted, position)?,
+        (StreamId::User(user), Event::UserUpserted(upserted)) => upsert_user(state, user, upserted, position)?,
         (StreamId::Chat(chat), event) if !matches!(event, Event::UserUpserted(_)) => {
-            let mut fold = ChatFold { store, chat, position, recorded_at_ms: envelope.recorded_at_ms };
+            let mut fold = ChatFold { state, chat, position, recorded_at_ms: envelope.recorded_at_ms, effects };
             fold.apply(event)?;
         }
         (stream, event) => return Err(malformed(format!("{} does not belong in stream {stream}", event_kind(event)))),
     }
-    save_checkpoint(store, Position(position));
+    state.set_checkpoint(Position(position));
     Ok(())
 }
 
@@ -77,8 +97,8 @@ pub fn event_kind(event: &Event) -> &'static str {
     }
 }
 
-fn upsert_user<S: Store + ?Sized>(
-    store: &mut S,
+fn upsert_user<S: StoreRead>(
+    state: &mut ProjectionState<S>,
     user: UserId,
     upserted: &events::UserUpserted,
     position: u64,
@@ -101,18 +121,28 @@ fn upsert_user<S: Store + ?Sized>(
         icon: profile.icon,
         color: profile.color,
     };
-    save(store, Table::UseridUser, keys::user(user), &record);
+    state.set_user(user, record);
     Ok(())
 }
 
-struct ChatFold<'s, S: Store + ?Sized> {
-    store: &'s mut S,
+struct ChatFold<'s, S: StoreRead> {
+    state: &'s mut ProjectionState<S>,
     chat: ChatId,
     position: u64,
     recorded_at_ms: u64,
+    effects: Option<&'s mut Vec<Effect>>,
 }
 
-impl<S: Store + ?Sized> ChatFold<'_, S> {
+/// The parts of a chat record a handler reads before it changes the state.
+#[derive(Clone, Copy)]
+struct ChatHead {
+    last_seq: u64,
+    last_message_id: MessageId,
+    has_messages: bool,
+    joins: u64,
+}
+
+impl<S: StoreRead> ChatFold<'_, S> {
     fn inconsistent(&self, reason: impl Into<String>) -> ProjectionError {
         ProjectionError::Inconsistent { position: self.position, reason: reason.into() }
     }
@@ -123,10 +153,8 @@ impl<S: Store + ?Sized> ChatFold<'_, S> {
             Event::DirectChatCreated(created) => self.direct_chat_created(created),
             Event::GroupEdited(edited) => self.group_edited(edited),
             Event::MemberAdded(added) => {
-                let mut chat = self.chat_record()?;
-                self.add_member(&mut chat, UserId(added.user_id))?;
-                self.save_chat(&chat);
-                Ok(())
+                self.add_member(UserId(added.user_id))?;
+                self.tell_group(None)
             }
             Event::MemberRemoved(removed) => self.member_removed(UserId(removed.user_id)),
             Event::OwnershipTransferred(transferred) => self.ownership_transferred(UserId(transferred.new_owner_id)),
@@ -136,12 +164,16 @@ impl<S: Store + ?Sized> ChatFold<'_, S> {
             Event::MessagesDeleted(deleted) => self.messages_deleted(deleted),
             Event::ChatMarkedRead(marked) => self.chat_marked_read(marked),
             Event::DraftSaved(saved) => {
-                self.update_member(UserId(saved.user_id), |member| member.draft = saved.draft.clone())
+                let user = UserId(saved.user_id);
+                self.member_mut(user)?.draft = saved.draft.clone();
+                self.tell_conversation(user)
             }
-            Event::MuteSet(mute) => self.update_member(UserId(mute.user_id), |member| member.muted = mute.muted),
-            Event::PermissionOverridesSet(set) => self.update_member(UserId(set.user_id), |member| {
-                member.overrides = (set.pos != 0 || set.neg != 0).then_some((set.pos, set.neg));
-            }),
+            Event::MuteSet(mute) => {
+                let user = UserId(mute.user_id);
+                self.member_mut(user)?.muted = mute.muted;
+                self.tell_conversation(user)
+            }
+            Event::PermissionOverridesSet(set) => self.permission_overrides_set(set),
             Event::InviteCreated(created) => self.invite_created(created),
             Event::InviteUsed(used) => self.invite_used(used),
             Event::InviteDeleted(deleted) => self.invite_deleted(&deleted.code),
@@ -149,78 +181,101 @@ impl<S: Store + ?Sized> ChatFold<'_, S> {
         }
     }
 
-    fn chat_record(&self) -> Result<ChatRecord, ProjectionError> {
-        load_chat(self.store, self.chat)?.ok_or_else(|| self.inconsistent(format!("chat {} does not exist", self.chat)))
+    fn chat_record(&mut self) -> Result<&ChatRecord, ProjectionError> {
+        let chat = self.chat;
+        let position = self.position;
+        self.state
+            .chat(chat)?
+            .ok_or_else(|| ProjectionError::Inconsistent { position, reason: format!("chat {chat} does not exist") })
     }
 
-    fn save_chat(&mut self, chat: &ChatRecord) {
-        save(self.store, Table::ChatidChat, keys::chat(self.chat), chat);
+    fn head(&mut self) -> Result<ChatHead, ProjectionError> {
+        let chat = self.chat;
+        let record = self.chat_record()?;
+        Ok(ChatHead {
+            last_seq: record.last_seq,
+            last_message_id: record.last_message_id,
+            has_messages: record.has_messages(chat),
+            joins: record.joins,
+        })
     }
 
-    fn member(&self, user: UserId) -> Result<MemberRecord, ProjectionError> {
-        load_member(self.store, self.chat, user)?
-            .ok_or_else(|| self.inconsistent(format!("user {user} is not a member of chat {}", self.chat)))
+    fn chat_mut(&mut self) -> Result<&mut ChatRecord, ProjectionError> {
+        let (chat, position) = (self.chat, self.position);
+        self.state
+            .chat_mut(chat)?
+            .ok_or_else(|| ProjectionError::Inconsistent { position, reason: format!("chat {chat} does not exist") })
     }
 
-    fn save_member(&mut self, user: UserId, member: &MemberRecord) {
-        save(self.store, Table::ChatidUseridMember, keys::member(self.chat, user), member);
+    fn group_mut(&mut self, what: &str) -> Result<&mut GroupInfo, ProjectionError> {
+        let position = self.position;
+        match &mut self.chat_mut()?.kind {
+            ChatKind::Group(group) => Ok(group),
+            ChatKind::Direct { .. } => {
+                Err(ProjectionError::Inconsistent { position, reason: format!("{what} on a direct chat") })
+            }
+        }
     }
 
-    fn update_member(&mut self, user: UserId, change: impl FnOnce(&mut MemberRecord)) -> Result<(), ProjectionError> {
-        let mut member = self.member(user)?;
-        change(&mut member);
-        self.save_member(user, &member);
+    fn require_member(&mut self, user: UserId) -> Result<(), ProjectionError> {
+        if self.state.member(self.chat, user)?.is_none() {
+            return Err(self.inconsistent(format!("user {user} is not a member of chat {}", self.chat)));
+        }
         Ok(())
     }
 
-    fn new_chat(&self, kind: ChatKind) -> Result<ChatRecord, ProjectionError> {
-        if load_chat(self.store, self.chat)?.is_some() {
+    fn member_mut(&mut self, user: UserId) -> Result<&mut MemberRecord, ProjectionError> {
+        self.require_member(user)?;
+        let (chat, position) = (self.chat, self.position);
+        self.state
+            .member_mut(chat, user)?
+            .ok_or_else(|| ProjectionError::Inconsistent { position, reason: format!("user {user} is not a member") })
+    }
+
+    fn new_chat(&mut self, kind: ChatKind) -> Result<(), ProjectionError> {
+        if self.state.chat(self.chat)?.is_some() {
             return Err(self.inconsistent(format!("chat {} is created twice", self.chat)));
         }
-        Ok(ChatRecord {
+        let record = ChatRecord {
             kind,
             last_seq: 0,
             last_message_id: MessageId(self.chat.get()),
             member_count: 0,
             joins: 0,
             large: false,
-        })
+        };
+        self.state.insert_chat(self.chat, record)
     }
 
     fn group_created(&mut self, created: &events::GroupCreated) -> Result<(), ProjectionError> {
         let owner = UserId(created.owner_id);
-        let mut chat = self.new_chat(ChatKind::Group(GroupInfo {
+        self.new_chat(ChatKind::Group(GroupInfo {
             name: created.name.clone(),
             owner,
             photo: None,
             highlighted: None,
             closed: false,
         }))?;
-        self.add_member(&mut chat, owner)?;
+        self.add_member(owner)?;
         for &member in &created.member_ids {
-            self.add_member(&mut chat, UserId(member))?;
+            self.add_member(UserId(member))?;
         }
-        self.save_chat(&chat);
-        Ok(())
+        self.tell_group(None)
     }
 
     fn direct_chat_created(&mut self, created: &events::DirectChatCreated) -> Result<(), ProjectionError> {
         let (user_a, user_b) = (UserId(created.user_a), UserId(created.user_b));
-        let mut chat = self.new_chat(ChatKind::Direct { user_a, user_b })?;
-        self.add_member(&mut chat, user_a)?;
+        self.new_chat(ChatKind::Direct { user_a, user_b })?;
+        self.add_member(user_a)?;
         if user_b != user_a {
-            self.add_member(&mut chat, user_b)?;
+            self.add_member(user_b)?;
         }
-        self.save_chat(&chat);
-        self.store.put(Table::UseridUseridDm, keys::direct_chat(user_a, user_b), self.chat.to_be_bytes().to_vec());
+        self.state.set_direct_chat(user_a, user_b, self.chat);
         Ok(())
     }
 
     fn group_edited(&mut self, edited: &events::GroupEdited) -> Result<(), ProjectionError> {
-        let mut chat = self.chat_record()?;
-        let ChatKind::Group(group) = &mut chat.kind else {
-            return Err(self.inconsistent("group_edited on a direct chat"));
-        };
+        let group = self.group_mut("group_edited")?;
         if let Some(name) = &edited.name {
             group.name.clone_from(name);
         }
@@ -230,112 +285,72 @@ impl<S: Store + ?Sized> ChatFold<'_, S> {
         if let Some(photo) = &edited.photo {
             group.photo = Some((photo.file_id, photo.preview.clone()));
         }
-        self.save_chat(&chat);
-        Ok(())
+        self.tell_group(None)
     }
 
     /// Adds `user` with a read position at the chat's last message (earlier history is not unread).
-    fn add_member(&mut self, chat: &mut ChatRecord, user: UserId) -> Result<(), ProjectionError> {
-        if load_member(self.store, self.chat, user)?.is_some() {
+    fn add_member(&mut self, user: UserId) -> Result<(), ProjectionError> {
+        if self.state.member(self.chat, user)?.is_some() {
             return Err(self.inconsistent(format!("user {user} joins chat {} twice", self.chat)));
         }
+        let head = self.head()?;
         let member = MemberRecord {
-            join_order: chat.joins,
-            read_seq: chat.last_seq,
-            read_message_id: if chat.has_messages(self.chat) { chat.last_message_id } else { MessageId(0) },
+            join_order: head.joins,
+            read_seq: head.last_seq,
+            read_message_id: if head.has_messages { head.last_message_id } else { MessageId(0) },
             draft: None,
             muted: false,
             overrides: None,
         };
-        self.save_member(user, &member);
+        self.state.insert_member(self.chat, user, member)?;
+        let chat = self.chat_mut()?;
         chat.joins += 1;
         chat.member_count += 1;
-        if chat.large {
-            self.store.put(Table::UseridChatidLargechat, keys::large_chat(user, self.chat), Vec::new());
-        } else {
-            let entry = keys::chat_list_entry(user, chat.last_message_id, self.chat);
-            self.store.put(Table::UseridLastmsgidChatidChatlist, entry, Vec::new());
-            if chat.member_count > CHAT_LIST_FANOUT_MAX {
-                self.promote_to_large(chat)?;
-            }
+        if !chat.large && chat.member_count > CHAT_LIST_FANOUT_MAX {
+            chat.large = true; // listed through userid_chatid_largechat from now on
+            self.state.reindex_large_chat(self.chat)?;
         }
         Ok(())
-    }
-
-    /// Moves every member's chat-list entry from the per-message index to the large-chat set.
-    fn promote_to_large(&mut self, chat: &mut ChatRecord) -> Result<(), ProjectionError> {
-        for user in self.member_ids()? {
-            self.store.delete(
-                Table::UseridLastmsgidChatidChatlist,
-                keys::chat_list_entry(user, chat.last_message_id, self.chat),
-            );
-            self.store.put(Table::UseridChatidLargechat, keys::large_chat(user, self.chat), Vec::new());
-        }
-        chat.large = true;
-        Ok(())
-    }
-
-    fn member_ids(&self) -> Result<Vec<UserId>, ProjectionError> {
-        collect_prefix(self.store, Table::ChatidUseridMember, &keys::members_of(self.chat), |key, _| keys::member_user(key))
     }
 
     fn member_removed(&mut self, user: UserId) -> Result<(), ProjectionError> {
-        let mut chat = self.chat_record()?;
-        self.member(user)?;
-        self.store.delete(Table::ChatidUseridMember, keys::member(self.chat, user));
-        if chat.large {
-            self.store.delete(Table::UseridChatidLargechat, keys::large_chat(user, self.chat));
-        } else {
-            let entry = keys::chat_list_entry(user, chat.last_message_id, self.chat);
-            self.store.delete(Table::UseridLastmsgidChatidChatlist, entry);
-        }
-        chat.member_count = chat
-            .member_count
-            .checked_sub(1)
-            .ok_or_else(|| self.inconsistent("member count below zero"))?;
-        self.save_chat(&chat);
-        Ok(())
+        self.chat_record()?;
+        self.require_member(user)?;
+        self.state.remove_member(self.chat, user)?;
+        let position = self.position;
+        let chat = self.chat_mut()?;
+        chat.member_count = chat.member_count.checked_sub(1).ok_or_else(|| ProjectionError::Inconsistent {
+            position,
+            reason: "member count below zero".into(),
+        })?;
+        self.tell_group(Some(user))
     }
 
     fn ownership_transferred(&mut self, new_owner: UserId) -> Result<(), ProjectionError> {
-        let mut chat = self.chat_record()?;
-        self.member(new_owner)?;
-        let ChatKind::Group(group) = &mut chat.kind else {
-            return Err(self.inconsistent("ownership_transferred on a direct chat"));
-        };
-        group.owner = new_owner;
-        self.save_chat(&chat);
-        Ok(())
+        self.require_member(new_owner)?;
+        self.group_mut("ownership_transferred")?.owner = new_owner;
+        self.tell_group(None)
     }
 
     fn group_closed(&mut self) -> Result<(), ProjectionError> {
-        let mut chat = self.chat_record()?;
-        let ChatKind::Group(group) = &mut chat.kind else {
-            return Err(self.inconsistent("group_closed on a direct chat"));
-        };
-        group.closed = true;
-        self.save_chat(&chat);
-        for code in self.invite_codes()? {
+        self.group_mut("group_closed")?.closed = true;
+        for code in self.state.invite_codes(self.chat)? {
             self.invite_deleted(&code)?;
         }
         Ok(())
     }
 
-    fn invite_codes(&self) -> Result<Vec<String>, ProjectionError> {
-        collect_prefix(self.store, Table::ChatidCodeInvite, &keys::chat(self.chat), |key, _| keys::chat_invite_code(key))
-    }
-
     fn message_sent(&mut self, sent: &events::MessageSent) -> Result<(), ProjectionError> {
-        let mut chat = self.chat_record()?;
+        let head = self.head()?;
         let (message_id, author) = (MessageId(sent.message_id), UserId(sent.author_id));
-        if message_id.get() <= chat.last_message_id.get() && chat.has_messages(self.chat) {
+        if message_id.get() <= head.last_message_id.get() && head.has_messages {
             return Err(self.inconsistent(format!(
                 "message {message_id} is not newer than the last message {}",
-                chat.last_message_id
+                head.last_message_id
             )));
         }
-        let mut sender = self.member(author)?;
-        let seq = chat.last_seq + 1;
+        self.require_member(author)?;
+        let seq = head.last_seq + 1;
         let record = MessageRecord {
             seq,
             author,
@@ -348,119 +363,131 @@ impl<S: Store + ?Sized> ChatFold<'_, S> {
             message_type: sent.r#type,
             client_id: sent.client_id,
         };
-        save(self.store, Table::ChatidMsgidMessage, keys::message(self.chat, message_id), &record);
-        let previous_last = chat.last_message_id;
+        let told = self.effects.is_some().then(|| record.clone());
+        self.state.insert_message(self.chat, message_id, record)?;
+        self.state.note_list_change(self.chat)?;
+        let chat = self.chat_mut()?;
         chat.last_seq = seq;
         chat.last_message_id = message_id;
-        self.move_chat_list(&chat, previous_last)?;
-        self.save_chat(&chat);
         // Sending reads everything up to the sent message and clears the sender's draft.
+        let sender = self.member_mut(author)?;
         sender.read_seq = seq;
         sender.read_message_id = message_id;
         sender.draft = None;
-        self.save_member(author, &sender);
-        Ok(())
-    }
-
-    /// Re-keys each member's chat-list entry after the last message changed (small chats only).
-    fn move_chat_list(&mut self, chat: &ChatRecord, previous_last: MessageId) -> Result<(), ProjectionError> {
-        if chat.large || previous_last == chat.last_message_id {
-            return Ok(());
-        }
-        for user in self.member_ids()? {
-            let table = Table::UseridLastmsgidChatidChatlist;
-            self.store.delete(table, keys::chat_list_entry(user, previous_last, self.chat));
-            self.store.put(table, keys::chat_list_entry(user, chat.last_message_id, self.chat), Vec::new());
+        if let Some(message) = told {
+            let audience = self.audience()?;
+            self.tell(Effect::MessageCreated { audience, message_id, message });
         }
         Ok(())
     }
 
-    fn live_message(&self, message_id: MessageId) -> Result<MessageRecord, ProjectionError> {
-        match load_message(self.store, self.chat, message_id)? {
+    fn live_message_mut(&mut self, message_id: MessageId) -> Result<&mut MessageRecord, ProjectionError> {
+        let (chat, position) = (self.chat, self.position);
+        match self.state.message_mut(chat, message_id)? {
             Some(message) if !message.deleted => Ok(message),
-            _ => Err(self.inconsistent(format!("message {message_id} does not exist in chat {}", self.chat))),
+            _ => Err(ProjectionError::Inconsistent {
+                position,
+                reason: format!("message {message_id} does not exist in chat {chat}"),
+            }),
         }
     }
 
     fn message_edited(&mut self, edited: &events::MessageEdited) -> Result<(), ProjectionError> {
         let message_id = MessageId(edited.message_id);
-        let mut message = self.live_message(message_id)?;
+        let wanted = self.effects.is_some();
+        let message = self.live_message_mut(message_id)?;
         message.text.clone_from(&edited.text);
         message.edited_at_ms = Some(edited.edited_at_ms);
-        save(self.store, Table::ChatidMsgidMessage, keys::message(self.chat, message_id), &message);
+        let told = wanted.then(|| message.clone());
+        self.state.remeasure_message(self.chat, message_id);
+        if let Some(message) = told {
+            let audience = self.audience()?;
+            self.tell(Effect::MessageEdited { audience, message_id, message });
+        }
         Ok(())
     }
 
     fn messages_deleted(&mut self, deleted: &events::MessagesDeleted) -> Result<(), ProjectionError> {
-        let mut chat = self.chat_record()?;
+        let head = self.head()?;
         for &id in &deleted.message_ids {
             let message_id = MessageId(id);
-            let Some(message) = load_message(self.store, self.chat, message_id)? else {
-                return Err(self.inconsistent(format!("deleted message {message_id} does not exist")));
+            let (chat, position) = (self.chat, self.position);
+            let Some(message) = self.state.message_mut(chat, message_id)? else {
+                return Err(ProjectionError::Inconsistent {
+                    position,
+                    reason: format!("deleted message {message_id} does not exist"),
+                });
             };
             if message.deleted {
                 continue; // the same id twice in one deletion
             }
-            let tombstone = MessageRecord {
-                deleted: true,
-                text: String::new(),
-                entities: Vec::new(),
-                media: Vec::new(),
-                ..message
-            };
-            save(self.store, Table::ChatidMsgidMessage, keys::message(self.chat, message_id), &tombstone);
-            self.store.put(Table::ChatidSeqDeleted, keys::deleted_seq(self.chat, tombstone.seq), Vec::new());
+            message.deleted = true;
+            message.text = String::new();
+            message.entities = Vec::new();
+            message.media = Vec::new();
+            let seq = message.seq;
+            self.state.remeasure_message(chat, message_id);
+            self.state.add_deleted_seq(chat, seq)?;
         }
-        let previous_last = chat.last_message_id;
-        chat.last_message_id = self.newest_live_message_at_or_before(previous_last)?;
-        self.move_chat_list(&chat, previous_last)?;
-        self.save_chat(&chat);
+        let newest = self.state.newest_live_message_at_or_before(self.chat, head.last_message_id)?;
+        let last = newest.unwrap_or(MessageId(self.chat.get()));
+        if last != head.last_message_id {
+            self.state.note_list_change(self.chat)?;
+            self.chat_mut()?.last_message_id = last;
+        }
+        if self.effects.is_some() {
+            let audience = self.audience()?;
+            self.tell(Effect::MessagesDeleted { audience, message_ids: deleted.message_ids.clone() });
+        }
         Ok(())
-    }
-
-    /// The newest non-deleted message with an id at most `from`, or the chat id when none.
-    fn newest_live_message_at_or_before(&self, from: MessageId) -> Result<MessageId, ProjectionError> {
-        let prefix = keys::chat(self.chat);
-        let start = keys::message(self.chat, from);
-        let mut newest = None;
-        let mut failure = None;
-        let range = ScanRange::prefix_reverse(&prefix).starting_at(&start);
-        self.store.scan(Table::ChatidMsgidMessage, range, &mut |key, value| {
-            let decoded = records::decode::<MessageRecord>(Table::ChatidMsgidMessage, key, value)
-                .and_then(|message| Ok((keys::message_id(key)?, message)));
-            match decoded {
-                Ok((_, message)) if message.deleted => ControlFlow::Continue(()),
-                Ok((id, _)) => {
-                    newest = Some(id);
-                    ControlFlow::Break(())
-                }
-                Err(err) => {
-                    failure = Some(err);
-                    ControlFlow::Break(())
-                }
-            }
-        })?;
-        if let Some(err) = failure {
-            return Err(err);
-        }
-        Ok(newest.unwrap_or(MessageId(self.chat.get())))
     }
 
     fn chat_marked_read(&mut self, marked: &events::ChatMarkedRead) -> Result<(), ProjectionError> {
         let user = UserId(marked.user_id);
-        let mut member = self.member(user)?;
         let target = MessageId(marked.message_id);
-        if target <= member.read_message_id {
-            return Ok(()); // a read position never moves back
+        self.require_member(user)?;
+        let current = self.state.member(self.chat, user)?.map_or(MessageId(0), |member| member.read_message_id);
+        if target > current {
+            let seq = self.state.seq_at_or_before(self.chat, target)?;
+            let member = self.member_mut(user)?;
+            member.read_seq = member.read_seq.max(seq);
+            member.read_message_id = target;
         }
-        let seq = crate::query::seq_at_or_before(self.store, self.chat, target)?;
-        member.read_seq = member.read_seq.max(seq);
-        member.read_message_id = target;
-        self.save_member(user, &member);
+        if self.effects.is_some() {
+            let head = self.head()?;
+            let (read_seq, read_message_id) =
+                self.state.member(self.chat, user)?.map_or((0, MessageId(0)), |member| (member.read_seq, member.read_message_id));
+            let unread_count = self.unread(head, read_seq)?;
+            let last_read_message_id =
+                if head.has_messages { read_message_id.min(head.last_message_id) } else { MessageId(0) };
+            let addressing = Addressing::of(&self.chat_record()?.kind);
+            self.tell(Effect::ReadPositionMoved { chat: self.chat, addressing, user, last_read_message_id, unread_count });
+        }
+        Ok(())
+    }
+
+    fn unread(&mut self, head: ChatHead, read_seq: u64) -> Result<u32, ProjectionError> {
+        if read_seq >= head.last_seq {
+            return Ok(0);
+        }
+        let deleted = self.state.deleted_between(self.chat, read_seq, head.last_seq)?;
+        Ok(u32::try_from((head.last_seq - read_seq).saturating_sub(deleted)).unwrap_or(u32::MAX))
+    }
+
+    fn permission_overrides_set(&mut self, set: &events::PermissionOverridesSet) -> Result<(), ProjectionError> {
+        let user = UserId(set.user_id);
+        self.member_mut(user)?.overrides = (set.pos != 0 || set.neg != 0).then_some((set.pos, set.neg));
+        if self.effects.is_some() {
+            let addressing = Addressing::of(&self.chat_record()?.kind);
+            self.tell(Effect::PermissionsChanged { chat: self.chat, addressing, user, pos: set.pos, neg: set.neg });
+        }
         Ok(())
     }
 
     fn invite_created(&mut self, created: &events::InviteCreated) -> Result<(), ProjectionError> {
+        if self.state.invite(&created.code)?.is_some() {
+            return Err(self.inconsistent(format!("invite code {} is created twice", created.code)));
+        }
         let record = InviteRecord {
             chat: self.chat,
             creator: UserId(created.creator_id),
@@ -469,29 +496,74 @@ impl<S: Store + ?Sized> ChatFold<'_, S> {
             max_uses: created.max_uses,
             uses: 0,
         };
-        if load_invite(self.store, &created.code)?.is_some() {
-            return Err(self.inconsistent(format!("invite code {} is created twice", created.code)));
-        }
-        save(self.store, Table::CodeInvite, keys::invite(&created.code), &record);
-        self.store.put(Table::ChatidCodeInvite, keys::chat_invite(self.chat, &created.code), Vec::new());
-        Ok(())
+        self.state.insert_invite(self.chat, &created.code, record)
     }
 
     fn invite_used(&mut self, used: &events::InviteUsed) -> Result<(), ProjectionError> {
-        let mut invite = load_invite(self.store, &used.code)?
-            .filter(|invite| invite.chat == self.chat)
-            .ok_or_else(|| self.inconsistent(format!("used invite {} does not exist", used.code)))?;
+        let (chat, position) = (self.chat, self.position);
+        let invite = self
+            .state
+            .invite_mut(&used.code)?
+            .filter(|invite| invite.chat == chat)
+            .ok_or_else(|| ProjectionError::Inconsistent { position, reason: format!("used invite {} does not exist", used.code) })?;
         if invite.is_used_up() {
             return Err(self.inconsistent(format!("invite {} used beyond its max_uses", used.code)));
         }
         invite.uses += 1;
-        save(self.store, Table::CodeInvite, keys::invite(&used.code), &invite);
         Ok(())
     }
 
     fn invite_deleted(&mut self, code: &str) -> Result<(), ProjectionError> {
-        self.store.delete(Table::CodeInvite, keys::invite(code));
-        self.store.delete(Table::ChatidCodeInvite, keys::chat_invite(self.chat, code));
+        self.state.remove_invite(self.chat, code)
+    }
+
+    // ---- effects ----------------------------------------------------------------
+
+    fn tell(&mut self, effect: Effect) {
+        if let Some(effects) = self.effects.as_deref_mut() {
+            effects.push(effect);
+        }
+    }
+
+    fn audience(&mut self) -> Result<Audience, ProjectionError> {
+        let addressing = Addressing::of(&self.chat_record()?.kind);
+        Ok(Audience { chat: self.chat, addressing, recipients: self.state.recipients(self.chat)? })
+    }
+
+    fn participants(&mut self) -> Result<Vec<UserId>, ProjectionError> {
+        let mut members: Vec<(u64, UserId)> =
+            self.state.members(self.chat)?.into_iter().map(|(user, member)| (member.join_order, user)).collect();
+        members.sort_unstable();
+        Ok(members.into_iter().map(|(_, user)| user).collect())
+    }
+
+    fn tell_group(&mut self, removed: Option<UserId>) -> Result<(), ProjectionError> {
+        if self.effects.is_none() {
+            return Ok(());
+        }
+        let audience = self.audience()?;
+        let chat = self.chat_record()?.clone();
+        let participants = self.participants()?;
+        self.tell(Effect::GroupChanged { audience, chat, participants, removed });
+        Ok(())
+    }
+
+    fn tell_conversation(&mut self, user: UserId) -> Result<(), ProjectionError> {
+        if self.effects.is_none() {
+            return Ok(());
+        }
+        let head = self.head()?;
+        let chat = self.chat_record()?.clone();
+        let member = self.state.member(self.chat, user)?.cloned().ok_or_else(|| self.inconsistent("member vanished"))?;
+        let unread_count = self.unread(head, member.read_seq)?;
+        let last_message = if head.has_messages {
+            self.state.message(self.chat, head.last_message_id)?.cloned().map(|message| (head.last_message_id, message))
+        } else {
+            None
+        };
+        let participants = if chat.group().is_some() { self.participants()? } else { Vec::new() };
+        let snapshot = Box::new(ConversationSnapshot { chat, member, unread_count, last_message, participants });
+        self.tell(Effect::ConversationChanged { chat: self.chat, user, snapshot });
         Ok(())
     }
 }

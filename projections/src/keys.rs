@@ -3,7 +3,7 @@
 //! pin them byte for byte.
 
 use crate::error::ProjectionError;
-use crate::store::Table;
+use crate::tables::Table;
 use osmium_proto::ids::{ChatId, MessageId, UserId};
 
 /// Projection meta key: the last applied log position (u64 BE).

@@ -4,8 +4,9 @@
 
 use crate::error::ProjectionError;
 use crate::keys;
+use crate::effects::Addressing;
 use crate::records::{
-    ChatKind, ChatRecord, MemberRecord, MessageRecord, UserRecord, decode, load_chat, load_members, load_user,
+    ChatRecord, MemberRecord, MessageRecord, UserRecord, decode, load_chat, load_member, load_members, load_user,
 };
 use crate::store::{Direction, ScanRange, StoreRead, Table, collect_prefix};
 use osmium_proto::ids::{ChatId, MessageId, UserId};
@@ -58,10 +59,15 @@ pub fn unread_count(
 
 /// How `viewer` addresses `chat`: a group by its id, a DM by the other user, the self chat as `self`.
 pub fn chat_ref_for(viewer: UserId, chat_id: ChatId, chat: &ChatRecord) -> refs::ChatRef {
-    let reference = match chat.kind {
-        ChatKind::Group(_) => refs::chat_ref::Ref::Group(refs::GroupRef { group_id: chat_id.get() }),
-        ChatKind::Direct { user_a, user_b } if user_a == user_b => refs::chat_ref::Ref::Self_(refs::RefSelf {}),
-        ChatKind::Direct { user_a, user_b } => {
+    chat_ref_by(viewer, chat_id, Addressing::of(&chat.kind))
+}
+
+/// [`chat_ref_for`] from the chat's addressing alone (what effects carry).
+pub fn chat_ref_by(viewer: UserId, chat_id: ChatId, addressing: Addressing) -> refs::ChatRef {
+    let reference = match addressing {
+        Addressing::Group => refs::chat_ref::Ref::Group(refs::GroupRef { group_id: chat_id.get() }),
+        Addressing::Direct { user_a, user_b } if user_a == user_b => refs::chat_ref::Ref::Self_(refs::RefSelf {}),
+        Addressing::Direct { user_a, user_b } => {
             let other = if viewer == user_a { user_b } else { user_a };
             refs::chat_ref::Ref::User(refs::UserRef { user_id: other.get() })
         }
@@ -81,20 +87,31 @@ pub fn conversation(
     chat: &ChatRecord,
     member: &MemberRecord,
 ) -> Result<types::Conversation, ProjectionError> {
+    Ok(conversation_of(viewer, chat_id, chat, member, unread_count(store, chat_id, chat, member)?))
+}
+
+/// [`conversation`] with the unread count already known.
+pub fn conversation_of(
+    viewer: UserId,
+    chat_id: ChatId,
+    chat: &ChatRecord,
+    member: &MemberRecord,
+    unread_count: u32,
+) -> types::Conversation {
     let last_read = if chat.has_messages(chat_id) {
         member.read_message_id.min(chat.last_message_id)
     } else {
         MessageId(0)
     };
-    Ok(types::Conversation {
+    types::Conversation {
         chat_ref: Some(chat_ref_for(viewer, chat_id, chat)),
         last_message_id: chat.last_message_id.get(),
         last_read_message_id: last_read.get(),
-        unread_count: unread_count(store, chat_id, chat, member)?,
+        unread_count,
         draft: member.draft.clone(),
         permissions: member.overrides.map(|(pos, neg)| types::PermissionOverrides { pos, neg }),
         muted: member.muted,
-    })
+    }
 }
 
 /// One page of a user's chat list.
@@ -136,9 +153,13 @@ pub fn chat_list(
     }
     let direction = if forward { Direction::Forward } else { Direction::Reverse };
     let range = ScanRange { prefix: &prefix, start: start.as_deref(), direction };
+    // Chats whose index entries are stale (changed since the index was last written):
+    // skipped in the scan, placed by their current records below.
+    let touched = store.touched_chats(user);
     let mut entries = Vec::with_capacity(page.limit);
     let mut failure = None;
     store.scan(Table::UseridLastmsgidChatidChatlist, range, &mut |key, _| match keys::parse_chat_list_entry(key) {
+        Ok((_, chat)) if touched.binary_search(&chat).is_ok() => ControlFlow::Continue(()),
         Ok((last, chat)) if above(last) && below(last) => {
             entries.push((last, chat));
             if entries.len() >= page.limit { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
@@ -151,6 +172,15 @@ pub fn chat_list(
     })?;
     if let Some(err) = failure {
         return Err(err);
+    }
+    for &chat in &touched {
+        let Some(record) = load_chat(store, chat)? else { continue };
+        if record.large || load_member(store, chat, user)?.is_none() {
+            continue; // large chats come from the large-chat index; non-members have no entry
+        }
+        if above(record.last_message_id) && below(record.last_message_id) {
+            entries.push((record.last_message_id, chat));
+        }
     }
     for chat in large_chats(store, user)? {
         let record = load_chat(store, chat)?.ok_or_else(|| ProjectionError::Inconsistent {
@@ -183,16 +213,25 @@ pub fn group_view(
     chat_id: ChatId,
     chat: &ChatRecord,
 ) -> Result<Option<types::Group>, ProjectionError> {
-    let Some(group) = chat.group() else { return Ok(None) };
+    if chat.group().is_none() {
+        return Ok(None);
+    }
     let mut members = load_members(store, chat_id)?;
     members.sort_by_key(|(_, member)| member.join_order);
-    Ok(Some(types::Group {
+    let participants: Vec<UserId> = members.into_iter().map(|(user, _)| user).collect();
+    Ok(group_of(viewer, chat_id, chat, &participants))
+}
+
+/// [`group_view`] with the participants (in join order) already known.
+pub fn group_of(viewer: UserId, chat_id: ChatId, chat: &ChatRecord, participants: &[UserId]) -> Option<types::Group> {
+    let group = chat.group()?;
+    Some(types::Group {
         id: chat_id.get(),
         name: group.name.clone(),
         owner: group.owner == viewer,
-        participant_ids: members.into_iter().map(|(user, _)| user.get()).collect(),
+        participant_ids: participants.iter().map(|user| user.get()).collect(),
         photo: group.photo.as_ref().map(|(file_id, preview)| types::ChatPhoto { file_id: *file_id, preview: preview.clone() }),
-    }))
+    })
 }
 
 /// The protocol `Message` for a stored message, addressed as `chat_ref`.

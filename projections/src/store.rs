@@ -1,87 +1,16 @@
-//! The key-value interface the fold reads and writes through.
+//! The key-value interface readers see the projections through.
 //!
-//! The fold never touches RocksDB: the engine implements [`Store`] over a RocksDB
-//! write batch (with its pending writes readable), the replay CLI over a shadow slot,
-//! and [`MemStore`] keeps everything in a `BTreeMap` for independent verification
-//! and tests. All three must behave identically; `MemStore` is the reference.
+//! Readers (the engine's queries, the replay CLI, verification) read the projection tables
+//! as ordered key-value tables: the engine serves them from RocksDB with the not yet
+//! flushed state layered on top ([`crate::layers`]), the replay CLI from a slot of a
+//! data directory, and [`MemStore`] keeps everything in a `BTreeMap` (the reference,
+//! used for verification and tests). The fold itself works on typed records in memory
+//! ([`crate::state`]), not through this interface.
 
 use crate::error::ProjectionError;
+pub use crate::tables::Table;
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
-
-/// Every projection table. Each is one RocksDB column family per projection slot,
-/// named after its key layout (see FORMAT.md).
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
-pub enum Table {
-    /// `chat_id` -> [`crate::records::ChatRecord`].
-    ChatidChat,
-    /// `chat_id | user_id` -> [`crate::records::MemberRecord`]: one user's view of one chat.
-    ChatidUseridMember,
-    /// `user_id | last_message_id | chat_id` -> empty: the chat list of chats with at most
-    /// [`crate::limits::CHAT_LIST_FANOUT_MAX`] members, ordered by last message.
-    UseridLastmsgidChatidChatlist,
-    /// `user_id | chat_id` -> empty: the user's memberships in chats above the fan-out limit,
-    /// whose order is read from the chat record at query time.
-    UseridChatidLargechat,
-    /// `chat_id | message_id` -> [`crate::records::MessageRecord`] (deleted ones stay as tombstones).
-    ChatidMsgidMessage,
-    /// `chat_id | seq` -> empty: sequence numbers of deleted messages, to derive unread counts.
-    ChatidSeqDeleted,
-    /// `user_id | user_id` (lower first) -> `chat_id`: the DM (or self chat) between two users.
-    UseridUseridDm,
-    /// `code` -> [`crate::records::InviteRecord`].
-    CodeInvite,
-    /// `chat_id | code` -> empty: a chat's active invites.
-    ChatidCodeInvite,
-    /// `user_id` -> [`crate::records::UserRecord`]: the user directory.
-    UseridUser,
-    /// Fixed keys: checkpoint and schema version of this projection slot.
-    ProjectionMeta,
-}
-
-impl Table {
-    /// All tables, in a fixed order.
-    pub const ALL: [Table; 11] = [
-        Table::ChatidChat,
-        Table::ChatidUseridMember,
-        Table::UseridLastmsgidChatidChatlist,
-        Table::UseridChatidLargechat,
-        Table::ChatidMsgidMessage,
-        Table::ChatidSeqDeleted,
-        Table::UseridUseridDm,
-        Table::CodeInvite,
-        Table::ChatidCodeInvite,
-        Table::UseridUser,
-        Table::ProjectionMeta,
-    ];
-
-    /// The table's name, which is its column family name without the slot suffix.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Table::ChatidChat => "chatid_chat",
-            Table::ChatidUseridMember => "chatid_userid_member",
-            Table::UseridLastmsgidChatidChatlist => "userid_lastmsgid_chatid_chatlist",
-            Table::UseridChatidLargechat => "userid_chatid_largechat",
-            Table::ChatidMsgidMessage => "chatid_msgid_message",
-            Table::ChatidSeqDeleted => "chatid_seq_deleted",
-            Table::UseridUseridDm => "userid_userid_dm",
-            Table::CodeInvite => "code_invite",
-            Table::ChatidCodeInvite => "chatid_code_invite",
-            Table::UseridUser => "userid_user",
-            Table::ProjectionMeta => "projection_meta",
-        }
-    }
-
-    /// The table named `name` (as [`Table::name`] spells it).
-    pub fn from_name(name: &str) -> Option<Table> {
-        Table::ALL.into_iter().find(|table| table.name() == name)
-    }
-
-    /// Dense index of the table in [`Table::ALL`].
-    pub fn index(self) -> usize {
-        self as usize
-    }
-}
 
 /// Scan direction.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -148,7 +77,7 @@ pub fn prefix_successor(prefix: &[u8]) -> Option<Vec<u8>> {
 
 /// The entries of an ordered map that lie in `range`, in scan order, found by seeking
 /// (not by filtering the whole map).
-fn in_range<'m, V>(
+pub(crate) fn in_range<'m, V>(
     map: &'m BTreeMap<Vec<u8>, V>,
     range: ScanRange<'m>,
 ) -> Box<dyn Iterator<Item = (&'m Vec<u8>, &'m V)> + 'm> {
@@ -185,6 +114,16 @@ pub trait StoreRead {
         range: ScanRange<'_>,
         visit: &mut dyn FnMut(&[u8], &[u8]) -> Visit,
     ) -> Result<(), ProjectionError>;
+
+    /// Chats whose entry in `user`'s chat-list index may be stale in this store: their
+    /// last message or `user`'s membership changed after the index was last written (the
+    /// index is written when the state is flushed, see [`crate::chat_list`]). A chat-list
+    /// query skips their index entries and places them by their current records instead.
+    /// Stores that hold a complete index (every store but the engine's live view) have none.
+    fn touched_chats(&self, user: osmium_proto::ids::UserId) -> Vec<osmium_proto::ids::ChatId> {
+        let _ = user;
+        Vec::new()
+    }
 }
 
 /// `parse(key, value)` of every entry whose key starts with `prefix`, in key order;
@@ -267,149 +206,6 @@ impl Store for MemStore {
         if let Some(entries) = self.tables.get_mut(&table) {
             entries.remove(&key);
         }
-    }
-}
-
-/// Pending writes over a base store: what one batch (or one command inside a batch)
-/// has written but not yet committed. Reads see the pending writes first.
-#[derive(Debug)]
-pub struct Overlay<'base, B: StoreRead + ?Sized> {
-    base: &'base B,
-    pending: PendingWrites,
-}
-
-/// Writes not yet applied to a base store: per table, key -> `Some(value)` or `None` (deleted).
-#[derive(Clone, Default, Debug)]
-pub struct PendingWrites {
-    tables: BTreeMap<Table, BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
-}
-
-impl PendingWrites {
-    /// No writes.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Whether nothing is pending.
-    pub fn is_empty(&self) -> bool {
-        self.tables.values().all(BTreeMap::is_empty)
-    }
-
-    /// Number of pending puts and deletes.
-    pub fn len(&self) -> usize {
-        self.tables.values().map(BTreeMap::len).sum()
-    }
-
-    /// Moves every write of `later` on top of these.
-    pub fn absorb(&mut self, later: PendingWrites) {
-        for (table, entries) in later.tables {
-            self.tables.entry(table).or_default().extend(entries);
-        }
-    }
-
-    /// Every pending write, table by table in key order: `(table, key, Some(value) | None)`.
-    pub fn iter(&self) -> impl Iterator<Item = (Table, &[u8], Option<&[u8]>)> {
-        self.tables.iter().flat_map(|(table, entries)| {
-            entries.iter().map(move |(key, value)| (*table, key.as_slice(), value.as_deref()))
-        })
-    }
-
-    fn lookup(&self, table: Table, key: &[u8]) -> Option<Option<&Vec<u8>>> {
-        self.tables.get(&table)?.get(key).map(Option::as_ref)
-    }
-}
-
-impl<'base, B: StoreRead + ?Sized> Overlay<'base, B> {
-    /// Nothing pending yet over `base`.
-    pub fn new(base: &'base B) -> Self {
-        Overlay { base, pending: PendingWrites::new() }
-    }
-
-    /// Pending writes of `pending` over `base`.
-    pub fn with_pending(base: &'base B, pending: PendingWrites) -> Self {
-        Overlay { base, pending }
-    }
-
-    /// The writes made through this overlay.
-    pub fn into_pending(self) -> PendingWrites {
-        self.pending
-    }
-
-    /// Puts `later` on top of the pending writes (a nested overlay's result).
-    pub fn absorb(&mut self, later: PendingWrites) {
-        self.pending.absorb(later);
-    }
-
-    /// The writes made through this overlay, still in place.
-    pub fn pending(&self) -> &PendingWrites {
-        &self.pending
-    }
-}
-
-impl<B: StoreRead + ?Sized> StoreRead for Overlay<'_, B> {
-    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, ProjectionError> {
-        match self.pending.lookup(table, key) {
-            Some(value) => Ok(value.cloned()),
-            None => self.base.get(table, key),
-        }
-    }
-
-    fn scan(
-        &self,
-        table: Table,
-        range: ScanRange<'_>,
-        visit: &mut dyn FnMut(&[u8], &[u8]) -> Visit,
-    ) -> Result<(), ProjectionError> {
-        let Some(pending) = self.pending.tables.get(&table).filter(|p| !p.is_empty()) else {
-            return self.base.scan(table, range, visit);
-        };
-        // Merge the base's entries with the pending ones, pending first on equal keys.
-        let mut pending_in_range = in_range(pending, range).map(|(k, v)| (k.as_slice(), v.as_deref())).peekable();
-        let before = |a: &[u8], b: &[u8]| match range.direction {
-            Direction::Forward => a < b,
-            Direction::Reverse => a > b,
-        };
-        let mut stopped = false;
-        // Emits pending entries that come before `bound` (all of them when `bound` is None).
-        let mut drain_pending = |bound: Option<&[u8]>, visit: &mut dyn FnMut(&[u8], &[u8]) -> Visit, stopped: &mut bool| {
-            while let Some(&(key, value)) = pending_in_range.peek() {
-                if *stopped || bound.is_some_and(|b| !before(key, b)) {
-                    break;
-                }
-                pending_in_range.next();
-                if let Some(value) = value
-                    && visit(key, value).is_break()
-                {
-                    *stopped = true;
-                }
-            }
-        };
-        self.base.scan(table, range, &mut |key, value| {
-            drain_pending(Some(key), visit, &mut stopped);
-            if stopped {
-                return ControlFlow::Break(());
-            }
-            if pending.contains_key(key) {
-                return ControlFlow::Continue(()); // shadowed: emitted (or deleted) by the pending side
-            }
-            if visit(key, value).is_break() {
-                stopped = true;
-                return ControlFlow::Break(());
-            }
-            ControlFlow::Continue(())
-        })?;
-        drain_pending(None, visit, &mut stopped);
-        Ok(())
-    }
-}
-
-impl<B: StoreRead + ?Sized> Store for Overlay<'_, B> {
-    fn put(&mut self, table: Table, key: Vec<u8>, value: Vec<u8>) {
-        self.pending.tables.entry(table).or_default().insert(key, Some(value));
-    }
-
-    fn delete(&mut self, table: Table, key: Vec<u8>) {
-        self.pending.tables.entry(table).or_default().insert(key, None);
     }
 }
 

@@ -1,16 +1,17 @@
 //! Command decisions: each validates one request against the current state (on the
-//! writer thread, so nothing can change in between) and proposes the events that
-//! record it. A refused command proposes nothing, so it writes nothing.
+//! state machine thread, so nothing can change in between) and decides the events that
+//! record it and what the caller gets back. A refused command decides nothing, so it
+//! writes nothing. Decisions read the state; they never change it (the fold does).
 
 use super::limits::Limits;
-use super::resolve::{MemberChat, Resolved, resolve, resolve_group, resolve_member, resolve_owned_group};
+use super::resolve::{MemberChat, Records, Resolved, Tables, resolve, resolve_group, resolve_member, resolve_owned_group};
 use crate::error::EngineError;
-use crate::log::{DecideContext, ExpectedVersion, Proposal};
-use osmium_projections::StoreRead;
+use crate::log::{Append, ExpectedVersion};
+use crate::state_machine::{DecideContext, Decision, LiveState, Output};
 use osmium_projections::limits::{MEMBER_DEFAULT_PERMISSIONS, PERMISSION_SEND_MEDIA, PERMISSION_SEND_MESSAGES};
-use osmium_projections::query;
-use osmium_projections::records::{ChatKind, load_invite, load_member, load_members, load_message, load_user};
-use osmium_proto::events::{self, event_envelope::Event};
+use osmium_projections::records::InviteRecord;
+use osmium_projections::{ProjectionState, StoreRead};
+use osmium_proto::events::{self, event_envelope::Event, EventEnvelope};
 use osmium_proto::ids::{ChatId, MessageId, StreamId, UserId};
 use osmium_proto::{auth, chats, media, messages, types};
 
@@ -34,37 +35,54 @@ fn bytes_within(limits: &Limits, request: &impl osmium_proto::prost::Message) ->
     Ok(())
 }
 
-fn proposal(chat: ChatId, actor: UserId, events: Vec<Event>) -> Proposal {
-    Proposal {
-        stream: StreamId::Chat(chat),
-        expected_version: ExpectedVersion::Any,
-        actor,
-        events,
-        idempotency_key: None,
-    }
+/// A decision appending `events` to `chat`'s stream.
+fn decision(chat: ChatId, actor: UserId, events: Vec<Event>, output: Output) -> Decision {
+    let append = Append { stream: StreamId::Chat(chat), expected_version: ExpectedVersion::Any, actor, events, idempotency_key: None };
+    Decision { append, output }
 }
 
-fn require_user(state: &dyn StoreRead, user: UserId) -> Result<(), EngineError> {
-    match load_user(state, user)? {
+fn require_user(state: &mut LiveState, user: UserId) -> Result<(), EngineError> {
+    match state.user(user)? {
         Some(_) => Ok(()),
         None => Err(EngineError::not_found(format!("user {user}"))),
     }
 }
 
+/// The output of a command that returns nothing, for a retry of it.
+pub(crate) fn replay_done(_events: &[EventEnvelope]) -> Result<Output, EngineError> {
+    Ok(Output::Done)
+}
+
+/// The message a send created, from its events (for a retry with the same `client_id`).
+pub(crate) fn replay_message(events: &[EventEnvelope]) -> Result<Output, EngineError> {
+    events
+        .iter()
+        .find_map(|event| match &event.event {
+            Some(Event::MessageSent(sent)) => Some(Output::Message(MessageId(sent.message_id))),
+            _ => None,
+        })
+        .ok_or_else(|| EngineError::Corrupt {
+            what: "events recorded for a send".into(),
+            expected: "a message_sent event".into(),
+            found: format!("{} other events", events.len()),
+        })
+}
+
 /// `upsert_user`: records a directory entry.
-pub(crate) fn upsert_user(limits: &Limits, user: types::User) -> Result<Proposal, EngineError> {
+pub(crate) fn upsert_user(limits: &Limits, user: types::User) -> Result<Decision, EngineError> {
     if user.id == 0 {
         return Err(EngineError::invalid("id", "user ids are non-zero snowflakes"));
     }
     chars_within("name", &user.name, 1, limits.user_name_max_chars)?;
     bytes_within(limits, &user)?;
-    Ok(Proposal {
+    let append = Append {
         stream: StreamId::User(UserId(user.id)),
         expected_version: ExpectedVersion::Any,
         actor: UserId(user.id),
         events: vec![Event::UserUpserted(events::UserUpserted { user: Some(user) })],
         idempotency_key: None,
-    })
+    };
+    Ok(Decision { append, output: Output::Done })
 }
 
 /// `create_chat`: a new group owned by the actor, with the listed users as members.
@@ -73,7 +91,7 @@ pub(crate) fn create_chat(
     limits: &Limits,
     actor: UserId,
     request: &chats::CreateChat,
-) -> Result<Proposal, EngineError> {
+) -> Result<Decision, EngineError> {
     chars_within("name", &request.name, 1, limits.group_name_max_chars)?;
     let mut members = Vec::with_capacity(request.users.len());
     for user in &request.users {
@@ -92,7 +110,7 @@ pub(crate) fn create_chat(
         name: request.name.clone(),
         member_ids: members.iter().map(|user| user.get()).collect(),
     };
-    Ok(proposal(chat, actor, vec![Event::GroupCreated(created)]))
+    Ok(decision(chat, actor, vec![Event::GroupCreated(created)], Output::Chat(chat)))
 }
 
 /// `edit_chat`: the owner renames, sets the photo or the highlighted message.
@@ -101,7 +119,7 @@ pub(crate) fn edit_chat(
     limits: &Limits,
     actor: UserId,
     request: &chats::EditChat,
-) -> Result<Proposal, EngineError> {
+) -> Result<Decision, EngineError> {
     let group = resolve_owned_group(ctx.state, actor, request.chat_ref.as_ref(), "group settings")?;
     bytes_within(limits, request)?;
     if let Some(name) = &request.name {
@@ -116,7 +134,7 @@ pub(crate) fn edit_chat(
         highlighted_msg_id: highlighted,
         photo: request.photo.as_ref().map(|photo| types::ChatPhoto { file_id: photo.file_id, preview: photo.preview.clone() }),
     };
-    Ok(proposal(group.id, actor, vec![Event::GroupEdited(edited)]))
+    Ok(decision(group.id, actor, vec![Event::GroupEdited(edited)], Output::Chat(group.id)))
 }
 
 /// `add_chat_member`: the owner adds a user.
@@ -125,18 +143,18 @@ pub(crate) fn add_chat_member(
     limits: &Limits,
     actor: UserId,
     request: &chats::AddChatMember,
-) -> Result<Proposal, EngineError> {
+) -> Result<Decision, EngineError> {
     let group = resolve_owned_group(ctx.state, actor, request.chat_ref.as_ref(), "members")?;
     let user = UserId(request.user_id);
     require_user(ctx.state, user)?;
-    if load_member(ctx.state, group.id, user)?.is_some() {
+    if ctx.state.member(group.id, user)?.is_some() {
         return Err(EngineError::AlreadyMember);
     }
     if group.chat.member_count >= limits.group_members_max {
         return Err(EngineError::invalid("user_id", format!("the group is full ({} members)", limits.group_members_max)));
     }
     let added = events::MemberAdded { user_id: user.get(), added_by: actor.get(), invite_code: None };
-    Ok(proposal(group.id, actor, vec![Event::MemberAdded(added)]))
+    Ok(decision(group.id, actor, vec![Event::MemberAdded(added)], Output::Done))
 }
 
 /// `remove_chat_member`: the owner removes someone, or anyone removes themselves (leaves).
@@ -146,38 +164,41 @@ pub(crate) fn remove_chat_member(
     ctx: &mut DecideContext<'_>,
     actor: UserId,
     request: &chats::RemoveChatMember,
-) -> Result<Proposal, EngineError> {
+) -> Result<Decision, EngineError> {
     let group = resolve_group(ctx.state, actor, request.chat_ref.as_ref(), "members")?;
     let user = UserId(request.user_id);
     if user != actor && !group.is_owner(actor) {
         return Err(EngineError::denied("only the group owner can remove other members"));
     }
-    if load_member(ctx.state, group.id, user)?.is_none() {
+    if ctx.state.member(group.id, user)?.is_none() {
         return Err(EngineError::not_found(format!("member {user}")));
     }
     let mut events = vec![Event::MemberRemoved(events::MemberRemoved { user_id: user.get(), removed_by: actor.get() })];
     if group.is_owner(user) {
-        let successor = load_members(ctx.state, group.id)?
+        let successor = ctx
+            .state
+            .members(group.id)?
             .into_iter()
             .filter(|(member, _)| *member != user)
-            .min_by_key(|(_, record)| record.join_order);
+            .min_by_key(|(_, record)| record.join_order)
+            .map(|(member, _)| member);
         events.push(match successor {
-            Some((successor, _)) => {
+            Some(successor) => {
                 Event::OwnershipTransferred(events::OwnershipTransferred { new_owner_id: successor.get() })
             }
             None => Event::GroupClosed(events::GroupClosed {}),
         });
     }
-    Ok(proposal(group.id, actor, events))
+    Ok(decision(group.id, actor, events, Output::Done))
 }
 
 /// The permissions `user` has in `chat`: owners and DM members may do everything,
 /// group members get `(defaults & !neg) | pos`.
 pub(crate) fn effective_permissions(chat: &MemberChat, user: UserId) -> u64 {
-    match &chat.chat.kind {
-        ChatKind::Direct { .. } => u64::MAX,
-        ChatKind::Group(group) if group.owner == user => u64::MAX,
-        ChatKind::Group(_) => {
+    match chat.chat.owner {
+        None => u64::MAX,
+        Some(owner) if owner == user => u64::MAX,
+        Some(_) => {
             let (pos, neg) = chat.member.overrides.unwrap_or((0, 0));
             (MEMBER_DEFAULT_PERMISSIONS & !neg) | pos
         }
@@ -222,7 +243,7 @@ pub(crate) fn send_message(
     limits: &Limits,
     actor: UserId,
     request: &messages::SendMessage,
-) -> Result<Proposal, EngineError> {
+) -> Result<Decision, EngineError> {
     chars_within("message", &request.message, 0, limits.message_text_max_chars)?;
     bytes_within(limits, request)?;
     if request.media.len() > limits.media_per_message_max {
@@ -260,8 +281,9 @@ pub(crate) fn send_message(
             chat
         }
     };
+    let message_id = MessageId(ctx.next_id());
     events.push(Event::MessageSent(events::MessageSent {
-        message_id: ctx.next_id(),
+        message_id: message_id.get(),
         author_id: actor.get(),
         text: request.message.clone(),
         entities: request.entities.clone(),
@@ -269,18 +291,13 @@ pub(crate) fn send_message(
         client_id: request.client_id,
         r#type: types::MessageType::Unknown as i32,
     }));
-    let mut proposal = proposal(chat, actor, events);
-    proposal.idempotency_key = request.client_id.map(|client_id| send_idempotency_key(actor, client_id));
-    Ok(proposal)
+    Ok(decision(chat, actor, events, Output::Message(message_id)))
 }
 
-fn live_message(
-    state: &dyn StoreRead,
-    chat: ChatId,
-    message: MessageId,
-) -> Result<osmium_projections::records::MessageRecord, EngineError> {
-    match load_message(state, chat, message)? {
-        Some(record) if !record.deleted => Ok(record),
+/// The author and attachment count of a non-deleted message.
+fn live_message<S: StoreRead>(state: &mut ProjectionState<S>, chat: ChatId, message: MessageId) -> Result<(UserId, usize), EngineError> {
+    match state.message(chat, message)? {
+        Some(record) if !record.deleted => Ok((record.author, record.media.len())),
         _ => Err(EngineError::not_found(format!("message {message}"))),
     }
 }
@@ -291,20 +308,20 @@ pub(crate) fn edit_message(
     limits: &Limits,
     actor: UserId,
     request: &messages::EditMessage,
-) -> Result<Proposal, EngineError> {
+) -> Result<Decision, EngineError> {
     let chat = resolve_member(ctx.state, actor, request.chat_ref.as_ref())?;
     let message_id = MessageId(request.message_id);
-    let message = live_message(ctx.state, chat.id, message_id)?;
-    if message.author != actor {
+    let (author, media) = live_message(ctx.state, chat.id, message_id)?;
+    if author != actor {
         return Err(EngineError::denied("only the author can edit a message"));
     }
     let text = request.message.clone().ok_or_else(|| EngineError::invalid("message", "missing"))?;
     chars_within("message", &text, 0, limits.message_text_max_chars)?;
-    if text.is_empty() && message.media.is_empty() {
+    if text.is_empty() && media == 0 {
         return Err(EngineError::invalid("message", "a message needs text or media"));
     }
     let edited = events::MessageEdited { message_id: message_id.get(), text, edited_at_ms: ctx.now_ms };
-    Ok(proposal(chat.id, actor, vec![Event::MessageEdited(edited)]))
+    Ok(decision(chat.id, actor, vec![Event::MessageEdited(edited)], Output::Done))
 }
 
 /// `delete_message`: authors delete their messages; a group owner deletes any.
@@ -313,7 +330,7 @@ pub(crate) fn delete_message(
     limits: &Limits,
     actor: UserId,
     request: &messages::DeleteMessage,
-) -> Result<Proposal, EngineError> {
+) -> Result<Decision, EngineError> {
     let chat = resolve_member(ctx.state, actor, request.chat_ref.as_ref())?;
     if request.message_ids.is_empty() || request.message_ids.len() > limits.delete_message_ids_max {
         return Err(EngineError::invalid("message_ids", format!("1 to {} ids", limits.delete_message_ids_max)));
@@ -322,12 +339,12 @@ pub(crate) fn delete_message(
     ids.sort_unstable();
     ids.dedup();
     for &id in &ids {
-        let message = live_message(ctx.state, chat.id, MessageId(id))?;
-        if message.author != actor && !chat.is_owner(actor) {
+        let (author, _) = live_message(ctx.state, chat.id, MessageId(id))?;
+        if author != actor && !chat.is_owner(actor) {
             return Err(EngineError::denied("only the author or the group owner can delete a message"));
         }
     }
-    Ok(proposal(chat.id, actor, vec![Event::MessagesDeleted(events::MessagesDeleted { message_ids: ids })]))
+    Ok(decision(chat.id, actor, vec![Event::MessagesDeleted(events::MessagesDeleted { message_ids: ids })], Output::Done))
 }
 
 /// `mark_chat_read`: read position = max(current, min(message_id, last message)).
@@ -335,16 +352,16 @@ pub(crate) fn mark_chat_read(
     ctx: &mut DecideContext<'_>,
     actor: UserId,
     request: &chats::MarkChatRead,
-) -> Result<Proposal, EngineError> {
+) -> Result<Decision, EngineError> {
     let chat = resolve_member(ctx.state, actor, request.chat_ref.as_ref())?;
     let current = chat.member.read_message_id;
-    let target = if chat.chat.has_messages(chat.id) {
+    let target = if chat.chat.has_messages {
         current.max(MessageId(request.message_id).min(chat.chat.last_message_id))
     } else {
         current
     };
     let marked = events::ChatMarkedRead { user_id: actor.get(), message_id: target.get(), read_amount: request.read_amount };
-    Ok(proposal(chat.id, actor, vec![Event::ChatMarkedRead(marked)]))
+    Ok(decision(chat.id, actor, vec![Event::ChatMarkedRead(marked)], Output::Done))
 }
 
 /// `save_draft`: sets (or with `None`, clears) the actor's draft.
@@ -354,13 +371,13 @@ pub(crate) fn save_draft(
     actor: UserId,
     chat_ref: Option<&osmium_proto::refs::ChatRef>,
     draft: Option<String>,
-) -> Result<Proposal, EngineError> {
+) -> Result<Decision, EngineError> {
     let chat = resolve_member(ctx.state, actor, chat_ref)?;
     if let Some(draft) = &draft {
         chars_within("draft", draft, 0, limits.draft_max_chars)?;
     }
     let draft = draft.filter(|text| !text.is_empty());
-    Ok(proposal(chat.id, actor, vec![Event::DraftSaved(events::DraftSaved { user_id: actor.get(), draft })]))
+    Ok(decision(chat.id, actor, vec![Event::DraftSaved(events::DraftSaved { user_id: actor.get(), draft })], Output::Done))
 }
 
 /// `set_muted`: toggles the actor's notifications for a chat.
@@ -369,9 +386,9 @@ pub(crate) fn set_muted(
     actor: UserId,
     chat_ref: Option<&osmium_proto::refs::ChatRef>,
     muted: bool,
-) -> Result<Proposal, EngineError> {
+) -> Result<Decision, EngineError> {
     let chat = resolve_member(ctx.state, actor, chat_ref)?;
-    Ok(proposal(chat.id, actor, vec![Event::MuteSet(events::MuteSet { user_id: actor.get(), muted })]))
+    Ok(decision(chat.id, actor, vec![Event::MuteSet(events::MuteSet { user_id: actor.get(), muted })], Output::Done))
 }
 
 /// `set_permission_overrides`: the owner sets a member's `pos`/`neg` bits.
@@ -381,16 +398,16 @@ pub(crate) fn set_permission_overrides(
     chat_ref: Option<&osmium_proto::refs::ChatRef>,
     user: UserId,
     overrides: types::PermissionOverrides,
-) -> Result<Proposal, EngineError> {
+) -> Result<Decision, EngineError> {
     let group = resolve_owned_group(ctx.state, actor, chat_ref, "permissions")?;
-    if load_member(ctx.state, group.id, user)?.is_none() {
+    if ctx.state.member(group.id, user)?.is_none() {
         return Err(EngineError::not_found(format!("member {user}")));
     }
     if overrides.pos & overrides.neg != 0 {
         return Err(EngineError::invalid("permissions", "a bit cannot be both granted (pos) and denied (neg)"));
     }
     let set = events::PermissionOverridesSet { user_id: user.get(), pos: overrides.pos, neg: overrides.neg };
-    Ok(proposal(group.id, actor, vec![Event::PermissionOverridesSet(set)]))
+    Ok(decision(group.id, actor, vec![Event::PermissionOverridesSet(set)], Output::Done))
 }
 
 /// `create_chat_invite`: the owner creates a code for a group.
@@ -400,7 +417,7 @@ pub(crate) fn create_chat_invite(
     actor: UserId,
     request: &chats::CreateChatInvite,
     code: String,
-) -> Result<Proposal, EngineError> {
+) -> Result<Decision, EngineError> {
     let group = resolve_owned_group(ctx.state, actor, request.chat_ref.as_ref(), "invites")?;
     if request.expires_at.is_some_and(|expires_at| expires_at <= ctx.now_ms) {
         return Err(EngineError::invalid("expires_at", "must be in the future (unix milliseconds)"));
@@ -408,14 +425,16 @@ pub(crate) fn create_chat_invite(
     if request.max_uses == Some(0) {
         return Err(EngineError::invalid("max_uses", "must be at least 1 when given"));
     }
-    let active = query::chat_invites(ctx.state, group.id)?
-        .iter()
-        .filter(|(_, invite)| invite.is_active(ctx.now_ms))
-        .count();
+    let mut active = 0;
+    for code in ctx.state.invite_codes(group.id)? {
+        if ctx.state.invite(&code)?.is_some_and(|invite| invite.is_active(ctx.now_ms)) {
+            active += 1;
+        }
+    }
     if active >= limits.invites_per_chat_max {
         return Err(EngineError::invalid("chat_ref", format!("a chat has at most {} active invites", limits.invites_per_chat_max)));
     }
-    if load_invite(ctx.state, &code)?.is_some() {
+    if ctx.state.invite(&code)?.is_some() {
         return Err(EngineError::Conflict {
             stream: StreamId::Chat(group.id),
             expected: ExpectedVersion::Any,
@@ -423,13 +442,13 @@ pub(crate) fn create_chat_invite(
         });
     }
     let created = events::InviteCreated {
-        code,
+        code: code.clone(),
         creator_id: actor.get(),
         expires_at_ms: request.expires_at,
         max_uses: request.max_uses,
         created_at_ms: ctx.now_ms,
     };
-    Ok(proposal(group.id, actor, vec![Event::InviteCreated(created)]))
+    Ok(decision(group.id, actor, vec![Event::InviteCreated(created)], Output::Invite(code)))
 }
 
 /// `delete_chat_invite`: the invite's creator or the group owner revokes it.
@@ -437,27 +456,22 @@ pub(crate) fn delete_chat_invite(
     ctx: &mut DecideContext<'_>,
     actor: UserId,
     request: &chats::DeleteChatInvite,
-) -> Result<Proposal, EngineError> {
-    let invite = load_invite(ctx.state, &request.code)?.ok_or(EngineError::InviteNotFound)?;
+) -> Result<Decision, EngineError> {
+    let invite = ctx.state.invite(&request.code)?.cloned().ok_or(EngineError::InviteNotFound)?;
     let chat_ref = super::group_ref(invite.chat);
     let group = resolve_group(ctx.state, actor, Some(&chat_ref), "invites").map_err(|_| EngineError::InviteNotFound)?;
     if invite.creator != actor && !group.is_owner(actor) {
         return Err(EngineError::denied("only the invite's creator or the group owner can delete it"));
     }
     let deleted = events::InviteDeleted { code: request.code.clone(), deleted_by: actor.get() };
-    Ok(proposal(group.id, actor, vec![Event::InviteDeleted(deleted)]))
+    Ok(decision(group.id, actor, vec![Event::InviteDeleted(deleted)], Output::Done))
 }
 
 /// The checks shared by `lookup_invite` and `use_invite`: the invite exists, is not
 /// expired at `now_ms` and not used up, and its group is open.
-pub(crate) fn usable_invite(
-    state: &dyn StoreRead,
-    code: &str,
-    now_ms: u64,
-) -> Result<osmium_projections::records::InviteRecord, EngineError> {
-    let invite = load_invite(state, code)?.ok_or(EngineError::InviteNotFound)?;
-    let open = osmium_projections::records::load_chat(state, invite.chat)?
-        .is_some_and(|chat| chat.group().is_some_and(|group| !group.closed));
+pub(crate) fn usable_invite(records: &mut impl InviteRecords, code: &str, now_ms: u64) -> Result<InviteRecord, EngineError> {
+    let invite = records.invite(code)?.ok_or(EngineError::InviteNotFound)?;
+    let open = records.chat(invite.chat)?.is_some_and(|chat| chat.is_group() && !chat.closed);
     if !open {
         return Err(EngineError::InviteNotFound);
     }
@@ -476,12 +490,12 @@ pub(crate) fn use_invite(
     limits: &Limits,
     actor: UserId,
     request: &auth::UseInvite,
-) -> Result<Proposal, EngineError> {
+) -> Result<Decision, EngineError> {
     let invite = usable_invite(ctx.state, &request.code, ctx.now_ms)?;
-    if load_member(ctx.state, invite.chat, actor)?.is_some() {
+    if ctx.state.member(invite.chat, actor)?.is_some() {
         return Err(EngineError::AlreadyMember);
     }
-    let chat = osmium_projections::records::load_chat(ctx.state, invite.chat)?.ok_or(EngineError::InviteNotFound)?;
+    let chat = Records::chat(ctx.state, invite.chat)?.ok_or(EngineError::InviteNotFound)?;
     if chat.member_count >= limits.group_members_max {
         return Err(EngineError::invalid("code", format!("the group is full ({} members)", limits.group_members_max)));
     }
@@ -493,5 +507,23 @@ pub(crate) fn use_invite(
             invite_code: Some(request.code.clone()),
         }),
     ];
-    Ok(proposal(invite.chat, actor, events))
+    Ok(decision(invite.chat, actor, events, Output::Done))
+}
+
+/// Invites and the chats they admit to, wherever they are read from.
+pub(crate) trait InviteRecords: Records {
+    /// An invite by code.
+    fn invite(&mut self, code: &str) -> Result<Option<InviteRecord>, EngineError>;
+}
+
+impl InviteRecords for Tables<'_> {
+    fn invite(&mut self, code: &str) -> Result<Option<InviteRecord>, EngineError> {
+        Ok(osmium_projections::records::load_invite(self.0, code)?)
+    }
+}
+
+impl<S: StoreRead> InviteRecords for ProjectionState<S> {
+    fn invite(&mut self, code: &str) -> Result<Option<InviteRecord>, EngineError> {
+        Ok(ProjectionState::invite(self, code)?.cloned())
+    }
 }

@@ -44,17 +44,19 @@ mod resolve;
 pub mod updates;
 mod views;
 
-use crate::error::EngineError;
-use crate::log::{Appended, Decide, DecideContext, EventLog, LogConfig, Proposal};
-use crate::rocks::RocksView;
+use crate::error::{EngineError, OpenError};
+use crate::log::{LogConfig, LogReader};
+use crate::runtime::{Core, StateConfig};
+use crate::state_machine::{Command, Decide, DecideContext, Decision, Output, Replay};
+use commands::{replay_done, replay_message};
 use limits::Limits;
 use osmium_projections::query::ChatListPage;
 use osmium_projections::records::load_member;
-use osmium_projections::{StoreRead, query};
-use osmium_proto::events::event_envelope::Event;
+use osmium_projections::{MemStore, StoreRead, Table, query};
 use osmium_proto::ids::{ChatId, MessageId, Position, UserId};
 use osmium_proto::refs::{ChatRef, GroupRef, chat_ref::Ref};
 use osmium_proto::{auth, chats, messages, types};
+use resolve::Tables;
 use std::path::Path;
 use std::sync::Arc;
 use updates::{Subscription, TaggedUpdate, TypingState, UpdateHub};
@@ -65,6 +67,8 @@ pub use views::InviteInfo;
 pub struct EngineConfig {
     /// The event log's settings (durability, queue bounds, clock, snowflake worker).
     pub log: LogConfig,
+    /// When projections are flushed and how much memory they may take.
+    pub state: StateConfig,
     /// Request and state limits.
     pub limits: Limits,
 }
@@ -77,7 +81,9 @@ pub(crate) fn group_ref(chat: ChatId) -> ChatRef {
 }
 
 struct EngineInner {
-    log: EventLog,
+    // Dropped first: its threads stop (deciding, writing and flushing what is queued)
+    // before the background tasks are aborted.
+    core: Core,
     limits: Limits,
     hub: Arc<UpdateHub>,
     typing: Arc<TypingState>,
@@ -101,28 +107,34 @@ pub struct ChatEngine {
 
 impl std::fmt::Debug for ChatEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChatEngine").field("log", &self.inner.log).finish_non_exhaustive()
+        f.debug_struct("ChatEngine").field("path", &self.inner.core.path()).finish_non_exhaustive()
     }
 }
 
 impl ChatEngine {
-    /// Opens the data directory at `path` (created when missing). Must be called inside a
+    /// Opens the data directory at `path` (created when missing), folds the log's events
+    /// after the projections' checkpoint, and starts serving. Must be called inside a
     /// tokio runtime: the update fan-out and typing expiry run as tasks on it.
-    pub async fn open(path: impl AsRef<Path>, config: EngineConfig) -> Result<ChatEngine, EngineError> {
+    pub async fn open(path: impl AsRef<Path>, config: EngineConfig) -> Result<ChatEngine, OpenError> {
         // An `async fn` can be polled by any executor; the background tasks need tokio's.
-        tokio::runtime::Handle::try_current().map_err(|_| EngineError::NoRuntime)?;
-        if config.limits.request_bytes_max > osmium_projections::limits::RECORD_BYTES_MAX / 2 {
-            return Err(EngineError::invalid(
-                "limits.request_bytes_max",
-                format!("must be at most {} bytes (half the largest readable record)", osmium_projections::limits::RECORD_BYTES_MAX / 2),
-            ));
+        tokio::runtime::Handle::try_current().map_err(|_| OpenError::NoRuntime)?;
+        let record_bytes_max = osmium_projections::limits::RECORD_BYTES_MAX;
+        if config.limits.request_bytes_max > record_bytes_max / 2 {
+            return Err(OpenError::InvalidConfig {
+                setting: "limits.request_bytes_max",
+                reason: format!("must be at most {} bytes (half the largest readable record)", record_bytes_max / 2),
+            });
         }
         let clock = config.log.clock.clone();
-        let log = EventLog::open(path, config.log)?;
+        let path = path.as_ref().to_path_buf();
+        let (log, state) = (config.log.clone(), config.state.clone());
+        let (core, effects) = tokio::task::spawn_blocking(move || Core::open(&path, &log, &state))
+            .await
+            .map_err(|_| OpenError::Engine(EngineError::Closed))??;
         let hub = Arc::new(UpdateHub::default());
         let typing = Arc::new(TypingState::new(clock.clone(), config.limits.typing_expiry_ms));
-        let fan_out = tokio::spawn(updates::fan_out(Arc::downgrade(log.shared()), hub.clone(), typing.clone(), log.subscribe()));
         let inner = Arc::new_cyclic(|weak: &std::sync::Weak<EngineInner>| {
+            let fan_out = tokio::spawn(updates::fan_out(weak.clone(), effects));
             let weak = weak.clone();
             let expiry = tokio::spawn(async move {
                 let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
@@ -132,14 +144,14 @@ impl ChatEngine {
                     ChatEngine { inner }.expire_typing();
                 }
             });
-            EngineInner { log, limits: config.limits, hub, typing, clock, background: vec![fan_out, expiry] }
+            EngineInner { core, limits: config.limits, hub, typing, clock, background: vec![fan_out, expiry] }
         });
         Ok(ChatEngine { inner })
     }
 
-    /// The event log underneath (for reads of the raw log and the live tail).
-    pub fn log(&self) -> &EventLog {
-        &self.inner.log
+    /// Reads of the event log underneath (and its live tail).
+    pub fn log(&self) -> &LogReader {
+        &self.inner.core.reader
     }
 
     /// The limits in force.
@@ -149,17 +161,19 @@ impl ChatEngine {
 
     async fn command(
         &self,
-        decide: impl FnOnce(&mut DecideContext<'_>, &Limits) -> Result<Proposal, EngineError> + Send + 'static,
-    ) -> Result<Appended, EngineError> {
+        idempotency_key: Option<Vec<u8>>,
+        replay: Replay,
+        decide: impl FnOnce(&mut DecideContext<'_>, &Limits) -> Result<Decision, EngineError> + Send + 'static,
+    ) -> Result<Output, EngineError> {
         let limits = self.inner.limits.clone();
         let decide: Decide = Box::new(move |ctx| decide(ctx, &limits));
-        self.inner.log.submit(decide).await
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.inner.core.submit(Command { idempotency_key, decide, replay, reply })?;
+        answer.await.map_err(|_| EngineError::Closed)?
     }
 
     fn read<T>(&self, read: impl FnOnce(&dyn StoreRead) -> Result<T, EngineError>) -> Result<T, EngineError> {
-        let shared = self.inner.log.shared();
-        let view = RocksView::snapshot(&shared.db, shared.slot);
-        read(&view)
+        self.inner.core.views.read(read)
     }
 
     /// Live updates for `user`, from now on, on every chat they are in.
@@ -171,7 +185,7 @@ impl ChatEngine {
 
     /// Adds or replaces a user's directory entry (where responses' `users` come from).
     pub async fn upsert_user(&self, user: types::User) -> Result<(), EngineError> {
-        self.command(move |_, limits| commands::upsert_user(limits, user)).await.map(drop)
+        self.command(None, replay_done, move |_, limits| commands::upsert_user(limits, user)).await.map(drop)
     }
 
     // ---- chats ------------------------------------------------------------------
@@ -195,15 +209,15 @@ impl ChatEngine {
     /// One conversation with its last message, users and group.
     pub async fn get_chat(&self, actor: UserId, request: chats::GetChat) -> Result<chats::Chat, EngineError> {
         self.read(|view| {
-            let chat = resolve::resolve_member(view, actor, request.chat_ref.as_ref())?;
+            let chat = resolve::resolve_member(&mut Tables(view), actor, request.chat_ref.as_ref())?;
             views::chat_view(view, actor, chat.id)?.ok_or_else(|| EngineError::not_found("chat"))
         })
     }
 
     /// Creates a group owned by the caller.
     pub async fn create_chat(&self, actor: UserId, request: chats::CreateChat) -> Result<types::Group, EngineError> {
-        let appended = self.command(move |ctx, limits| commands::create_chat(ctx, limits, actor, &request)).await?;
-        let chat = chat_of(&appended)?;
+        let output = self.command(None, replay_done, move |ctx, limits| commands::create_chat(ctx, limits, actor, &request)).await?;
+        let chat = created_chat(&output)?;
         self.read(|view| {
             let record = osmium_projections::records::load_chat(view, chat)?.ok_or_else(|| EngineError::not_found("chat"))?;
             query::group_view(view, actor, chat, &record)?.ok_or_else(|| EngineError::not_found("chat"))
@@ -212,18 +226,19 @@ impl ChatEngine {
 
     /// Renames the group, sets its photo or highlighted message (owner only).
     pub async fn edit_chat(&self, actor: UserId, request: chats::EditChat) -> Result<chats::Chat, EngineError> {
-        let appended = self.command(move |ctx, limits| commands::edit_chat(ctx, limits, actor, &request)).await?;
-        self.chat_after(actor, &appended)
+        let output = self.command(None, replay_done, move |ctx, limits| commands::edit_chat(ctx, limits, actor, &request)).await?;
+        let chat = created_chat(&output)?;
+        self.read(|view| views::chat_view(view, actor, chat)?.ok_or_else(|| EngineError::not_found("chat")))
     }
 
     /// Adds a member (owner only).
     pub async fn add_chat_member(&self, actor: UserId, request: chats::AddChatMember) -> Result<(), EngineError> {
-        self.command(move |ctx, limits| commands::add_chat_member(ctx, limits, actor, &request)).await.map(drop)
+        self.command(None, replay_done, move |ctx, limits| commands::add_chat_member(ctx, limits, actor, &request)).await.map(drop)
     }
 
     /// Removes a member (owner only), or leaves when `user_id` is the caller.
     pub async fn remove_chat_member(&self, actor: UserId, request: chats::RemoveChatMember) -> Result<(), EngineError> {
-        self.command(move |ctx, _| commands::remove_chat_member(ctx, actor, &request)).await.map(drop)
+        self.command(None, replay_done, move |ctx, _| commands::remove_chat_member(ctx, actor, &request)).await.map(drop)
     }
 
     // ---- messages ---------------------------------------------------------------
@@ -234,30 +249,22 @@ impl ChatEngine {
         actor: UserId,
         request: messages::SendMessage,
     ) -> Result<messages::SentMessage, EngineError> {
-        let appended = self.command(move |ctx, limits| commands::send_message(ctx, limits, actor, &request)).await?;
-        let message_id = appended
-            .events
-            .iter()
-            .find_map(|event| match &event.event {
-                Some(Event::MessageSent(sent)) => Some(sent.message_id),
-                _ => None,
-            })
-            .ok_or_else(|| EngineError::Corrupt {
-                what: "events recorded for a send".into(),
-                expected: "a message_sent event".into(),
-                found: format!("{} other events", appended.events.len()),
-            })?;
-        Ok(messages::SentMessage { message_id })
+        let key = request.client_id.map(|client_id| commands::send_idempotency_key(actor, client_id));
+        let output = self.command(key, replay_message, move |ctx, limits| commands::send_message(ctx, limits, actor, &request)).await?;
+        match output {
+            Output::Message(message) => Ok(messages::SentMessage { message_id: message.get() }),
+            other => Err(unexpected_output("a sent message", &other)),
+        }
     }
 
     /// Edits the text of the caller's message.
     pub async fn edit_message(&self, actor: UserId, request: messages::EditMessage) -> Result<(), EngineError> {
-        self.command(move |ctx, limits| commands::edit_message(ctx, limits, actor, &request)).await.map(drop)
+        self.command(None, replay_done, move |ctx, limits| commands::edit_message(ctx, limits, actor, &request)).await.map(drop)
     }
 
     /// Deletes messages (the author's own, or any as group owner).
     pub async fn delete_message(&self, actor: UserId, request: messages::DeleteMessage) -> Result<(), EngineError> {
-        self.command(move |ctx, limits| commands::delete_message(ctx, limits, actor, &request)).await.map(drop)
+        self.command(None, replay_done, move |ctx, limits| commands::delete_message(ctx, limits, actor, &request)).await.map(drop)
     }
 
     /// A page of non-deleted messages, oldest first.
@@ -269,7 +276,7 @@ impl ChatEngine {
             Some(limit) => limit.min(limits.history_limit_max),
         };
         self.read(|view| {
-            let chat = resolve::resolve_member(view, actor, request.chat_ref.as_ref())?;
+            let chat = resolve::resolve_member(&mut Tables(view), actor, request.chat_ref.as_ref())?;
             let from = views::history_from(request.offset.as_ref());
             Ok(views::history_view(view, actor, chat.id, from, limit as usize)?)
         })
@@ -279,17 +286,19 @@ impl ChatEngine {
 
     /// Moves the caller's read position forward (never back).
     pub async fn mark_chat_read(&self, actor: UserId, request: chats::MarkChatRead) -> Result<(), EngineError> {
-        self.command(move |ctx, _| commands::mark_chat_read(ctx, actor, &request)).await.map(drop)
+        self.command(None, replay_done, move |ctx, _| commands::mark_chat_read(ctx, actor, &request)).await.map(drop)
     }
 
     /// Saves (or with `None` or an empty string, clears) the caller's draft in a chat.
     pub async fn save_draft(&self, actor: UserId, chat_ref: ChatRef, draft: Option<String>) -> Result<(), EngineError> {
-        self.command(move |ctx, limits| commands::save_draft(ctx, limits, actor, Some(&chat_ref), draft)).await.map(drop)
+        self.command(None, replay_done, move |ctx, limits| commands::save_draft(ctx, limits, actor, Some(&chat_ref), draft))
+            .await
+            .map(drop)
     }
 
     /// Mutes or unmutes a chat for the caller.
     pub async fn set_muted(&self, actor: UserId, chat_ref: ChatRef, muted: bool) -> Result<(), EngineError> {
-        self.command(move |ctx, _| commands::set_muted(ctx, actor, Some(&chat_ref), muted)).await.map(drop)
+        self.command(None, replay_done, move |ctx, _| commands::set_muted(ctx, actor, Some(&chat_ref), muted)).await.map(drop)
     }
 
     /// Sets a member's permission overrides (owner only).
@@ -300,20 +309,23 @@ impl ChatEngine {
         user: UserId,
         overrides: types::PermissionOverrides,
     ) -> Result<(), EngineError> {
-        self.command(move |ctx, _| commands::set_permission_overrides(ctx, actor, Some(&chat_ref), user, overrides))
-            .await
-            .map(drop)
+        self.command(None, replay_done, move |ctx, _| {
+            commands::set_permission_overrides(ctx, actor, Some(&chat_ref), user, overrides)
+        })
+        .await
+        .map(drop)
     }
 
     /// Starts or stops the caller's typing indicator (ephemeral: never logged).
     pub async fn set_typing(&self, actor: UserId, request: chats::SetTyping) -> Result<(), EngineError> {
         let (chat_id, members, record) = self.read(|view| {
-            let chat = resolve::resolve_member(view, actor, request.chat_ref.as_ref())?;
+            let chat = resolve::resolve_member(&mut Tables(view), actor, request.chat_ref.as_ref())?;
             let members = osmium_projections::records::load_members(view, chat.id)?;
-            Ok((chat.id, members, chat.chat))
+            let record = osmium_projections::records::load_chat(view, chat.id)?.ok_or_else(|| EngineError::not_found("chat"))?;
+            Ok((chat.id, members, record))
         })?;
         if self.inner.typing.set(chat_id, actor, request.typing) {
-            let position = self.inner.log.last_position();
+            let position = self.last_position();
             for (user, _) in members.iter().filter(|(user, _)| *user != actor) {
                 let mut update = updates::typing_update(&record, chat_id, *user, actor, request.typing, position);
                 if let Some(osmium_proto::updates::update::Update::ChatTyping(typing)) = update.update.update.as_mut() {
@@ -334,7 +346,7 @@ impl ChatEngine {
                 Ok(Some((chat, osmium_projections::records::load_members(view, chat_id)?)))
             });
             let Ok(Some((chat, members))) = found else { continue };
-            let position = self.inner.log.last_position();
+            let position = self.last_position();
             for (user, _) in members.iter().filter(|(user, _)| *user != typist) {
                 self.inner.hub.publish(*user, updates::typing_update(&chat, chat_id, *user, typist, false, position));
             }
@@ -350,20 +362,13 @@ impl ChatEngine {
         request: chats::CreateChatInvite,
     ) -> Result<auth::CreatedInvite, EngineError> {
         let code = new_invite_code()?;
-        let appended =
-            self.command(move |ctx, limits| commands::create_chat_invite(ctx, limits, actor, &request, code)).await?;
-        appended
-            .events
-            .iter()
-            .find_map(|event| match &event.event {
-                Some(Event::InviteCreated(created)) => Some(auth::CreatedInvite { code: created.code.clone() }),
-                _ => None,
-            })
-            .ok_or_else(|| EngineError::Corrupt {
-                what: "events recorded for an invite".into(),
-                expected: "an invite_created event".into(),
-                found: "none".into(),
-            })
+        let output = self
+            .command(None, replay_done, move |ctx, limits| commands::create_chat_invite(ctx, limits, actor, &request, code))
+            .await?;
+        match output {
+            Output::Invite(code) => Ok(auth::CreatedInvite { code }),
+            other => Err(unexpected_output("an invite code", &other)),
+        }
     }
 
     /// The group's active invites (owner only).
@@ -374,7 +379,7 @@ impl ChatEngine {
     ) -> Result<auth::InviteList, EngineError> {
         let now_ms = self.inner.clock.now_ms();
         self.read(|view| {
-            let group = resolve::resolve_owned_group(view, actor, request.chat_ref.as_ref(), "invites")?;
+            let group = resolve::resolve_owned_group(&mut Tables(view), actor, request.chat_ref.as_ref(), "invites")?;
             let mut invites = Vec::new();
             for (code, invite) in query::chat_invites(view, group.id)? {
                 if invite.is_active(now_ms) {
@@ -388,28 +393,28 @@ impl ChatEngine {
     /// Every invite of the group with its use counters, active or not (owner only).
     pub async fn chat_invite_details(&self, actor: UserId, chat_ref: ChatRef) -> Result<Vec<InviteInfo>, EngineError> {
         self.read(|view| {
-            let group = resolve::resolve_owned_group(view, actor, Some(&chat_ref), "invites")?;
+            let group = resolve::resolve_owned_group(&mut Tables(view), actor, Some(&chat_ref), "invites")?;
             Ok(query::chat_invites(view, group.id)?.into_iter().map(|(code, record)| InviteInfo::new(code, &record)).collect())
         })
     }
 
     /// Revokes an invite (its creator or the group owner). Members who joined with it stay.
     pub async fn delete_chat_invite(&self, actor: UserId, request: chats::DeleteChatInvite) -> Result<(), EngineError> {
-        self.command(move |ctx, _| commands::delete_chat_invite(ctx, actor, &request)).await.map(drop)
+        self.command(None, replay_done, move |ctx, _| commands::delete_chat_invite(ctx, actor, &request)).await.map(drop)
     }
 
     /// What an invite leads to; fails like `use_invite` would for unusable codes.
     pub async fn lookup_invite(&self, actor: UserId, request: auth::LookupInvite) -> Result<auth::InvitePreview, EngineError> {
         let now_ms = self.inner.clock.now_ms();
         self.read(|view| {
-            let invite = commands::usable_invite(view, &request.code, now_ms)?;
+            let invite = commands::usable_invite(&mut Tables(view), &request.code, now_ms)?;
             views::invite_preview(view, actor, &request.code, &invite)
         })
     }
 
     /// Joins a group with an invite code, counting one use.
     pub async fn use_invite(&self, actor: UserId, request: auth::UseInvite) -> Result<(), EngineError> {
-        self.command(move |ctx, limits| commands::use_invite(ctx, limits, actor, &request)).await.map(drop)
+        self.command(None, replay_done, move |ctx, limits| commands::use_invite(ctx, limits, actor, &request)).await.map(drop)
     }
 
     /// Whether `user` is a member of the group `chat` (for embedders' authorization checks).
@@ -428,24 +433,71 @@ impl ChatEngine {
 
     /// The newest durable log position.
     pub fn last_position(&self) -> Position {
-        self.inner.log.last_position()
+        self.inner.core.reader.last_position()
     }
 
-    fn chat_after(&self, actor: UserId, appended: &Appended) -> Result<chats::Chat, EngineError> {
-        let chat = chat_of(appended)?;
-        self.read(|view| views::chat_view(view, actor, chat)?.ok_or_else(|| EngineError::not_found("chat")))
+    /// The last log position folded into what reads see (equal to [`Self::last_position`]
+    /// once every acknowledged command's completion ran).
+    pub fn read_position(&self) -> Position {
+        self.inner.core.views.position()
+    }
+
+    /// Every entry of every projection table as reads see them now (flushed and not),
+    /// copied into memory: compare with a fold of the log (`verify`, tests).
+    pub fn projection_contents(&self) -> Result<MemStore, EngineError> {
+        self.read(|view| {
+            let mut contents = MemStore::new();
+            for table in Table::ALL {
+                let mut failure = None;
+                view.scan(table, osmium_projections::ScanRange::prefix(&[]), &mut |key, value| {
+                    osmium_projections::Store::put(&mut contents, table, key.to_vec(), value.to_vec());
+                    std::ops::ControlFlow::Continue(())
+                })
+                .unwrap_or_else(|err| failure = Some(err));
+                if let Some(err) = failure {
+                    return Err(err.into());
+                }
+            }
+            Ok(contents)
+        })
+    }
+
+    /// Figures for metrics and operators.
+    pub fn stats(&self) -> EngineStats {
+        EngineStats {
+            last_position: self.last_position(),
+            read_position: self.read_position(),
+            flushes_landed: self.inner.core.flushes_landed(),
+            unflushed_layers: self.inner.core.views.layers(),
+            failure: self.inner.core.failure(),
+        }
     }
 }
 
-fn chat_of(appended: &Appended) -> Result<ChatId, EngineError> {
-    match osmium_projections::stream_of(&appended.events.first().cloned().unwrap_or_default())? {
-        osmium_proto::ids::StreamId::Chat(chat) => Ok(chat),
-        stream => Err(EngineError::Corrupt {
-            what: "stream of a chat command".into(),
-            expected: "a chat stream".into(),
-            found: stream.to_string(),
-        }),
+/// What [`ChatEngine::stats`] reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EngineStats {
+    /// The newest durable log position.
+    pub last_position: Position,
+    /// The last position folded into what reads see.
+    pub read_position: Position,
+    /// Projection flushes done since the open.
+    pub flushes_landed: u64,
+    /// Layers of unflushed writes readers hold (the active one included).
+    pub unflushed_layers: usize,
+    /// Why the engine refuses writes, if it does.
+    pub failure: Option<String>,
+}
+
+fn created_chat(output: &Output) -> Result<ChatId, EngineError> {
+    match output {
+        Output::Chat(chat) => Ok(*chat),
+        other => Err(unexpected_output("a chat", other)),
     }
+}
+
+fn unexpected_output(expected: &str, found: &Output) -> EngineError {
+    EngineError::Corrupt { what: "a command's output".into(), expected: expected.into(), found: format!("{found:?}") }
 }
 
 /// A fresh invite code: [`INVITE_CODE_RANDOM_BYTES`] from the OS, URL-safe base64 without padding.

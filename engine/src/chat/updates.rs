@@ -1,22 +1,22 @@
 //! Live updates: per-user subscriptions, the fan-out of committed events to them, and the
 //! ephemeral typing state (never in the durable log).
 //!
-//! Fan-out runs in one task that consumes committed batches in position order, so every
-//! subscriber sees updates in log order. Recipients and views are read from the
-//! projections when the batch is fanned out (at most a few batches after its commit).
+//! Fan-out runs in one task that consumes the fold's effects of every durable batch in
+//! position order, so every subscriber sees updates in log order. Recipients and contents
+//! come from the effects, as of each event's position; only user profiles (names, photos)
+//! are read from the published state.
 
-use super::views;
+use super::{EngineInner, views};
 use crate::clock::Clock;
-use crate::log::{CommittedBatch, LogShared};
-use crate::rocks::RocksView;
-use osmium_projections::records::{load_chat, load_member, load_members};
-use osmium_projections::{ProjectionError, StoreRead, query};
-use osmium_proto::events::{EventEnvelope, event_envelope::Event, stream_ref::Stream};
-use osmium_proto::ids::{ChatId, MessageId, Position, UserId};
+use crate::error::EngineError;
+use crate::state_machine::EffectBatch;
+use osmium_projections::state::Recipient;
+use osmium_projections::{Effect, query};
+use osmium_proto::ids::{ChatId, Position, UserId};
 use osmium_proto::updates;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use tokio::sync::{broadcast, mpsc};
+use std::sync::{Arc, Mutex, Weak};
+use tokio::sync::mpsc;
 
 /// One update for one user, tagged with the log position it follows from (typing updates,
 /// which are not logged, carry the log position current when they were made).
@@ -85,183 +85,137 @@ impl UpdateHub {
     pub(crate) fn has_subscribers(&self) -> bool {
         self.subscribers.lock().map(|subscribers| !subscribers.is_empty()).unwrap_or(false)
     }
+
+    /// Whether `user` has a subscription.
+    pub(crate) fn is_subscribed(&self, user: UserId) -> bool {
+        self.subscribers.lock().map(|subscribers| subscribers.contains_key(&user)).unwrap_or(false)
+    }
+
+    /// The recipients (in user id order) who have a subscription, found from whichever
+    /// side is smaller: a message to 20,000 members with 3 of them online costs 3 lookups.
+    pub(crate) fn subscribed(&self, recipients: &[Recipient]) -> Vec<Recipient> {
+        let Ok(subscribers) = self.subscribers.lock() else { return Vec::new() };
+        if subscribers.len() < recipients.len() {
+            let mut found: Vec<Recipient> = subscribers
+                .keys()
+                .filter_map(|user| {
+                    recipients.binary_search_by_key(user, |recipient| recipient.user).ok().map(|index| recipients[index])
+                })
+                .collect();
+            found.sort_unstable_by_key(|recipient| recipient.user);
+            found
+        } else {
+            recipients.iter().filter(|recipient| subscribers.contains_key(&recipient.user)).copied().collect()
+        }
+    }
 }
 
 fn update(kind: updates::update::Update) -> updates::Update {
     updates::Update { update: Some(kind) }
 }
 
-/// Runs until the log closes: turns every committed batch into user updates.
-///
-/// It holds the log only weakly, so that dropping the engine closes the database (and
-/// releases the directory lock) at once, not when this task is next polled; while it works
-/// on a batch it checks `is_closing` before each event, so a drop waits for one event at
-/// most (see `EventLog`'s `Drop`).
-pub(crate) async fn fan_out(
-    shared: std::sync::Weak<LogShared>,
-    hub: Arc<UpdateHub>,
-    typing: Arc<TypingState>,
-    mut batches: broadcast::Receiver<Arc<CommittedBatch>>,
-) {
-    loop {
-        match batches.recv().await {
-            Ok(batch) => {
-                if !hub.has_subscribers() && !typing.any() {
-                    continue;
-                }
-                let Some(shared) = shared.upgrade() else { return };
-                let view = RocksView::snapshot(&shared.db, shared.slot);
-                for event in &batch.events {
-                    if shared.is_closing() {
-                        return; // the engine is being dropped: let go of the database
-                    }
-                    if let Err(err) = publish_event(&view, &hub, &typing, event) {
-                        tracing::warn!(position = event.position, %err, "could not build updates for an event");
-                    }
-                }
+/// Runs until the engine closes: turns the effects of every durable batch, in log order,
+/// into updates for the users subscribed. Holds the engine only weakly between batches, so
+/// that dropping the last handle closes it.
+pub(super) async fn fan_out(engine: Weak<EngineInner>, mut effects: mpsc::UnboundedReceiver<EffectBatch>) {
+    while let Some(batch) = effects.recv().await {
+        let Some(inner) = engine.upgrade() else { return };
+        if !inner.hub.has_subscribers() && !inner.typing.any() {
+            continue;
+        }
+        for (position, effect) in batch {
+            if let Err(err) = publish_effect(&inner, position, effect) {
+                tracing::warn!(position = position.get(), %err, "could not build updates for an event");
             }
-            Err(broadcast::error::RecvError::Lagged(missed)) => {
-                tracing::warn!(missed, "update fan-out fell behind; some live updates were skipped");
-            }
-            Err(broadcast::error::RecvError::Closed) => return,
         }
     }
 }
 
-fn publish_event(
-    view: &dyn StoreRead,
-    hub: &UpdateHub,
-    typing: &TypingState,
-    envelope: &EventEnvelope,
-) -> Result<(), ProjectionError> {
-    let Some(Stream::ChatId(chat_id)) = envelope.stream.as_ref().and_then(|stream| stream.stream) else {
-        return Ok(()); // user directory events have no live update
+fn publish_effect(inner: &EngineInner, position: Position, effect: Effect) -> Result<(), EngineError> {
+    let hub = &inner.hub;
+    let tell = |user: UserId, kind: updates::update::Update, notify: bool| {
+        hub.publish(user, TaggedUpdate { position, update: update(kind), notify });
     };
-    let chat_id = ChatId(chat_id);
-    let Some(chat) = load_chat(view, chat_id)? else { return Ok(()) };
-    let Some(event) = &envelope.event else { return Ok(()) };
-    let position = Position(envelope.position);
-    let members = load_members(view, chat_id)?;
-    let to_members = |make: &dyn Fn(UserId) -> Result<Option<updates::Update>, ProjectionError>| {
-        for (user, _) in &members {
-            if let Some(update) = make(*user)? {
-                hub.publish(*user, TaggedUpdate { position, update, notify: false });
-            }
-        }
-        Ok::<(), ProjectionError>(())
-    };
-    match event {
-        Event::MessageSent(sent) => {
-            let author = UserId(sent.author_id);
-            if typing.clear(chat_id, author) {
-                for (user, _) in members.iter().filter(|(user, _)| *user != author) {
-                    hub.publish(*user, typing_update(&chat, chat_id, *user, author, false, position));
+    match effect {
+        Effect::MessageCreated { audience, message_id, message } => {
+            let author = message.author;
+            if inner.typing.clear(audience.chat, author) {
+                for recipient in hub.subscribed(&audience.recipients).into_iter().filter(|r| r.user != author) {
+                    let chat_ref = query::chat_ref_by(recipient.user, audience.chat, audience.addressing);
+                    hub.publish(recipient.user, typing_update_to(chat_ref, author, false, position));
                 }
             }
-            let Some(record) = osmium_projections::records::load_message(view, chat_id, MessageId(sent.message_id))?
-            else {
-                return Ok(()); // deleted again before the fan-out got to it
-            };
-            let author_view = query::user_view(view, author)?;
-            for (user, member) in &members {
-                let chat_ref = query::chat_ref_for(*user, chat_id, &chat);
-                let message = query::message_view(chat_ref, chat_id, MessageId(sent.message_id), &record)?;
+            let subscribed = hub.subscribed(&audience.recipients);
+            if subscribed.is_empty() {
+                return Ok(());
+            }
+            let author_view = inner.core.views.read(|view| query::user_view(view, author))?;
+            for recipient in subscribed {
+                let chat_ref = query::chat_ref_by(recipient.user, audience.chat, audience.addressing);
                 let created = updates::UpdateMessageCreated {
-                    message: Some(message),
+                    message: Some(query::message_view(chat_ref, audience.chat, message_id, &message)?),
                     channel_unread_count: 0,
                     author: Some(author_view.clone()),
-                    client_id: if *user == author { sent.client_id } else { None },
+                    client_id: if recipient.user == author { message.client_id } else { None },
                 };
-                let notify = *user != author && !member.muted;
-                let update = update(updates::update::Update::MessageCreated(created));
-                hub.publish(*user, TaggedUpdate { position, update, notify });
+                let notify = recipient.user != author && !recipient.muted;
+                tell(recipient.user, updates::update::Update::MessageCreated(created), notify);
             }
         }
-        Event::MessageEdited(edited) => to_members(&|user| {
-            let Some(record) = osmium_projections::records::load_message(view, chat_id, MessageId(edited.message_id))?
-            else {
-                return Ok(None);
-            };
-            if record.deleted {
-                return Ok(None);
-            }
-            let chat_ref = query::chat_ref_for(user, chat_id, &chat);
-            let message = query::message_view(chat_ref, chat_id, MessageId(edited.message_id), &record)?;
-            Ok(Some(update(updates::update::Update::Message(updates::UpdateMessage { message: Some(message) }))))
-        })?,
-        Event::MessagesDeleted(deleted) => to_members(&|user| {
-            let deleted = updates::UpdateMessageDeleted {
-                chat_ref: Some(query::chat_ref_for(user, chat_id, &chat)),
-                message_ids: deleted.message_ids.clone(),
-            };
-            Ok(Some(update(updates::update::Update::MessageDeleted(deleted))))
-        })?,
-        Event::ChatMarkedRead(marked) => {
-            let user = UserId(marked.user_id);
-            if let Some(member) = load_member(view, chat_id, user)? {
-                let conversation = query::conversation(view, user, chat_id, &chat, &member)?;
-                let last_read = updates::UpdateConversationLastRead {
-                    chat_ref: conversation.chat_ref,
-                    last_read_message_id: conversation.last_read_message_id,
-                    unread_count: Some(conversation.unread_count),
-                    unread_mentions_count: None,
-                };
-                let update = update(updates::update::Update::ConversationLastRead(last_read));
-                hub.publish(user, TaggedUpdate { position, update, notify: false });
+        Effect::MessageEdited { audience, message_id, message } => {
+            for recipient in hub.subscribed(&audience.recipients) {
+                let chat_ref = query::chat_ref_by(recipient.user, audience.chat, audience.addressing);
+                let message = query::message_view(chat_ref, audience.chat, message_id, &message)?;
+                tell(recipient.user, updates::update::Update::Message(updates::UpdateMessage { message: Some(message) }), false);
             }
         }
-        Event::DraftSaved(saved) => publish_chat(view, hub, chat_id, UserId(saved.user_id), position)?,
-        Event::MuteSet(mute) => publish_chat(view, hub, chat_id, UserId(mute.user_id), position)?,
-        Event::PermissionOverridesSet(set) => {
+        Effect::MessagesDeleted { audience, message_ids } => {
+            for recipient in hub.subscribed(&audience.recipients) {
+                let deleted = updates::UpdateMessageDeleted {
+                    chat_ref: Some(query::chat_ref_by(recipient.user, audience.chat, audience.addressing)),
+                    message_ids: message_ids.clone(),
+                };
+                tell(recipient.user, updates::update::Update::MessageDeleted(deleted), false);
+            }
+        }
+        Effect::ReadPositionMoved { chat, addressing, user, last_read_message_id, unread_count } => {
+            let last_read = updates::UpdateConversationLastRead {
+                chat_ref: Some(query::chat_ref_by(user, chat, addressing)),
+                last_read_message_id: last_read_message_id.get(),
+                unread_count: Some(unread_count),
+                unread_mentions_count: None,
+            };
+            tell(user, updates::update::Update::ConversationLastRead(last_read), false);
+        }
+        Effect::ConversationChanged { chat, user, snapshot } => {
+            if !hub.is_subscribed(user) {
+                return Ok(());
+            }
+            let view = inner.core.views.read(|view| views::chat_of_snapshot(view, user, chat, &snapshot))?;
+            tell(user, updates::update::Update::Chat(updates::UpdateChat { chat: Some(view) }), false);
+        }
+        Effect::PermissionsChanged { chat, addressing, user, pos, neg } => {
             let permissions = updates::UpdateConversationPermissions {
-                chat_ref: Some(query::chat_ref_for(UserId(set.user_id), chat_id, &chat)),
-                permissions: Some(osmium_proto::types::PermissionOverrides { pos: set.pos, neg: set.neg }),
+                chat_ref: Some(query::chat_ref_by(user, chat, addressing)),
+                permissions: Some(osmium_proto::types::PermissionOverrides { pos, neg }),
             };
-            let update = update(updates::update::Update::ConversationPermissions(permissions));
-            hub.publish(UserId(set.user_id), TaggedUpdate { position, update, notify: false });
+            tell(user, updates::update::Update::ConversationPermissions(permissions), false);
         }
-        Event::GroupCreated(_) | Event::GroupEdited(_) | Event::MemberAdded(_) | Event::OwnershipTransferred(_) => {
-            to_members(&|user| group_update(view, user, chat_id, &chat))?;
-        }
-        Event::MemberRemoved(removed) => {
-            to_members(&|user| group_update(view, user, chat_id, &chat))?;
-            let removed = UserId(removed.user_id);
-            if let Some(update) = group_update(view, removed, chat_id, &chat)? {
-                hub.publish(removed, TaggedUpdate { position, update, notify: false });
+        Effect::GroupChanged { audience, chat: record, participants, removed } => {
+            let mut told: Vec<UserId> = hub.subscribed(&audience.recipients).into_iter().map(|recipient| recipient.user).collect();
+            told.extend(removed.filter(|&user| hub.is_subscribed(user)));
+            if told.is_empty() {
+                return Ok(());
+            }
+            let users = inner.core.views.read(|view| views::users_of(view, participants.iter().copied()))?;
+            for viewer in told {
+                let Some(group) = query::group_of(viewer, audience.chat, &record, &participants) else { continue };
+                let changed = updates::UpdateGroup { group: Some(group), users: users.clone() };
+                tell(viewer, updates::update::Update::Group(changed), false);
             }
         }
-        _ => {}
     }
     Ok(())
-}
-
-fn publish_chat(
-    view: &dyn StoreRead,
-    hub: &UpdateHub,
-    chat_id: ChatId,
-    user: UserId,
-    position: Position,
-) -> Result<(), ProjectionError> {
-    if let Some(chat) = views::chat_view(view, user, chat_id)? {
-        let update = update(updates::update::Update::Chat(updates::UpdateChat { chat: Some(chat) }));
-        hub.publish(user, TaggedUpdate { position, update, notify: false });
-    }
-    Ok(())
-}
-
-fn group_update(
-    view: &dyn StoreRead,
-    viewer: UserId,
-    chat_id: ChatId,
-    chat: &osmium_projections::records::ChatRecord,
-) -> Result<Option<updates::Update>, ProjectionError> {
-    let Some(group) = query::group_view(view, viewer, chat_id, chat)? else { return Ok(None) };
-    let users = group
-        .participant_ids
-        .iter()
-        .map(|&user| query::user_view(view, UserId(user)))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Some(update(updates::update::Update::Group(updates::UpdateGroup { group: Some(group), users }))))
 }
 
 pub(crate) fn typing_update(
@@ -272,12 +226,11 @@ pub(crate) fn typing_update(
     typing: bool,
     position: Position,
 ) -> TaggedUpdate {
-    let chat_typing = updates::UpdateChatTyping {
-        chat_ref: Some(query::chat_ref_for(viewer, chat_id, chat)),
-        user_id: typist.get(),
-        typing,
-        action: None,
-    };
+    typing_update_to(query::chat_ref_for(viewer, chat_id, chat), typist, typing, position)
+}
+
+fn typing_update_to(chat_ref: osmium_proto::refs::ChatRef, typist: UserId, typing: bool, position: Position) -> TaggedUpdate {
+    let chat_typing = updates::UpdateChatTyping { chat_ref: Some(chat_ref), user_id: typist.get(), typing, action: None };
     TaggedUpdate { position, update: update(updates::update::Update::ChatTyping(chat_typing)), notify: false }
 }
 
@@ -294,7 +247,7 @@ impl TypingState {
         TypingState { clock, expiry_ms, typing: Mutex::new(HashMap::new()) }
     }
 
-    fn any(&self) -> bool {
+    pub(crate) fn any(&self) -> bool {
         self.typing.lock().map(|typing| !typing.is_empty()).unwrap_or(false)
     }
 

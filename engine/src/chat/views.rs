@@ -2,6 +2,7 @@
 //! `Messages` and `InvitePreview` for one viewer.
 
 use crate::error::EngineError;
+use osmium_projections::effects::ConversationSnapshot;
 use osmium_projections::query::{self, ChatListPage, HistoryFrom};
 use osmium_projections::records::{InviteRecord, load_chat, load_member, load_message};
 use osmium_projections::{ProjectionError, StoreRead};
@@ -25,6 +26,34 @@ fn last_message(
 
 fn users(view: &dyn StoreRead, ids: BTreeSet<UserId>) -> Result<Vec<types::User>, ProjectionError> {
     ids.into_iter().map(|user| query::user_view(view, user)).collect()
+}
+
+/// The directory entries of `ids`, each once, in id order.
+pub(crate) fn users_of(view: &dyn StoreRead, ids: impl IntoIterator<Item = UserId>) -> Result<Vec<types::User>, EngineError> {
+    Ok(users(view, ids.into_iter().collect())?)
+}
+
+/// `GetChat`'s answer built from a member's snapshot (what an effect carries); only user
+/// profiles are read from `view`.
+pub(crate) fn chat_of_snapshot(
+    view: &dyn StoreRead,
+    viewer: UserId,
+    chat_id: ChatId,
+    snapshot: &ConversationSnapshot,
+) -> Result<chats::Chat, EngineError> {
+    let chat = &snapshot.chat;
+    let conversation = query::conversation_of(viewer, chat_id, chat, &snapshot.member, snapshot.unread_count);
+    let message = match &snapshot.last_message {
+        Some((id, record)) => Some(query::message_view(query::chat_ref_for(viewer, chat_id, chat), chat_id, *id, record)?),
+        None => None,
+    };
+    let group = query::group_of(viewer, chat_id, chat, &snapshot.participants);
+    let mut ids = BTreeSet::new();
+    referenced_users(chat, group.as_ref(), &mut ids);
+    if let Some(message) = &message {
+        ids.insert(UserId(message.author_id));
+    }
+    Ok(chats::Chat { chat: Some(conversation), message, users: users(view, ids)?, group, channel: None })
 }
 
 /// The users a chat references for `viewer`: DM peers, or a group's participants.

@@ -1,0 +1,260 @@
+//! A data directory: its lock, its RocksDB database with every column family of
+//! [`crate::schema`], and the checks that it is an osmium-state directory of a format
+//! this build reads. Everything else (the log, the projections) is opened on top.
+//!
+//! Architecture invariant: one process writes a directory at a time (an OS file lock,
+//! [`LOCK_FILE_NAME`]); read-only opens take no lock and see the state as of the open.
+
+use crate::error::OpenError;
+use crate::schema::{self, CF_META, CF_POSITION_EVENT, ProjectionSlot};
+use osmium_proto::ids::Position;
+use rocksdb::{ColumnFamilyDescriptor, DB, Options, WriteBatch, WriteOptions};
+use std::fs::{File, TryLockError};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Name of the lock file that keeps a second engine out of a data directory.
+pub const LOCK_FILE_NAME: &str = "osmium.lock";
+
+/// The RocksDB options every data directory and each of its column families is opened
+/// with (public so that benchmarks can open a raw baseline database the same way).
+pub fn db_options() -> Options {
+    let mut options = Options::default();
+    options.create_if_missing(true);
+    options.create_missing_column_families(true);
+    options.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    options.set_max_background_jobs(2);
+    options
+}
+
+/// An open data directory.
+pub struct DataDir {
+    /// The database (shared by the log, the projections and their readers).
+    pub(crate) db: Arc<DB>,
+    pub(crate) path: PathBuf,
+    /// The projection slot being served.
+    pub(crate) slot: ProjectionSlot,
+    /// The newest position of the log at the open.
+    pub(crate) last_position: Position,
+    /// Held while the directory is open for writing.
+    pub(crate) lock: Option<File>,
+}
+
+impl std::fmt::Debug for DataDir {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataDir")
+            .field("path", &self.path)
+            .field("slot", &self.slot)
+            .field("last_position", &self.last_position)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DataDir {
+    /// Opens (creating when missing) the directory at `path` for writing: takes its lock,
+    /// opens the database, checks (or, for a new directory, writes) the format version.
+    pub fn open(path: impl AsRef<Path>) -> Result<DataDir, OpenError> {
+        let path = path.as_ref();
+        let (db, lock) = open_database(path)?;
+        let (slot, last_position) = check_format(&db, path, true)?;
+        Ok(DataDir { db: Arc::new(db), path: path.to_path_buf(), slot, last_position, lock: Some(lock) })
+    }
+
+    /// Opens an existing directory for writing, refusing to create one.
+    pub fn open_existing(path: impl AsRef<Path>) -> Result<DataDir, OpenError> {
+        let path = path.as_ref();
+        if !path.join("CURRENT").exists() {
+            return Err(OpenError::NotAnEngineDirectory {
+                path: path.to_path_buf(),
+                reason: "it holds no RocksDB database".into(),
+            });
+        }
+        let (db, lock) = open_database(path)?;
+        let (slot, last_position) = check_format(&db, path, false)?;
+        Ok(DataDir { db: Arc::new(db), path: path.to_path_buf(), slot, last_position, lock: Some(lock) })
+    }
+
+    /// Opens the directory read-only (works while an engine runs; sees the state as of now).
+    pub fn open_read_only(path: impl AsRef<Path>) -> Result<DataDir, OpenError> {
+        let path = path.as_ref();
+        let db = open_database_read_only(path)?;
+        let (slot, last_position) = check_format(&db, path, false)?;
+        Ok(DataDir { db: Arc::new(db), path: path.to_path_buf(), slot, last_position, lock: None })
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The projection slot being served.
+    pub fn slot(&self) -> ProjectionSlot {
+        self.slot
+    }
+
+    /// The newest position of the log when the directory was opened.
+    pub fn last_position(&self) -> Position {
+        self.last_position
+    }
+}
+
+/// The handle of column family `name`, or a corruption error if the directory lacks it.
+pub(crate) fn column_family<'db>(db: &'db DB, name: &str) -> Result<&'db rocksdb::ColumnFamily, crate::EngineError> {
+    db.cf_handle(name).ok_or_else(|| crate::EngineError::Corrupt {
+        what: "column families".into(),
+        expected: format!("column family {name}"),
+        found: "none".into(),
+    })
+}
+
+/// Takes the directory's lock file, or says who holds it.
+fn lock_directory(path: &Path) -> Result<File, OpenError> {
+    std::fs::create_dir_all(path).map_err(OpenError::io(path))?;
+    let lock = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path.join(LOCK_FILE_NAME))
+        .map_err(OpenError::io(path))?;
+    match lock.try_lock() {
+        Ok(()) => Ok(lock),
+        Err(TryLockError::WouldBlock) => Err(OpenError::DirectoryInUse { path: path.to_path_buf() }),
+        Err(TryLockError::Error(source)) => Err(OpenError::io(path)(source)),
+    }
+}
+
+fn require_meta_family(path: &Path, existing: &[String]) -> Result<(), OpenError> {
+    if existing.iter().any(|name| name == CF_META) {
+        return Ok(());
+    }
+    Err(OpenError::NotAnEngineDirectory {
+        path: path.to_path_buf(),
+        reason: "it is a RocksDB database without the osmium-state `meta` column family".into(),
+    })
+}
+
+/// Opens the RocksDB database of a data directory read-only, without taking the lock: a
+/// running engine may hold it. Sees the state as of the open.
+pub(crate) fn open_database_read_only(path: &Path) -> Result<DB, OpenError> {
+    if !path.join("CURRENT").exists() {
+        return Err(OpenError::NotAnEngineDirectory {
+            path: path.to_path_buf(),
+            reason: "it holds no RocksDB database".into(),
+        });
+    }
+    let options = db_options();
+    let existing = DB::list_cf(&options, path).map_err(OpenError::storage("listing column families"))?;
+    require_meta_family(path, &existing)?;
+    DB::open_cf_for_read_only(&options, path, existing, false).map_err(OpenError::storage("opening the database read-only"))
+}
+
+/// Opens (creating when missing) the RocksDB database of a data directory after checking
+/// that it is one, and returns it with the directory lock held.
+pub(crate) fn open_database(path: &Path) -> Result<(DB, File), OpenError> {
+    let lock = lock_directory(path)?;
+    let has_rocksdb = path.join("CURRENT").exists();
+    if !has_rocksdb {
+        let foreign = std::fs::read_dir(path)
+            .map_err(OpenError::io(path))?
+            .filter_map(Result::ok)
+            .map(|entry| entry.file_name())
+            .find(|name| name != LOCK_FILE_NAME);
+        if let Some(name) = foreign {
+            return Err(OpenError::NotAnEngineDirectory {
+                path: path.to_path_buf(),
+                reason: format!("it holds {name:?} but no RocksDB database"),
+            });
+        }
+    }
+    let options = db_options();
+    let mut names: Vec<String> = schema::all_column_families().into_iter().map(str::to_owned).collect();
+    if has_rocksdb {
+        let existing = DB::list_cf(&options, path).map_err(OpenError::storage("listing column families"))?;
+        require_meta_family(path, &existing)?;
+        for name in existing {
+            if !names.contains(&name) {
+                names.push(name); // kept open (and untouched) so that RocksDB agrees to open
+            }
+        }
+    }
+    let descriptors = names.into_iter().map(|name| ColumnFamilyDescriptor::new(name, db_options()));
+    let db = DB::open_cf_descriptors(&options, path, descriptors).map_err(OpenError::storage("opening the database"))?;
+    Ok((db, lock))
+}
+
+pub(crate) fn read_meta(db: &DB, key: &[u8]) -> Result<Option<Vec<u8>>, crate::EngineError> {
+    db.get_cf(column_family(db, CF_META)?, key).map_err(crate::EngineError::storage("reading meta"))
+}
+
+fn parse_position(what: &str, bytes: &[u8]) -> Result<Position, OpenError> {
+    schema::parse_u64(bytes).map(Position).ok_or_else(|| OpenError::corrupt(what, "8 bytes", format!("{} bytes", bytes.len())))
+}
+
+/// Checks the format version (writing it into a new directory when `writable`) and returns
+/// the active projection slot and the last position, cross-checked against the log itself.
+pub(crate) fn check_format(db: &DB, path: &Path, writable: bool) -> Result<(ProjectionSlot, Position), OpenError> {
+    let last_in_log = {
+        let mut iter = db.raw_iterator_cf(column_family(db, CF_POSITION_EVENT)?);
+        iter.seek_to_last();
+        iter.status().map_err(OpenError::storage("reading the last event"))?;
+        match iter.key() {
+            None => Position::ZERO,
+            Some(key) => parse_position("event key", key)?,
+        }
+    };
+    match read_meta(db, schema::META_FORMAT_VERSION)? {
+        None if last_in_log == Position::ZERO && !writable => {
+            return Err(OpenError::NotAnEngineDirectory {
+                path: path.to_path_buf(),
+                reason: "it was never initialised by an engine".into(),
+            });
+        }
+        None if last_in_log == Position::ZERO => {
+            let cf = column_family(db, CF_META)?;
+            let mut batch = WriteBatch::default();
+            batch.put_cf(cf, schema::META_FORMAT_VERSION, schema::FORMAT_VERSION.to_be_bytes());
+            batch.put_cf(cf, schema::META_PROJECTION_SLOT, [ProjectionSlot::A.tag()]);
+            let mut sync = WriteOptions::default();
+            sync.set_sync(true);
+            db.write_opt(batch, &sync).map_err(OpenError::storage("initialising the directory"))?;
+        }
+        None => {
+            return Err(OpenError::NotAnEngineDirectory {
+                path: path.to_path_buf(),
+                reason: "it has events but no format version".into(),
+            });
+        }
+        Some(bytes) => {
+            let found = <[u8; 4]>::try_from(bytes.as_slice())
+                .map(u32::from_be_bytes)
+                .map_err(|_| OpenError::corrupt("format version", "4 bytes", format!("{} bytes", bytes.len())))?;
+            if found > schema::FORMAT_VERSION {
+                return Err(OpenError::NewerFormat { found, supported: schema::FORMAT_VERSION });
+            }
+            if found < schema::FORMAT_VERSION {
+                return Err(OpenError::corrupt(
+                    "format version (no migration from older formats exists yet)",
+                    schema::FORMAT_VERSION.to_string(),
+                    found.to_string(),
+                ));
+            }
+        }
+    }
+    let recorded_last = read_meta(db, schema::META_LAST_POSITION)?
+        .map(|bytes| parse_position("meta last_position", &bytes))
+        .transpose()?
+        .unwrap_or(Position::ZERO);
+    if recorded_last != last_in_log {
+        return Err(OpenError::corrupt(
+            "last position (meta vs. newest event)",
+            recorded_last.to_string(),
+            last_in_log.to_string(),
+        ));
+    }
+    let slot = match read_meta(db, schema::META_PROJECTION_SLOT)? {
+        None => ProjectionSlot::A,
+        Some(tag) => ProjectionSlot::from_tag(&tag)
+            .ok_or_else(|| OpenError::corrupt("projection slot", "a or b", format!("{tag:?}")))?,
+    };
+    Ok((slot, last_in_log))
+}

@@ -1,0 +1,312 @@
+//! The state machine: one thread that decides every command against the projections in
+//! memory and folds every event, in log order, into them.
+//!
+//! Per batch of queued commands: each is decided (against the state including every
+//! earlier command, durable or not), its events are staged in the log with their
+//! positions and folded at once, so the next command sees them. The batch then goes to
+//! the log writer with a completion that, once the batch is durable, publishes its
+//! projection writes to readers, answers the callers and hands the fold's effects to the
+//! update fan-out. The thread goes on with the next batch meanwhile (pipelining): CPU
+//! overlaps the disk. Every `flush_interval_ms` or `flush_events_max` events (or when the
+//! memory budget is reached) the batch is also a cut: its completion freezes the layer
+//! readers see and queues it for the flusher.
+//!
+//! Architecture invariants: nothing is folded twice (each event once, here or at recovery);
+//! no caller is answered before its events are durable; a command that is refused stages
+//! nothing; a fold error after an accepted decision is an engine bug: the batch is dropped
+//! unwritten and the engine refuses further writes (reopening folds the log again).
+
+use crate::clock::{Clock, SnowflakeGenerator};
+use crate::error::EngineError;
+use crate::log::{Append, LogBatch, LogWriter, Sequencer, panic_reason};
+use crate::persist::{FlushState, Flusher};
+use crate::view::{RocksSource, Views};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use osmium_projections::{Effect, ProjectionState};
+use osmium_proto::events::EventEnvelope;
+use osmium_proto::ids::{ChatId, MessageId, Position};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+
+/// The projections as the state machine holds them.
+pub(crate) type LiveState = ProjectionState<RocksSource>;
+
+/// What a command created, returned to its caller (and again to a retry with the same
+/// idempotency key).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Nothing to return.
+    Done,
+    /// The message sent.
+    Message(MessageId),
+    /// The chat created or changed.
+    Chat(ChatId),
+    /// The invite code created.
+    Invite(String),
+}
+
+/// What a command's decision sees: the state (read it; never change it: the fold does),
+/// the time of the batch and the id generator.
+pub(crate) struct DecideContext<'a> {
+    /// The projections, including every earlier command's events.
+    pub(crate) state: &'a mut LiveState,
+    /// The time of this decision (unix ms).
+    pub(crate) now_ms: u64,
+    ids: &'a mut SnowflakeGenerator,
+}
+
+impl DecideContext<'_> {
+    /// A new snowflake id (strictly increasing across the whole engine).
+    pub(crate) fn next_id(&mut self) -> u64 {
+        self.ids.next_id()
+    }
+}
+
+/// A decision: the events to append, and what the caller gets.
+#[derive(Debug)]
+pub(crate) struct Decision {
+    pub(crate) append: Append,
+    pub(crate) output: Output,
+}
+
+/// Decides a command on the state machine thread; refusing writes nothing.
+pub(crate) type Decide = Box<dyn FnOnce(&mut DecideContext<'_>) -> Result<Decision, EngineError> + Send>;
+
+/// The output of an earlier append with the same idempotency key, from its events.
+pub(crate) type Replay = fn(&[EventEnvelope]) -> Result<Output, EngineError>;
+
+/// One queued command.
+pub(crate) struct Command {
+    pub(crate) idempotency_key: Option<Vec<u8>>,
+    pub(crate) decide: Decide,
+    pub(crate) replay: Replay,
+    pub(crate) reply: oneshot::Sender<Result<Output, EngineError>>,
+}
+
+/// Effects of one durable batch, each with the position of the event that caused it.
+pub(crate) type EffectBatch = Vec<(Position, Effect)>;
+
+/// When the state is cut for a flush.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct FlushPolicy {
+    pub(crate) interval_ms: u64,
+    pub(crate) events_max: u64,
+}
+
+/// Everything the thread owns.
+pub(crate) struct StateMachine {
+    pub(crate) state: LiveState,
+    pub(crate) sequencer: Sequencer,
+    pub(crate) ids: SnowflakeGenerator,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) writer: Arc<LogWriter>,
+    pub(crate) flusher: Arc<Flusher>,
+    pub(crate) flush_state: Arc<FlushState>,
+    pub(crate) views: Arc<Views>,
+    pub(crate) effects: mpsc::UnboundedSender<EffectBatch>,
+    pub(crate) policy: FlushPolicy,
+    pub(crate) batch_max: usize,
+    /// Set by a failed commit (on the writer thread) or a fold error: refuse everything.
+    pub(crate) failure: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+/// Outcome of one command inside a batch.
+type Outcome = (oneshot::Sender<Result<Output, EngineError>>, Result<Output, EngineError>);
+
+impl StateMachine {
+    /// Runs until the command channel closes, then cuts and hands over a final flush.
+    pub(crate) fn run(mut self, commands: Receiver<Command>) {
+        let mut events_since_cut: u64 = 0;
+        let mut last_cut = Instant::now();
+        loop {
+            let wait = if events_since_cut == 0 {
+                Duration::from_secs(3_600)
+            } else {
+                Duration::from_millis(self.policy.interval_ms).saturating_sub(last_cut.elapsed())
+            };
+            let mut batch = Vec::new();
+            match commands.recv_timeout(wait) {
+                Ok(command) => batch.push(command),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            while batch.len() < self.batch_max.max(1) {
+                match commands.try_recv() {
+                    Ok(command) => batch.push(command),
+                    Err(_) => break,
+                }
+            }
+            let due = events_since_cut > 0 && last_cut.elapsed() >= Duration::from_millis(self.policy.interval_ms);
+            let committed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.run_batch(batch, due, &mut events_since_cut)
+            }));
+            match committed {
+                Ok(true) => last_cut = Instant::now(),
+                Ok(false) => {}
+                Err(panic) => self.fail(format!("a decision or fold panicked: {}", panic_reason(&panic))),
+            }
+        }
+        // Clean shutdown: whatever is not flushed yet goes in one last cut.
+        if events_since_cut > 0 {
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.run_batch(Vec::new(), true, &mut events_since_cut)
+            }));
+        }
+    }
+
+    fn failure(&self) -> Option<String> {
+        let own = self.failure.lock().ok().and_then(|failure| failure.clone());
+        own.or_else(|| self.flush_state.failure.lock().ok().and_then(|failure| failure.clone()))
+    }
+
+    fn fail(&self, reason: String) {
+        tracing::error!(%reason, "the engine refuses further writes");
+        if let Ok(mut failure) = self.failure.lock() {
+            failure.get_or_insert(reason);
+        }
+    }
+
+    /// Decides, stages and folds `commands`, then submits the batch. Returns whether the
+    /// batch was a cut.
+    fn run_batch(&mut self, commands: Vec<Command>, due: bool, events_since_cut: &mut u64) -> bool {
+        if let Some(reason) = self.failure() {
+            for command in commands {
+                let _ = command.reply.send(Err(EngineError::WriterFailed { reason: reason.clone() }));
+            }
+            return false;
+        }
+        self.state.mark_persisted(self.flush_state.landed.load(Ordering::Acquire));
+        let mut log_batch = self.sequencer.batch();
+        let mut outcomes: Vec<Outcome> = Vec::with_capacity(commands.len());
+        let mut effects: EffectBatch = Vec::new();
+        let mut commands = commands.into_iter();
+        while let Some(Command { idempotency_key, decide, replay, reply }) = commands.next() {
+            match self.run_command(idempotency_key, decide, replay, &mut log_batch, &mut effects) {
+                Ok(outcome) => outcomes.push((reply, outcome)),
+                Err(fatal) => {
+                    // The batch is dropped unwritten: answer everyone, refuse from now on.
+                    let reason = fatal.to_string();
+                    self.fail(format!("a fold failed after its command was accepted: {reason}"));
+                    let _ = reply.send(Err(fatal));
+                    for (reply, outcome) in outcomes {
+                        let _ = reply.send(outcome.and(Err(EngineError::WriterFailed { reason: reason.clone() })));
+                    }
+                    for command in commands {
+                        let _ = command.reply.send(Err(EngineError::WriterFailed { reason: reason.clone() }));
+                    }
+                    return false;
+                }
+            }
+        }
+        *events_since_cut += log_batch.events().len() as u64;
+        let cut = *events_since_cut > 0
+            && (due || *events_since_cut >= self.policy.events_max || self.state.over_budget());
+        let writes = match self.state.take_writes(cut) {
+            Ok(writes) => writes,
+            Err(err) => {
+                self.fail(format!("encoding projection writes failed: {err}"));
+                for (reply, _) in outcomes {
+                    let _ = reply.send(Err(EngineError::WriterFailed { reason: err.to_string() }));
+                }
+                return false;
+            }
+        };
+        if let Err(err) = self.sequencer.seal(&mut log_batch, Some(self.ids.last_id())) {
+            self.fail(err.to_string());
+            for (reply, _) in outcomes {
+                let _ = reply.send(Err(EngineError::WriterFailed { reason: err.to_string() }));
+            }
+            return false;
+        }
+        let flush_number = self.state.cuts();
+        let completion = self.completion(&log_batch, writes, cut.then_some(flush_number), outcomes, effects);
+        if let Err(err) = self.writer.submit(log_batch, completion) {
+            self.fail(err.to_string());
+        }
+        if cut {
+            *events_since_cut = 0;
+        }
+        self.state.evict();
+        cut
+    }
+
+    /// Runs one command: `Ok(outcome)` for its caller, `Err` for a fold error (fatal).
+    fn run_command(
+        &mut self,
+        idempotency_key: Option<Vec<u8>>,
+        decide: Decide,
+        replay: Replay,
+        log_batch: &mut LogBatch,
+        effects: &mut EffectBatch,
+    ) -> Result<Result<Output, EngineError>, EngineError> {
+        if let Some(key) = &idempotency_key {
+            match self.sequencer.earlier(key) {
+                Ok(Some(events)) => return Ok(replay(&events)),
+                Ok(None) => {}
+                Err(err) => return Ok(Err(err)),
+            }
+        }
+        let now_ms = self.clock.now_ms();
+        let mut context = DecideContext { state: &mut self.state, now_ms, ids: &mut self.ids };
+        let decision = match decide(&mut context) {
+            Ok(decision) => decision,
+            Err(refused) => return Ok(Err(refused)),
+        };
+        let mut append = decision.append;
+        append.idempotency_key = idempotency_key;
+        let envelopes = match self.sequencer.stage(append, now_ms, log_batch) {
+            Ok(envelopes) => envelopes,
+            Err(refused) => return Ok(Err(refused)),
+        };
+        for envelope in &envelopes {
+            let mut told = Vec::new();
+            osmium_projections::apply_with_effects(&mut self.state, envelope, &mut told)?;
+            effects.extend(told.into_iter().map(|effect| (Position(envelope.position), effect)));
+        }
+        Ok(Ok(decision.output))
+    }
+
+    /// What runs on the writer thread once the batch is durable.
+    fn completion(
+        &self,
+        log_batch: &LogBatch,
+        writes: osmium_projections::BatchWrites,
+        flush: Option<u64>,
+        outcomes: Vec<Outcome>,
+        effects: EffectBatch,
+    ) -> crate::log::Completion {
+        let views = self.views.clone();
+        let flusher = self.flusher.clone();
+        let effects_tx = self.effects.clone();
+        let failure = self.failure.clone();
+        let position = if log_batch.is_empty() { None } else { Some(log_batch.last_position()) };
+        Box::new(move |written| match written {
+            Ok(()) => {
+                views.apply(writes.writes, &writes.touched, position.unwrap_or(Position::ZERO));
+                if let Some(number) = flush {
+                    flusher.submit(number, views.freeze());
+                }
+                for (reply, outcome) in outcomes {
+                    let _ = reply.send(outcome);
+                }
+                if !effects.is_empty() {
+                    let _ = effects_tx.send(effects);
+                }
+            }
+            Err(err) => {
+                if let Ok(mut failure) = failure.lock() {
+                    failure.get_or_insert_with(|| err.to_string());
+                }
+                for (reply, outcome) in outcomes {
+                    let answer = match outcome {
+                        Ok(_) => Err(EngineError::WriterFailed { reason: err.to_string() }),
+                        refused => refused,
+                    };
+                    let _ = reply.send(answer);
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,246 @@
+//! What readers see of the projections: the flushed tables in RocksDB (one snapshot per
+//! read) under the published layers of not yet flushed writes.
+//!
+//! Publishing (writer thread after every durable batch, flusher after every flush) swaps
+//! one `Arc`; readers never wait for a writer. A read takes the number of flushes that
+//! have landed, then a RocksDB snapshot, then the published layers: when the layers were
+//! published for at most that many landed flushes, the snapshot holds every flush the
+//! layers left out, and any newer flush it holds is still among the layers (a layer is
+//! frozen before its flush starts and dropped only after it landed). Otherwise a flush
+//! landed in between: read again. So every read sees exactly the state after one batch.
+
+use crate::schema::ProjectionSlot;
+use arc_swap::ArcSwap;
+use osmium_projections::store::{Direction, ScanRange, StoreRead, Visit, prefix_successor};
+use osmium_projections::{KvWrite, Layer, LayeredView, ProjectionError, Table};
+use osmium_proto::ids::{ChatId, Position, UserId};
+use rocksdb::{DB, ReadOptions, Snapshot};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Read access to one projection slot of a database.
+pub(crate) struct RocksView<'db> {
+    db: &'db DB,
+    slot: ProjectionSlot,
+    snapshot: Option<Snapshot<'db>>,
+}
+
+impl<'db> RocksView<'db> {
+    /// Reads the latest state.
+    pub(crate) fn latest(db: &'db DB, slot: ProjectionSlot) -> Self {
+        RocksView { db, slot, snapshot: None }
+    }
+
+    /// Reads one consistent snapshot, taken now.
+    pub(crate) fn snapshot(db: &'db DB, slot: ProjectionSlot) -> Self {
+        RocksView { db, slot, snapshot: Some(db.snapshot()) }
+    }
+
+    fn read_options(&self) -> ReadOptions {
+        let mut options = ReadOptions::default();
+        if let Some(snapshot) = &self.snapshot {
+            options.set_snapshot(snapshot);
+        }
+        options
+    }
+
+    fn cf(&self, table: Table) -> Result<&'db rocksdb::ColumnFamily, ProjectionError> {
+        let name = self.slot.column_family(table);
+        self.db.cf_handle(name).ok_or_else(|| ProjectionError::Store(format!("column family {name} is not open")))
+    }
+}
+
+impl std::fmt::Debug for RocksView<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RocksView").field("slot", &self.slot).field("snapshot", &self.snapshot.is_some()).finish()
+    }
+}
+
+impl StoreRead for RocksView<'_> {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, ProjectionError> {
+        self.db
+            .get_cf_opt(self.cf(table)?, key, &self.read_options())
+            .map_err(|err| ProjectionError::Store(err.to_string()))
+    }
+
+    fn scan(
+        &self,
+        table: Table,
+        range: ScanRange<'_>,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> Visit,
+    ) -> Result<(), ProjectionError> {
+        let mut options = self.read_options();
+        options.set_iterate_lower_bound(range.prefix.to_vec());
+        if let Some(upper) = prefix_successor(range.prefix) {
+            options.set_iterate_upper_bound(upper);
+        }
+        let mut iter = self.db.raw_iterator_cf_opt(self.cf(table)?, options);
+        match (range.direction, range.start) {
+            (Direction::Forward, Some(start)) => iter.seek(start.max(range.prefix)),
+            (Direction::Forward, None) => iter.seek_to_first(),
+            (Direction::Reverse, Some(start)) => iter.seek_for_prev(start),
+            (Direction::Reverse, None) => iter.seek_to_last(),
+        }
+        while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
+            if !range.contains(key) {
+                break;
+            }
+            if visit(key, value).is_break() {
+                return Ok(());
+            }
+            match range.direction {
+                Direction::Forward => iter.next(),
+                Direction::Reverse => iter.prev(),
+            }
+        }
+        iter.status().map_err(|err| ProjectionError::Store(err.to_string()))
+    }
+}
+
+/// The flushed tables of the served slot, latest state: the state machine's source of
+/// records it does not hold (nobody else writes the slot while an engine runs).
+#[derive(Clone)]
+pub(crate) struct RocksSource {
+    pub(crate) db: Arc<DB>,
+    pub(crate) slot: ProjectionSlot,
+}
+
+impl std::fmt::Debug for RocksSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RocksSource").field("slot", &self.slot).finish_non_exhaustive()
+    }
+}
+
+impl StoreRead for RocksSource {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, ProjectionError> {
+        RocksView::latest(&self.db, self.slot).get(table, key)
+    }
+
+    fn scan(
+        &self,
+        table: Table,
+        range: ScanRange<'_>,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> Visit,
+    ) -> Result<(), ProjectionError> {
+        RocksView::latest(&self.db, self.slot).scan(table, range, visit)
+    }
+}
+
+/// One published version of what is not flushed yet.
+#[derive(Debug, Default)]
+struct Published {
+    /// Flushes whose layers this version no longer holds.
+    epoch: u64,
+    /// Newest first: the active layer, then frozen layers waiting for their flush.
+    layers: Vec<Arc<Layer>>,
+    /// The last position folded into this version.
+    position: Position,
+}
+
+/// The published read state of one engine.
+pub(crate) struct Views {
+    db: Arc<DB>,
+    slot: ProjectionSlot,
+    current: ArcSwap<Published>,
+    /// Flushes whose writes are in RocksDB.
+    landed: AtomicU64,
+    /// Serializes publishers (the writer thread and the flusher).
+    publishing: Mutex<()>,
+}
+
+impl std::fmt::Debug for Views {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let current = self.current.load();
+        f.debug_struct("Views")
+            .field("epoch", &current.epoch)
+            .field("layers", &current.layers.len())
+            .field("position", &current.position)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Views {
+    /// Views of `slot` with nothing unflushed, `landed` flushes done, at `position`.
+    pub(crate) fn new(db: Arc<DB>, slot: ProjectionSlot, landed: u64, position: Position) -> Views {
+        let published = Published { epoch: landed, layers: vec![Arc::new(Layer::new())], position };
+        Views {
+            db,
+            slot,
+            current: ArcSwap::from_pointee(published),
+            landed: AtomicU64::new(landed),
+            publishing: Mutex::new(()),
+        }
+    }
+
+    /// Runs `read` on one consistent state (see the module docs).
+    pub(crate) fn read<T>(&self, read: impl FnOnce(&dyn StoreRead) -> T) -> T {
+        loop {
+            let landed = self.landed.load(Ordering::Acquire);
+            let base = RocksView::snapshot(&self.db, self.slot);
+            let published = self.current.load_full();
+            if published.epoch <= landed {
+                return read(&LayeredView::new(&base, &published.layers));
+            }
+        }
+    }
+
+    /// The last position folded into what readers see.
+    pub(crate) fn position(&self) -> Position {
+        self.current.load().position
+    }
+
+    /// Layers published and not yet flushed (the active one included).
+    pub(crate) fn layers(&self) -> usize {
+        self.current.load().layers.len()
+    }
+
+    fn publish(&self, change: impl FnOnce(&Published) -> Published) {
+        let _serialized = self.publishing.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let current = self.current.load_full();
+        self.current.store(Arc::new(change(&current)));
+    }
+
+    /// Publishes one durable batch's writes, folded up to `position`.
+    pub(crate) fn apply(&self, writes: Vec<KvWrite>, touched: &[(UserId, ChatId)], position: Position) {
+        if writes.is_empty() && touched.is_empty() {
+            return;
+        }
+        self.publish(|current| {
+            let mut layers = current.layers.clone();
+            let mut active = layers.first().map(|layer| (**layer).clone()).unwrap_or_default();
+            active.apply(writes, touched);
+            if let Some(first) = layers.first_mut() {
+                *first = Arc::new(active);
+            } else {
+                layers.push(Arc::new(active));
+            }
+            Published { epoch: current.epoch, layers, position: position.max(current.position) }
+        });
+    }
+
+    /// Freezes the active layer for a flush (readers keep it until the flush landed) and
+    /// starts a new one. Returns the frozen layer.
+    pub(crate) fn freeze(&self) -> Arc<Layer> {
+        let mut frozen = Arc::new(Layer::new());
+        self.publish(|current| {
+            let mut layers = Vec::with_capacity(current.layers.len() + 1);
+            layers.push(Arc::new(Layer::new()));
+            layers.extend(current.layers.iter().cloned());
+            frozen = layers[1].clone();
+            Published { epoch: current.epoch, layers, position: current.position }
+        });
+        frozen
+    }
+
+    /// Flush number `flush` landed: its writes are in RocksDB, its layer (the oldest) goes.
+    pub(crate) fn landed(&self, flush: u64) {
+        self.landed.store(flush, Ordering::Release);
+        self.publish(|current| {
+            let mut layers = current.layers.clone();
+            if layers.len() > 1 {
+                layers.pop();
+            }
+            Published { epoch: flush, layers, position: current.position }
+        });
+    }
+}

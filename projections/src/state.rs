@@ -1,0 +1,975 @@
+//! The projections in memory: the typed records the fold reads and changes.
+//!
+//! Records are loaded on demand from a [`StoreRead`] (the flushed projection tables; for a
+//! fold from scratch, an empty store), kept decoded in hash maps, changed in place by the
+//! fold, and reported as key-value writes once per batch ([`ProjectionState::take_writes`]):
+//! a record changed by many events of one batch is encoded once. The chat-list index is
+//! derived, not folded: its entries are computed when the state is cut for a flush
+//! ([`crate::chat_list`]), so that a member's entry is written once per flush however many
+//! messages moved it.
+//!
+//! Memory: every cached record counts its approximate footprint; past `bytes_max` the
+//! least recently used **clean** records are evicted (a record is clean once the flush
+//! that persists its last change has landed, see [`ProjectionState::mark_persisted`]).
+//! Dirty records are never evicted: until their flush lands the source does not have them.
+//!
+//! Architecture invariant: no I/O of its own (the source is the only way out), no clock,
+//! no ids; the same events folded into a fresh state give the same records.
+
+use crate::chat_list::ListChange;
+use crate::error::ProjectionError;
+use crate::keys;
+use crate::layers::KvWrite;
+use crate::records::{self, ChatRecord, InviteRecord, MemberRecord, MessageRecord, UserRecord, decode};
+use crate::store::{MemStore, ScanRange, Store, StoreRead, collect_prefix};
+use crate::tables::Table;
+use osmium_proto::ids::{ChatId, MessageId, Position, UserId};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::ops::ControlFlow;
+use std::sync::Arc;
+
+/// Approximate bytes of bookkeeping per cached record (hash map slot, key, metadata),
+/// added to each record's own footprint.
+pub const ENTRY_OVERHEAD_BYTES: usize = 64;
+
+/// A cached value: `None` records that the source has no such record (or it was deleted).
+#[derive(Clone, Debug)]
+struct Slot<T> {
+    value: Option<T>,
+    /// The cut that persists this slot's last change; 0 when never changed here.
+    persist_cut: u64,
+    last_used: u64,
+    bytes: usize,
+}
+
+/// One member as live updates need it: who, and whether they muted the chat.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Recipient {
+    /// The member.
+    pub user: UserId,
+    /// Notifications muted (unread counting is unaffected).
+    pub muted: bool,
+}
+
+#[derive(Debug, Default)]
+struct ChatEntry {
+    record: Option<ChatRecord>,
+    members: HashMap<UserId, Option<MemberRecord>>,
+    /// Whether `members` holds every member (absent users are then not members).
+    members_complete: bool,
+    /// Sequence numbers of deleted messages; loaded on first need.
+    deleted: Option<BTreeSet<u64>>,
+    /// Codes of the chat's invites; loaded on first need.
+    invite_codes: Option<BTreeSet<String>>,
+    /// Ids of this chat's messages held in `ProjectionState::messages`.
+    cached_messages: BTreeSet<MessageId>,
+    /// Members for live updates, in user id order; rebuilt after a membership or mute change.
+    recipients: Option<Arc<[Recipient]>>,
+    /// The cut that persists the last change of this entry or of one of its messages.
+    persist_cut: u64,
+    last_used: u64,
+    bytes: usize,
+}
+
+/// A key changed in the current batch, to be encoded once at its end.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+enum Changed {
+    Chat(ChatId),
+    Member(ChatId, UserId),
+    Message(ChatId, MessageId),
+    Deleted(ChatId, u64),
+    DirectChat(UserId, UserId),
+    Invite(String),
+    ChatInvite(ChatId, String),
+    User(UserId),
+    LargeChat(UserId, ChatId),
+    Checkpoint,
+}
+
+/// What one batch changed: its projection writes and the chat-list entries they made stale.
+#[derive(Clone, Debug, Default)]
+pub struct BatchWrites {
+    /// Puts and deletes, each key once.
+    pub writes: Vec<KvWrite>,
+    /// `(user, chat)`: the chat's entry in the user's chat-list index is stale until the
+    /// next cut is flushed.
+    pub touched: Vec<(UserId, ChatId)>,
+}
+
+/// The projections in memory over a source of flushed records.
+#[derive(Debug)]
+pub struct ProjectionState<S> {
+    source: S,
+    chats: HashMap<ChatId, ChatEntry>,
+    messages: HashMap<(ChatId, MessageId), Slot<MessageRecord>>,
+    users: HashMap<UserId, Slot<UserRecord>>,
+    direct_chats: HashMap<(UserId, UserId), Slot<ChatId>>,
+    invites: HashMap<String, Slot<InviteRecord>>,
+    checkpoint: Position,
+    changed: Vec<Changed>,
+    changed_set: HashSet<Changed>,
+    list_changes: HashMap<ChatId, ListChange>,
+    touched: Vec<(UserId, ChatId)>,
+    bytes: usize,
+    bytes_max: usize,
+    tick: u64,
+    cuts: u64,
+    persisted_cuts: u64,
+}
+
+fn direct_key(a: UserId, b: UserId) -> (UserId, UserId) {
+    if a <= b { (a, b) } else { (b, a) }
+}
+
+fn chat_footprint(record: &ChatRecord) -> usize {
+    let group = record.group().map_or(0, |group| group.name.len() + group.photo.as_ref().map_or(0, |(_, p)| p.len()));
+    ENTRY_OVERHEAD_BYTES + 96 + group
+}
+
+fn member_footprint(record: Option<&MemberRecord>) -> usize {
+    ENTRY_OVERHEAD_BYTES + 64 + record.and_then(|member| member.draft.as_ref()).map_or(0, String::len)
+}
+
+fn message_footprint(record: Option<&MessageRecord>) -> usize {
+    ENTRY_OVERHEAD_BYTES
+        + 128
+        + record.map_or(0, |message| {
+            message.text.len()
+                + message.entities.iter().map(Vec::len).sum::<usize>()
+                + message.media.iter().map(Vec::len).sum::<usize>()
+        })
+}
+
+fn user_footprint(record: Option<&UserRecord>) -> usize {
+    ENTRY_OVERHEAD_BYTES
+        + 96
+        + record.map_or(0, |user| {
+            user.name.len()
+                + user.username.as_ref().map_or(0, String::len)
+                + user.photo.as_ref().map_or(0, |(_, preview)| preview.len())
+        })
+}
+
+fn invite_footprint(code: &str) -> usize {
+    ENTRY_OVERHEAD_BYTES + 96 + code.len()
+}
+
+impl ProjectionState<MemStore> {
+    /// A state with nothing flushed yet and no memory budget: for folds from scratch
+    /// (verification, tests), which keep everything.
+    pub fn in_memory() -> Self {
+        ProjectionState::new(MemStore::new(), usize::MAX)
+    }
+}
+
+impl<S: StoreRead> ProjectionState<S> {
+    /// The state over `source`, at the source's checkpoint, within `bytes_max` of clean records.
+    pub fn new(source: S, bytes_max: usize) -> Self {
+        ProjectionState {
+            source,
+            chats: HashMap::new(),
+            messages: HashMap::new(),
+            users: HashMap::new(),
+            direct_chats: HashMap::new(),
+            invites: HashMap::new(),
+            checkpoint: Position::ZERO,
+            changed: Vec::new(),
+            changed_set: HashSet::new(),
+            list_changes: HashMap::new(),
+            touched: Vec::new(),
+            bytes: 0,
+            bytes_max,
+            tick: 0,
+            cuts: 0,
+            persisted_cuts: 0,
+        }
+    }
+
+    /// Reads the checkpoint from the source (the position the flushed tables are folded to).
+    pub fn load_checkpoint(&mut self) -> Result<Position, ProjectionError> {
+        self.checkpoint = records::load_checkpoint(&self.source)?;
+        Ok(self.checkpoint)
+    }
+
+    /// The source of flushed records.
+    pub fn source(&self) -> &S {
+        &self.source
+    }
+
+    /// The last folded position.
+    pub fn checkpoint(&self) -> Position {
+        self.checkpoint
+    }
+
+    /// Records that everything up to `position` is folded.
+    pub fn set_checkpoint(&mut self, position: Position) {
+        self.checkpoint = position;
+        self.change(Changed::Checkpoint);
+    }
+
+    /// Approximate bytes of the cached records.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// The memory budget of clean records, in bytes.
+    pub fn bytes_max(&self) -> usize {
+        self.bytes_max
+    }
+
+    /// Cuts taken so far (each is flushed once, in order).
+    pub fn cuts(&self) -> u64 {
+        self.cuts
+    }
+
+    /// Cached records (for metrics and tests).
+    pub fn cached_records(&self) -> usize {
+        self.chats.values().map(|chat| 1 + chat.members.len()).sum::<usize>()
+            + self.messages.len()
+            + self.users.len()
+            + self.direct_chats.len()
+            + self.invites.len()
+    }
+
+    fn change(&mut self, key: Changed) {
+        if self.changed_set.insert(key.clone()) {
+            self.changed.push(key);
+        }
+    }
+
+    fn next_cut(&self) -> u64 {
+        self.cuts + 1
+    }
+
+    // ---- chats and members ------------------------------------------------------
+
+    fn chat_entry(&mut self, chat: ChatId) -> Result<&mut ChatEntry, ProjectionError> {
+        let tick = self.tick;
+        if !self.chats.contains_key(&chat) {
+            let record = records::load_chat(&self.source, chat)?;
+            let bytes = record.as_ref().map_or(ENTRY_OVERHEAD_BYTES, chat_footprint);
+            self.bytes += bytes;
+            self.chats.insert(chat, ChatEntry { record, bytes, ..ChatEntry::default() });
+        }
+        let entry = self.chats.get_mut(&chat).ok_or_else(|| unreachable_entry("chat"))?;
+        entry.last_used = tick;
+        Ok(entry)
+    }
+
+    /// A chat's record.
+    pub fn chat(&mut self, chat: ChatId) -> Result<Option<&ChatRecord>, ProjectionError> {
+        Ok(self.chat_entry(chat)?.record.as_ref())
+    }
+
+    /// A chat's record, to change (marked changed).
+    pub fn chat_mut(&mut self, chat: ChatId) -> Result<Option<&mut ChatRecord>, ProjectionError> {
+        let cut = self.next_cut();
+        self.change(Changed::Chat(chat));
+        let entry = self.chat_entry(chat)?;
+        entry.persist_cut = cut;
+        Ok(entry.record.as_mut())
+    }
+
+    /// Creates a chat (with no members yet).
+    pub fn insert_chat(&mut self, chat: ChatId, record: ChatRecord) -> Result<(), ProjectionError> {
+        self.note_list_change(chat)?;
+        let cut = self.next_cut();
+        let bytes = chat_footprint(&record);
+        self.change(Changed::Chat(chat));
+        let entry = self.chat_entry(chat)?;
+        let added = bytes.saturating_sub(entry.bytes.min(bytes));
+        entry.record = Some(record);
+        entry.members_complete = true; // a new chat has no members but those added from now on
+        entry.deleted.get_or_insert_with(BTreeSet::new);
+        entry.invite_codes.get_or_insert_with(BTreeSet::new);
+        entry.persist_cut = cut;
+        entry.bytes += added;
+        self.bytes += added;
+        Ok(())
+    }
+
+    /// `user`'s member record in `chat`, if a member.
+    pub fn member(&mut self, chat: ChatId, user: UserId) -> Result<Option<&MemberRecord>, ProjectionError> {
+        self.load_member(chat, user)?;
+        Ok(self.chats.get(&chat).and_then(|entry| entry.members.get(&user)).and_then(Option::as_ref))
+    }
+
+    /// `user`'s member record in `chat`, to change (marked changed).
+    pub fn member_mut(&mut self, chat: ChatId, user: UserId) -> Result<Option<&mut MemberRecord>, ProjectionError> {
+        self.load_member(chat, user)?;
+        let cut = self.next_cut();
+        self.change(Changed::Member(chat, user));
+        let entry = self.chats.get_mut(&chat).ok_or_else(|| unreachable_entry("chat"))?;
+        entry.persist_cut = cut;
+        entry.recipients = None; // mute may change
+        Ok(entry.members.get_mut(&user).and_then(Option::as_mut))
+    }
+
+    fn load_member(&mut self, chat: ChatId, user: UserId) -> Result<(), ProjectionError> {
+        let entry = self.chat_entry(chat)?;
+        if entry.members.contains_key(&user) || entry.members_complete {
+            return Ok(());
+        }
+        let record = records::load_member(&self.source, chat, user)?;
+        let bytes = member_footprint(record.as_ref());
+        let entry = self.chats.get_mut(&chat).ok_or_else(|| unreachable_entry("chat"))?;
+        entry.members.insert(user, record);
+        entry.bytes += bytes;
+        self.bytes += bytes;
+        Ok(())
+    }
+
+    fn load_all_members(&mut self, chat: ChatId) -> Result<(), ProjectionError> {
+        let entry = self.chat_entry(chat)?;
+        if entry.members_complete {
+            return Ok(());
+        }
+        let stored = records::load_members(&self.source, chat)?;
+        let entry = self.chats.get_mut(&chat).ok_or_else(|| unreachable_entry("chat"))?;
+        let mut added = 0;
+        for (user, record) in stored {
+            if let std::collections::hash_map::Entry::Vacant(vacant) = entry.members.entry(user) {
+                added += member_footprint(Some(&record));
+                vacant.insert(Some(record));
+            }
+        }
+        entry.members_complete = true;
+        entry.bytes += added;
+        self.bytes += added;
+        Ok(())
+    }
+
+    /// The members of `chat` with their records, in user id order.
+    pub fn members(&mut self, chat: ChatId) -> Result<Vec<(UserId, &MemberRecord)>, ProjectionError> {
+        self.load_all_members(chat)?;
+        let entry = self.chats.get(&chat).ok_or_else(|| unreachable_entry("chat"))?;
+        let mut members: Vec<_> =
+            entry.members.iter().filter_map(|(user, record)| record.as_ref().map(|record| (*user, record))).collect();
+        members.sort_unstable_by_key(|(user, _)| *user);
+        Ok(members)
+    }
+
+    /// The members of `chat`, in user id order.
+    pub fn member_ids(&mut self, chat: ChatId) -> Result<Vec<UserId>, ProjectionError> {
+        Ok(self.members(chat)?.into_iter().map(|(user, _)| user).collect())
+    }
+
+    /// The members of `chat` as live updates need them (shared until membership or mute changes).
+    pub fn recipients(&mut self, chat: ChatId) -> Result<Arc<[Recipient]>, ProjectionError> {
+        if let Some(recipients) = self.chats.get(&chat).and_then(|entry| entry.recipients.clone()) {
+            return Ok(recipients);
+        }
+        let recipients: Arc<[Recipient]> = self
+            .members(chat)?
+            .into_iter()
+            .map(|(user, member)| Recipient { user, muted: member.muted })
+            .collect();
+        if let Some(entry) = self.chats.get_mut(&chat) {
+            entry.recipients = Some(recipients.clone());
+        }
+        Ok(recipients)
+    }
+
+    /// Adds `user` to `chat` (keeps the chat-list and large-chat indexes in step).
+    pub fn insert_member(&mut self, chat: ChatId, user: UserId, record: MemberRecord) -> Result<(), ProjectionError> {
+        self.load_member(chat, user)?;
+        self.note_list_change(chat)?;
+        if let Some(change) = self.list_changes.get_mut(&chat) {
+            change.member_added(user);
+            self.touched.push((user, chat));
+        }
+        let cut = self.next_cut();
+        self.change(Changed::Member(chat, user));
+        self.change(Changed::LargeChat(user, chat));
+        let bytes = member_footprint(Some(&record));
+        let entry = self.chats.get_mut(&chat).ok_or_else(|| unreachable_entry("chat"))?;
+        entry.members.insert(user, Some(record));
+        entry.recipients = None;
+        entry.persist_cut = cut;
+        entry.bytes += bytes;
+        self.bytes += bytes;
+        Ok(())
+    }
+
+    /// Removes `user` from `chat`.
+    pub fn remove_member(&mut self, chat: ChatId, user: UserId) -> Result<(), ProjectionError> {
+        self.load_member(chat, user)?;
+        self.note_list_change(chat)?;
+        if let Some(change) = self.list_changes.get_mut(&chat) {
+            change.member_removed(user);
+            self.touched.push((user, chat));
+        }
+        let cut = self.next_cut();
+        self.change(Changed::Member(chat, user));
+        self.change(Changed::LargeChat(user, chat));
+        let entry = self.chats.get_mut(&chat).ok_or_else(|| unreachable_entry("chat"))?;
+        entry.members.insert(user, None);
+        entry.recipients = None;
+        entry.persist_cut = cut;
+        Ok(())
+    }
+
+    /// Marks every member's large-chat index entry for rewriting (after the chat became large).
+    pub fn reindex_large_chat(&mut self, chat: ChatId) -> Result<(), ProjectionError> {
+        self.note_list_change(chat)?;
+        for user in self.member_ids(chat)? {
+            self.change(Changed::LargeChat(user, chat));
+        }
+        Ok(())
+    }
+
+    /// Records, before it happens, that `chat`'s chat-list entries will change (new last
+    /// message, membership, or the switch to a large chat). The first change since the
+    /// last cut remembers the chat as the flushed index has it and marks the entries of
+    /// all current members stale for readers: O(members) once per chat per flush.
+    pub fn note_list_change(&mut self, chat: ChatId) -> Result<(), ProjectionError> {
+        if self.list_changes.contains_key(&chat) {
+            return Ok(());
+        }
+        let at_cut = self.chat(chat)?.map(|record| (record.last_message_id, record.large));
+        if let Some((_, true)) = at_cut {
+            return Ok(()); // a large chat has no chat-list entries, and stays large
+        }
+        let members = if at_cut.is_some() { self.member_ids(chat)? } else { Vec::new() };
+        self.touched.extend(members.iter().map(|&user| (user, chat)));
+        self.list_changes.insert(chat, ListChange::new(at_cut.map(|(last, _)| last)));
+        Ok(())
+    }
+
+    // ---- messages ---------------------------------------------------------------
+
+    fn load_message(&mut self, chat: ChatId, message: MessageId) -> Result<(), ProjectionError> {
+        let tick = self.tick;
+        if let Some(slot) = self.messages.get_mut(&(chat, message)) {
+            slot.last_used = tick;
+            return Ok(());
+        }
+        let value = records::load_message(&self.source, chat, message)?;
+        let bytes = message_footprint(value.as_ref());
+        let present = value.is_some();
+        self.bytes += bytes;
+        self.messages.insert((chat, message), Slot { value, persist_cut: 0, last_used: tick, bytes });
+        let entry = self.chat_entry(chat)?;
+        if present {
+            entry.cached_messages.insert(message); // only messages that exist take part in ordered lookups
+        }
+        Ok(())
+    }
+
+    /// A message or tombstone.
+    pub fn message(&mut self, chat: ChatId, message: MessageId) -> Result<Option<&MessageRecord>, ProjectionError> {
+        self.load_message(chat, message)?;
+        Ok(self.messages.get(&(chat, message)).and_then(|slot| slot.value.as_ref()))
+    }
+
+    /// A message, to change (marked changed).
+    pub fn message_mut(&mut self, chat: ChatId, message: MessageId) -> Result<Option<&mut MessageRecord>, ProjectionError> {
+        self.load_message(chat, message)?;
+        self.mark_message_changed(chat, message)?;
+        Ok(self.messages.get_mut(&(chat, message)).and_then(|slot| slot.value.as_mut()))
+    }
+
+    fn mark_message_changed(&mut self, chat: ChatId, message: MessageId) -> Result<(), ProjectionError> {
+        let cut = self.next_cut();
+        self.change(Changed::Message(chat, message));
+        if let Some(slot) = self.messages.get_mut(&(chat, message)) {
+            slot.persist_cut = cut;
+        }
+        self.chat_entry(chat)?.persist_cut = cut;
+        Ok(())
+    }
+
+    /// Stores a new message.
+    pub fn insert_message(&mut self, chat: ChatId, message: MessageId, record: MessageRecord) -> Result<(), ProjectionError> {
+        let bytes = message_footprint(Some(&record));
+        let slot = Slot { value: Some(record), persist_cut: self.next_cut(), last_used: self.tick, bytes };
+        if let Some(old) = self.messages.insert((chat, message), slot) {
+            self.bytes -= old.bytes;
+        }
+        self.bytes += bytes;
+        self.chat_entry(chat)?.cached_messages.insert(message);
+        self.mark_message_changed(chat, message)
+    }
+
+    /// Re-measures a changed message's footprint.
+    pub fn remeasure_message(&mut self, chat: ChatId, message: MessageId) {
+        if let Some(slot) = self.messages.get_mut(&(chat, message)) {
+            let bytes = message_footprint(slot.value.as_ref());
+            self.bytes = self.bytes - slot.bytes + bytes;
+            slot.bytes = bytes;
+        }
+    }
+
+    /// The sequence number of the newest message (deleted or not) with an id at most
+    /// `message`; 0 when there is none.
+    pub fn seq_at_or_before(&mut self, chat: ChatId, message: MessageId) -> Result<u64, ProjectionError> {
+        // A message's sequence number never changes: the newest candidate of the cache
+        // and of the source decides, whichever holds it.
+        let cached = self
+            .chat_entry(chat)?
+            .cached_messages
+            .range(..=message)
+            .next_back()
+            .copied();
+        let prefix = keys::chat(chat);
+        let start = keys::message(chat, message);
+        let mut stored: Result<Option<(MessageId, u64)>, ProjectionError> = Ok(None);
+        self.source.scan(
+            Table::ChatidMsgidMessage,
+            ScanRange::prefix_reverse(&prefix).starting_at(&start),
+            &mut |key, value| {
+                stored = keys::message_id(key).and_then(|id| {
+                    Ok(Some((id, decode::<MessageRecord>(Table::ChatidMsgidMessage, key, value)?.seq)))
+                });
+                ControlFlow::Break(())
+            },
+        )?;
+        let stored = stored?;
+        match (cached, stored) {
+            (Some(id), Some((stored_id, seq))) if stored_id > id => Ok(seq),
+            (Some(id), _) => Ok(self.message(chat, id)?.map_or(0, |record| record.seq)),
+            (None, Some((_, seq))) => Ok(seq),
+            (None, None) => Ok(0),
+        }
+    }
+
+    /// The newest non-deleted message with an id at most `from`, if any.
+    pub fn newest_live_message_at_or_before(
+        &mut self,
+        chat: ChatId,
+        from: MessageId,
+    ) -> Result<Option<MessageId>, ProjectionError> {
+        // Cached messages are newer than (or equal to) their stored versions: walk both in
+        // descending id order, the cache deciding for the ids it holds.
+        let mut cached = self.chat_entry(chat)?.cached_messages.range(..=from).rev().copied().collect::<Vec<_>>().into_iter().peekable();
+        let messages = &self.messages;
+        let live = |id: MessageId| messages.get(&(chat, id)).is_some_and(|slot| slot.value.as_ref().is_some_and(|m| !m.deleted));
+        let prefix = keys::chat(chat);
+        let start = keys::message(chat, from);
+        let mut found: Result<Option<MessageId>, ProjectionError> = Ok(None);
+        self.source.scan(Table::ChatidMsgidMessage, ScanRange::prefix_reverse(&prefix).starting_at(&start), &mut |key, value| {
+            let id = match keys::message_id(key) {
+                Ok(id) => id,
+                Err(err) => {
+                    found = Err(err);
+                    return ControlFlow::Break(());
+                }
+            };
+            while let Some(candidate) = cached.next_if(|&candidate| candidate > id) {
+                if live(candidate) {
+                    found = Ok(Some(candidate));
+                    return ControlFlow::Break(());
+                }
+            }
+            if cached.next_if_eq(&id).is_some() {
+                if live(id) {
+                    found = Ok(Some(id));
+                    return ControlFlow::Break(());
+                }
+                return ControlFlow::Continue(());
+            }
+            match decode::<MessageRecord>(Table::ChatidMsgidMessage, key, value) {
+                Ok(record) if record.deleted => ControlFlow::Continue(()),
+                Ok(_) => {
+                    found = Ok(Some(id));
+                    ControlFlow::Break(())
+                }
+                Err(err) => {
+                    found = Err(err);
+                    ControlFlow::Break(())
+                }
+            }
+        })?;
+        if let Some(id) = found? {
+            return Ok(Some(id));
+        }
+        Ok(cached.find(|&id| live(id)))
+    }
+
+    fn deleted_set(&mut self, chat: ChatId) -> Result<&mut BTreeSet<u64>, ProjectionError> {
+        if self.chat_entry(chat)?.deleted.is_none() {
+            let stored = collect_prefix(&self.source, Table::ChatidSeqDeleted, &keys::chat(chat), |key, _| {
+                keys::deleted_seq_value(key)
+            })?;
+            let bytes = stored.len() * 16;
+            self.bytes += bytes;
+            let entry = self.chat_entry(chat)?;
+            entry.bytes += bytes;
+            entry.deleted = Some(stored.into_iter().collect());
+        }
+        self.chat_entry(chat)?.deleted.as_mut().ok_or_else(|| unreachable_entry("deleted set"))
+    }
+
+    /// Records that the message with sequence number `seq` was deleted.
+    pub fn add_deleted_seq(&mut self, chat: ChatId, seq: u64) -> Result<(), ProjectionError> {
+        let cut = self.next_cut();
+        if self.deleted_set(chat)?.insert(seq) {
+            self.change(Changed::Deleted(chat, seq));
+            self.bytes += 16;
+            let entry = self.chat_entry(chat)?;
+            entry.bytes += 16;
+            entry.persist_cut = cut;
+        }
+        Ok(())
+    }
+
+    /// Deleted messages with a sequence number in `(after, up_to]`.
+    pub fn deleted_between(&mut self, chat: ChatId, after: u64, up_to: u64) -> Result<u64, ProjectionError> {
+        if after >= up_to {
+            return Ok(0);
+        }
+        Ok(self.deleted_set(chat)?.range(after + 1..=up_to).count() as u64)
+    }
+
+    // ---- direct chats, invites, users -------------------------------------------
+
+    /// The DM (or self chat) between two users.
+    pub fn direct_chat(&mut self, a: UserId, b: UserId) -> Result<Option<ChatId>, ProjectionError> {
+        let key = direct_key(a, b);
+        let tick = self.tick;
+        if let Some(slot) = self.direct_chats.get_mut(&key) {
+            slot.last_used = tick;
+            return Ok(slot.value);
+        }
+        let value = records::load_direct_chat(&self.source, a, b)?;
+        self.bytes += ENTRY_OVERHEAD_BYTES;
+        self.direct_chats.insert(key, Slot { value, persist_cut: 0, last_used: tick, bytes: ENTRY_OVERHEAD_BYTES });
+        Ok(value)
+    }
+
+    /// Records the DM between two users.
+    pub fn set_direct_chat(&mut self, a: UserId, b: UserId, chat: ChatId) {
+        let key = direct_key(a, b);
+        let slot = Slot { value: Some(chat), persist_cut: self.next_cut(), last_used: self.tick, bytes: ENTRY_OVERHEAD_BYTES };
+        if self.direct_chats.insert(key, slot).is_none() {
+            self.bytes += ENTRY_OVERHEAD_BYTES;
+        }
+        self.change(Changed::DirectChat(key.0, key.1));
+    }
+
+    /// An invite by code.
+    pub fn invite(&mut self, code: &str) -> Result<Option<&InviteRecord>, ProjectionError> {
+        self.load_invite(code)?;
+        Ok(self.invites.get(code).and_then(|slot| slot.value.as_ref()))
+    }
+
+    fn load_invite(&mut self, code: &str) -> Result<(), ProjectionError> {
+        let tick = self.tick;
+        if let Some(slot) = self.invites.get_mut(code) {
+            slot.last_used = tick;
+            return Ok(());
+        }
+        let value = records::load_invite(&self.source, code)?;
+        let bytes = invite_footprint(code);
+        self.bytes += bytes;
+        self.invites.insert(code.to_owned(), Slot { value, persist_cut: 0, last_used: tick, bytes });
+        Ok(())
+    }
+
+    /// An invite, to change (marked changed).
+    pub fn invite_mut(&mut self, code: &str) -> Result<Option<&mut InviteRecord>, ProjectionError> {
+        self.load_invite(code)?;
+        let cut = self.next_cut();
+        self.change(Changed::Invite(code.to_owned()));
+        let slot = self.invites.get_mut(code).ok_or_else(|| unreachable_entry("invite"))?;
+        slot.persist_cut = cut;
+        Ok(slot.value.as_mut())
+    }
+
+    fn invite_code_set(&mut self, chat: ChatId) -> Result<&mut BTreeSet<String>, ProjectionError> {
+        if self.chat_entry(chat)?.invite_codes.is_none() {
+            let stored =
+                collect_prefix(&self.source, Table::ChatidCodeInvite, &keys::chat(chat), |key, _| keys::chat_invite_code(key))?;
+            let bytes: usize = stored.iter().map(|code| 32 + code.len()).sum();
+            self.bytes += bytes;
+            let entry = self.chat_entry(chat)?;
+            entry.bytes += bytes;
+            entry.invite_codes = Some(stored.into_iter().collect());
+        }
+        self.chat_entry(chat)?.invite_codes.as_mut().ok_or_else(|| unreachable_entry("invite codes"))
+    }
+
+    /// The codes of a chat's invites, in code order.
+    pub fn invite_codes(&mut self, chat: ChatId) -> Result<Vec<String>, ProjectionError> {
+        Ok(self.invite_code_set(chat)?.iter().cloned().collect())
+    }
+
+    /// Creates an invite of `chat`.
+    pub fn insert_invite(&mut self, chat: ChatId, code: &str, record: InviteRecord) -> Result<(), ProjectionError> {
+        self.load_invite(code)?;
+        let cut = self.next_cut();
+        if let Some(slot) = self.invites.get_mut(code) {
+            slot.value = Some(record);
+            slot.persist_cut = cut;
+        }
+        self.change(Changed::Invite(code.to_owned()));
+        self.set_chat_invite(chat, code, true)
+    }
+
+    /// Deletes an invite of `chat`.
+    pub fn remove_invite(&mut self, chat: ChatId, code: &str) -> Result<(), ProjectionError> {
+        self.load_invite(code)?;
+        let cut = self.next_cut();
+        if let Some(slot) = self.invites.get_mut(code) {
+            slot.value = None;
+            slot.persist_cut = cut;
+        }
+        self.change(Changed::Invite(code.to_owned()));
+        self.set_chat_invite(chat, code, false)
+    }
+
+    fn set_chat_invite(&mut self, chat: ChatId, code: &str, present: bool) -> Result<(), ProjectionError> {
+        let cut = self.next_cut();
+        let set = self.invite_code_set(chat)?;
+        let changed = if present { set.insert(code.to_owned()) } else { set.remove(code) };
+        if changed {
+            self.change(Changed::ChatInvite(chat, code.to_owned()));
+            self.chat_entry(chat)?.persist_cut = cut;
+        }
+        Ok(())
+    }
+
+    /// A user directory entry.
+    pub fn user(&mut self, user: UserId) -> Result<Option<&UserRecord>, ProjectionError> {
+        let tick = self.tick;
+        if !self.users.contains_key(&user) {
+            let value = records::load_user(&self.source, user)?;
+            let bytes = user_footprint(value.as_ref());
+            self.bytes += bytes;
+            self.users.insert(user, Slot { value, persist_cut: 0, last_used: tick, bytes });
+        }
+        let slot = self.users.get_mut(&user).ok_or_else(|| unreachable_entry("user"))?;
+        slot.last_used = tick;
+        Ok(slot.value.as_ref())
+    }
+
+    /// Adds or replaces a user directory entry.
+    pub fn set_user(&mut self, user: UserId, record: UserRecord) {
+        let bytes = user_footprint(Some(&record));
+        let slot = Slot { value: Some(record), persist_cut: self.next_cut(), last_used: self.tick, bytes };
+        if let Some(old) = self.users.insert(user, slot) {
+            self.bytes -= old.bytes;
+        }
+        self.bytes += bytes;
+        self.change(Changed::User(user));
+    }
+
+    // ---- batches, cuts and eviction ---------------------------------------------
+
+    /// The writes of everything changed since the last call, each key once with its
+    /// current value, and the chat-list entries made stale. With `cut`, also the
+    /// chat-list index writes of every change since the previous cut: the writes up to
+    /// here are then one flush, persisted as cut number [`Self::cuts`].
+    pub fn take_writes(&mut self, cut: bool) -> Result<BatchWrites, ProjectionError> {
+        let changed = std::mem::take(&mut self.changed);
+        self.changed_set.clear();
+        let mut writes = Vec::with_capacity(changed.len());
+        for key in changed {
+            writes.push(self.encode(key)?);
+        }
+        if cut {
+            let changes = std::mem::take(&mut self.list_changes);
+            for (chat, change) in changes {
+                let now = self.chats.get(&chat).and_then(|entry| entry.record.as_ref()).map(|record| {
+                    (record.last_message_id, record.large)
+                });
+                let members = if now.is_some() { self.member_ids(chat)? } else { Vec::new() };
+                writes.extend(change.index_writes(chat, now, &members));
+            }
+            self.cuts += 1;
+        }
+        self.tick += 1;
+        Ok(BatchWrites { writes, touched: std::mem::take(&mut self.touched) })
+    }
+
+    fn encode(&mut self, key: Changed) -> Result<KvWrite, ProjectionError> {
+        let put = |table: Table, key: Vec<u8>, value: Vec<u8>| (table, key, Some(value));
+        Ok(match key {
+            Changed::Chat(chat) => {
+                let record = self.chats.get(&chat).and_then(|entry| entry.record.as_ref());
+                (Table::ChatidChat, keys::chat(chat), record.map(records::encode))
+            }
+            Changed::Member(chat, user) => {
+                let record = self.chats.get(&chat).and_then(|entry| entry.members.get(&user)).and_then(Option::as_ref);
+                (Table::ChatidUseridMember, keys::member(chat, user), record.map(records::encode))
+            }
+            Changed::Message(chat, message) => {
+                let record = self.messages.get(&(chat, message)).and_then(|slot| slot.value.as_ref());
+                (Table::ChatidMsgidMessage, keys::message(chat, message), record.map(records::encode))
+            }
+            Changed::Deleted(chat, seq) => put(Table::ChatidSeqDeleted, keys::deleted_seq(chat, seq), Vec::new()),
+            Changed::DirectChat(a, b) => {
+                let chat = self.direct_chats.get(&(a, b)).and_then(|slot| slot.value);
+                (Table::UseridUseridDm, keys::direct_chat(a, b), chat.map(|chat| chat.to_be_bytes().to_vec()))
+            }
+            Changed::Invite(code) => {
+                let record = self.invites.get(&code).and_then(|slot| slot.value.as_ref());
+                (Table::CodeInvite, keys::invite(&code), record.map(records::encode))
+            }
+            Changed::ChatInvite(chat, code) => {
+                let present = self
+                    .chats
+                    .get(&chat)
+                    .and_then(|entry| entry.invite_codes.as_ref())
+                    .is_some_and(|codes| codes.contains(&code));
+                (Table::ChatidCodeInvite, keys::chat_invite(chat, &code), present.then(Vec::new))
+            }
+            Changed::User(user) => {
+                let record = self.users.get(&user).and_then(|slot| slot.value.as_ref());
+                (Table::UseridUser, keys::user(user), record.map(records::encode))
+            }
+            Changed::LargeChat(user, chat) => {
+                let large = self.chats.get(&chat).and_then(|entry| entry.record.as_ref()).is_some_and(|record| record.large);
+                let member = large && self.member(chat, user)?.is_some();
+                (Table::UseridChatidLargechat, keys::large_chat(user, chat), member.then(Vec::new))
+            }
+            Changed::Checkpoint => {
+                put(Table::ProjectionMeta, keys::META_CHECKPOINT.to_vec(), self.checkpoint.to_be_bytes().to_vec())
+            }
+        })
+    }
+
+    /// Records that every cut up to `cut` is in the source now: what it changed is clean.
+    pub fn mark_persisted(&mut self, cut: u64) {
+        self.persisted_cuts = self.persisted_cuts.max(cut);
+    }
+
+    /// Whether the clean records could not be evicted below the budget: only a flush
+    /// makes more of them clean.
+    pub fn over_budget(&self) -> bool {
+        self.bytes > self.bytes_max
+    }
+
+    /// Evicts least recently used clean records until at most three quarters of the
+    /// budget is used (or nothing clean is left). Returns the bytes freed.
+    pub fn evict(&mut self) -> usize {
+        if self.bytes <= self.bytes_max {
+            return 0;
+        }
+        let target = self.bytes_max / 4 * 3;
+        let persisted = self.persisted_cuts;
+        let clean = |persist_cut: u64| persist_cut <= persisted;
+        // Candidates by last use; the whole chat entry goes with its cached messages.
+        enum Candidate {
+            Chat(ChatId),
+            Message(ChatId, MessageId),
+            User(UserId),
+            Direct(UserId, UserId),
+            Invite(String),
+        }
+        let mut candidates: Vec<(u64, Candidate)> = Vec::new();
+        for (&chat, entry) in &self.chats {
+            if clean(entry.persist_cut) && !self.list_changes.contains_key(&chat) {
+                candidates.push((entry.last_used, Candidate::Chat(chat)));
+            }
+        }
+        for (&(chat, message), slot) in &self.messages {
+            if clean(slot.persist_cut) {
+                candidates.push((slot.last_used, Candidate::Message(chat, message)));
+            }
+        }
+        for (&user, slot) in &self.users {
+            if clean(slot.persist_cut) {
+                candidates.push((slot.last_used, Candidate::User(user)));
+            }
+        }
+        for (&(a, b), slot) in &self.direct_chats {
+            if clean(slot.persist_cut) {
+                candidates.push((slot.last_used, Candidate::Direct(a, b)));
+            }
+        }
+        for (code, slot) in &self.invites {
+            if clean(slot.persist_cut) {
+                candidates.push((slot.last_used, Candidate::Invite(code.clone())));
+            }
+        }
+        candidates.sort_unstable_by_key(|(last_used, _)| *last_used);
+        let before = self.bytes;
+        for (_, candidate) in candidates {
+            if self.bytes <= target {
+                break;
+            }
+            let freed = match candidate {
+                Candidate::Chat(chat) => self.chats.remove(&chat).map_or(0, |entry| {
+                    let messages: usize = entry
+                        .cached_messages
+                        .iter()
+                        .filter_map(|&message| self.messages.remove(&(chat, message)))
+                        .map(|slot| slot.bytes)
+                        .sum();
+                    entry.bytes + messages
+                }),
+                Candidate::Message(chat, message) => self.messages.remove(&(chat, message)).map_or(0, |slot| {
+                    if let Some(entry) = self.chats.get_mut(&chat) {
+                        entry.cached_messages.remove(&message);
+                    }
+                    slot.bytes
+                }),
+                Candidate::User(user) => self.users.remove(&user).map_or(0, |slot| slot.bytes),
+                Candidate::Direct(a, b) => self.direct_chats.remove(&(a, b)).map_or(0, |slot| slot.bytes),
+                Candidate::Invite(code) => self.invites.remove(&code).map_or(0, |slot| slot.bytes),
+            };
+            self.bytes -= freed;
+        }
+        before - self.bytes
+    }
+
+    // ---- the whole state as key-value tables ------------------------------------
+
+    /// Every record of the state as key-value tables, with the chat-list index derived
+    /// from it: what the flushed tables hold after folding the same events. For states
+    /// that hold everything (a fold from scratch, [`ProjectionState::in_memory`]).
+    pub fn to_memstore(&mut self) -> Result<MemStore, ProjectionError> {
+        let mut store = MemStore::new();
+        let chats: Vec<ChatId> = self.chats.keys().copied().collect();
+        for chat in chats {
+            let Some(record) = self.chats.get(&chat).and_then(|entry| entry.record.clone()) else { continue };
+            store.put(Table::ChatidChat, keys::chat(chat), records::encode(&record));
+            let members: Vec<(UserId, MemberRecord)> =
+                self.members(chat)?.into_iter().map(|(user, member)| (user, member.clone())).collect();
+            for (user, member) in &members {
+                store.put(Table::ChatidUseridMember, keys::member(chat, *user), records::encode(member));
+                if record.large {
+                    store.put(Table::UseridChatidLargechat, keys::large_chat(*user, chat), Vec::new());
+                } else {
+                    store.put(Table::UseridLastmsgidChatidChatlist, keys::chat_list_entry(*user, record.last_message_id, chat), Vec::new());
+                }
+            }
+            let deleted: Vec<u64> = self.deleted_set(chat)?.iter().copied().collect();
+            for seq in deleted {
+                store.put(Table::ChatidSeqDeleted, keys::deleted_seq(chat, seq), Vec::new());
+            }
+            for code in self.invite_codes(chat)? {
+                store.put(Table::ChatidCodeInvite, keys::chat_invite(chat, &code), Vec::new());
+            }
+        }
+        for (&(chat, message), slot) in &self.messages {
+            if let Some(record) = &slot.value {
+                store.put(Table::ChatidMsgidMessage, keys::message(chat, message), records::encode(record));
+            }
+        }
+        for (&(a, b), slot) in &self.direct_chats {
+            if let Some(chat) = slot.value {
+                store.put(Table::UseridUseridDm, keys::direct_chat(a, b), chat.to_be_bytes().to_vec());
+            }
+        }
+        for (code, slot) in &self.invites {
+            if let Some(record) = &slot.value {
+                store.put(Table::CodeInvite, keys::invite(code), records::encode(record));
+            }
+        }
+        for (&user, slot) in &self.users {
+            if let Some(record) = &slot.value {
+                store.put(Table::UseridUser, keys::user(user), records::encode(record));
+            }
+        }
+        records::save_checkpoint(&mut store, self.checkpoint);
+        Ok(store)
+    }
+}
+
+fn unreachable_entry(what: &str) -> ProjectionError {
+    // Every caller loads the entry first in the same call; were it missing, report it
+    // instead of panicking.
+    ProjectionError::Store(format!("{what} entry missing right after it was loaded"))
+}

@@ -1,0 +1,76 @@
+//! The projection tables, declared once: each is one RocksDB column family per projection
+//! slot, named after its key layout (FORMAT.md has the layouts; `keys.rs` builds them).
+
+/// Every projection table. Each is one RocksDB column family per projection slot,
+/// named after its key layout (see FORMAT.md).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub enum Table {
+    /// `chat_id` -> [`crate::records::ChatRecord`].
+    ChatidChat,
+    /// `chat_id | user_id` -> [`crate::records::MemberRecord`]: one user's view of one chat.
+    ChatidUseridMember,
+    /// `user_id | last_message_id | chat_id` -> empty: the chat list of chats with at most
+    /// [`crate::limits::CHAT_LIST_FANOUT_MAX`] members, ordered by last message.
+    UseridLastmsgidChatidChatlist,
+    /// `user_id | chat_id` -> empty: the user's memberships in chats above the fan-out limit,
+    /// whose order is read from the chat record at query time.
+    UseridChatidLargechat,
+    /// `chat_id | message_id` -> [`crate::records::MessageRecord`] (deleted ones stay as tombstones).
+    ChatidMsgidMessage,
+    /// `chat_id | seq` -> empty: sequence numbers of deleted messages, to derive unread counts.
+    ChatidSeqDeleted,
+    /// `user_id | user_id` (lower first) -> `chat_id`: the DM (or self chat) between two users.
+    UseridUseridDm,
+    /// `code` -> [`crate::records::InviteRecord`].
+    CodeInvite,
+    /// `chat_id | code` -> empty: a chat's active invites.
+    ChatidCodeInvite,
+    /// `user_id` -> [`crate::records::UserRecord`]: the user directory.
+    UseridUser,
+    /// Fixed keys: checkpoint and schema version of this projection slot.
+    ProjectionMeta,
+}
+
+impl Table {
+    /// All tables, in a fixed order.
+    pub const ALL: [Table; 11] = [
+        Table::ChatidChat,
+        Table::ChatidUseridMember,
+        Table::UseridLastmsgidChatidChatlist,
+        Table::UseridChatidLargechat,
+        Table::ChatidMsgidMessage,
+        Table::ChatidSeqDeleted,
+        Table::UseridUseridDm,
+        Table::CodeInvite,
+        Table::ChatidCodeInvite,
+        Table::UseridUser,
+        Table::ProjectionMeta,
+    ];
+
+    /// The table's name, which is its column family name without the slot suffix.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Table::ChatidChat => "chatid_chat",
+            Table::ChatidUseridMember => "chatid_userid_member",
+            Table::UseridLastmsgidChatidChatlist => "userid_lastmsgid_chatid_chatlist",
+            Table::UseridChatidLargechat => "userid_chatid_largechat",
+            Table::ChatidMsgidMessage => "chatid_msgid_message",
+            Table::ChatidSeqDeleted => "chatid_seq_deleted",
+            Table::UseridUseridDm => "userid_userid_dm",
+            Table::CodeInvite => "code_invite",
+            Table::ChatidCodeInvite => "chatid_code_invite",
+            Table::UseridUser => "userid_user",
+            Table::ProjectionMeta => "projection_meta",
+        }
+    }
+
+    /// The table named `name` (as [`Table::name`] spells it).
+    pub fn from_name(name: &str) -> Option<Table> {
+        Table::ALL.into_iter().find(|table| table.name() == name)
+    }
+
+    /// Dense index of the table in [`Table::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
