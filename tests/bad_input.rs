@@ -223,7 +223,7 @@ async fn every_invalid_command_gets_its_typed_error_and_changes_nothing() {
         .code;
     let world = World { group: group_id, bobs_message, code };
     for (case, expect) in CASES {
-        let projections_before = f.engine.log().projection_contents().unwrap();
+        let projections_before = f.engine.projection_contents().unwrap();
         let position_before = f.engine.last_position();
         let outcome = attempt(&f.engine, &world, case).await;
         match &outcome {
@@ -231,6 +231,6 @@ async fn every_invalid_command_gets_its_typed_error_and_changes_nothing() {
             Ok(()) => panic!("{case:?}: expected {expect:?}, but it succeeded"),
         }
         assert_eq!(f.engine.last_position(), position_before, "{case:?} wrote to the log");
-        assert!(f.engine.log().projection_contents().unwrap() == projections_before, "{case:?} changed the projections");
+        assert!(f.engine.projection_contents().unwrap() == projections_before, "{case:?} changed the projections");
     }
 }

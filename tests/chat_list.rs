@@ -84,7 +84,7 @@ async fn a_group_above_the_fan_out_limit_is_listed_and_ordered_like_any_other() 
     assert_eq!(conversation(&f.engine, UserId(1_000), &group(big)).await.unread_count, 1);
     let older = chat_list(&f.engine, ANN, chats::GetChats { max_id: Some(newest.get()), ..Default::default() }).await;
     assert_eq!(older.len(), 1, "the DM only");
-    assert_projections_equal_a_fold_of_the_log(&f.engine);
+    assert_projections_equal_a_fold_of_the_log(&f.engine).await;
 }
 
 /// A day in a small group: created, invite, join by code, chat, read on two devices,
@@ -133,5 +133,5 @@ async fn a_whole_day_in_a_small_group() {
     assert!(f.engine.get_chats(ANN, chats::GetChats::default()).await.unwrap().chats.is_empty());
     let details = f.engine.chat_invite_details(BOB, group(id)).await.unwrap();
     assert_eq!(details[0].uses, 1);
-    assert_projections_equal_a_fold_of_the_log(&f.engine);
+    assert_projections_equal_a_fold_of_the_log(&f.engine).await;
 }

@@ -10,7 +10,7 @@
 //! equal a fold of the log. Cycles: `CRASH_CYCLES` (default 100).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use osmium_state::engine::maintenance::DataDirectory;
+use osmium_state::maintenance::DataDirectory;
 use osmium_state::proto::events::event_envelope::Event;
 use osmium_state::proto::ids::UserId;
 use osmium_state::proto::refs::{ChatRef, UserRef, chat_ref::Ref};
@@ -117,7 +117,7 @@ fn check_after_crash(dir: &std::path::Path, cycle: u64, in_flight: &BTreeSet<u64
     let directory = DataDirectory::open_exclusive(dir).unwrap();
     let problems = directory.check(10, &mut |_, _| {}).unwrap();
     assert!(problems.is_empty(), "cycle {cycle}: the log has problems: {problems:?}");
-    let differences = directory.verify(10, &mut |_, _| {}).unwrap();
+    let (_, differences) = directory.verify(10, &mut |_, _| {}).unwrap();
     assert!(differences.is_empty(), "cycle {cycle}: projections differ from the log: {differences:?}");
     let mut logged: BTreeMap<u64, u64> = BTreeMap::new();
     directory

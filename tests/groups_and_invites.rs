@@ -364,5 +364,5 @@ async fn the_projections_always_equal_a_fold_of_the_log() {
     f.engine.delete_message(ANN, messages::DeleteMessage { chat_ref: Some(group(id)), message_ids: vec![message.get()] }).await.unwrap();
     f.engine.remove_chat_member(ANN, remove(id, ANN)).await.unwrap();
     f.engine.delete_chat_invite(BOB, chats::DeleteChatInvite { code }).await.unwrap();
-    assert_projections_equal_a_fold_of_the_log(&f.engine);
+    assert_projections_equal_a_fold_of_the_log(&f.engine).await;
 }

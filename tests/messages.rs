@@ -81,5 +81,5 @@ async fn the_owner_highlights_a_message_that_exists() {
     f.engine.edit_chat(ANN, highlight(message.get())).await.unwrap();
     assert!(matches!(f.engine.edit_chat(ANN, highlight(12_345)).await, Err(EngineError::NotFound { .. })));
     f.engine.edit_chat(ANN, highlight(0)).await.unwrap();
-    assert_projections_equal_a_fold_of_the_log(&f.engine);
+    assert_projections_equal_a_fold_of_the_log(&f.engine).await;
 }

@@ -243,5 +243,5 @@ async fn ids_never_repeat_after_reopening_with_a_clock_that_stood_still() {
     let newer = create_group(&f.engine, ANN, &[BOB]).await;
     assert!(newer > first_dm_message.get());
     send(&f.engine, CAT, &dm(DAN), "a new DM gets a new id too").await;
-    assert_projections_equal_a_fold_of_the_log(&f.engine);
+    assert_projections_equal_a_fold_of_the_log(&f.engine).await;
 }

@@ -39,5 +39,5 @@ async fn reopening_right_after_dropping_a_busy_engine_finds_the_directory_free()
         }
         f = f.reopen().await; // DirectoryInUse here before the fix
     }
-    assert_projections_equal_a_fold_of_the_log(&f.engine);
+    assert_projections_equal_a_fold_of_the_log(&f.engine).await;
 }

@@ -61,6 +61,8 @@ struct Flush {
 pub(crate) struct FlushState {
     /// The number of the last flush that landed.
     pub(crate) landed: AtomicU64,
+    /// The same, for those who wait for a flush.
+    pub(crate) landed_watch: tokio::sync::watch::Sender<u64>,
     /// Why flushing stopped, if it did (the engine then refuses writes: nothing more
     /// could become clean, and reopening folds the log again).
     pub(crate) failure: Mutex<Option<String>>,
@@ -131,12 +133,14 @@ fn run(db: &DB, slot: ProjectionSlot, views: &Views, state: &FlushState, flushes
                 fail::fail_point!("flush::after_write");
                 views.landed(flush.number);
                 state.landed.store(flush.number, Ordering::Release);
+                state.landed_watch.send_replace(flush.number);
             }
             Err(err) => {
                 tracing::error!(%err, flush = flush.number, "a projection flush failed; the engine refuses further writes");
                 if let Ok(mut failure) = state.failure.lock() {
                     *failure = Some(format!("flush {} failed: {err}", flush.number));
                 }
+                state.landed_watch.send_modify(|_| {}); // wake whoever waits, to see the failure
             }
         }
     }

@@ -17,7 +17,7 @@ use crate::error::{EngineError, OpenError};
 use crate::log::{LogConfig, LogReader, LogWriter, Sequencer, read_events};
 use crate::persist::{self, FlushState, Flusher};
 use crate::schema;
-use crate::state_machine::{Command, EffectBatch, FlushPolicy, LiveState, StateMachine};
+use crate::state_machine::{Command, EffectBatch, FlushPolicy, LiveState, Request, StateMachine};
 use crate::view::{RocksSource, RocksView, Views};
 use crossbeam_channel::{Sender, TrySendError};
 use osmium_projections::limits::PROJECTION_SCHEMA_VERSION;
@@ -61,7 +61,7 @@ pub const CLOSE_WAIT_MAX_MS: u64 = 5_000;
 
 /// The running parts of one open engine.
 pub(crate) struct Core {
-    commands: Option<Sender<Command>>,
+    commands: Option<Sender<Request>>,
     state_machine: Option<JoinHandle<()>>,
     writer: Option<Arc<LogWriter>>,
     flusher: Option<Arc<Flusher>>,
@@ -100,6 +100,7 @@ impl Core {
         let views = Arc::new(Views::new(dir.db.clone(), dir.slot, state.cuts(), dir.last_position));
         let flush_state = Arc::new(FlushState::default());
         flush_state.landed.store(state.cuts(), std::sync::atomic::Ordering::Release);
+        flush_state.landed_watch.send_replace(state.cuts());
         let writer = Arc::new(LogWriter::start(
             dir.db.clone(),
             dir.path.clone(),
@@ -149,11 +150,37 @@ impl Core {
 
     /// Queues a command for the state machine.
     pub(crate) fn submit(&self, command: Command) -> Result<(), EngineError> {
+        self.request(Request::Command(command))
+    }
+
+    fn request(&self, request: Request) -> Result<(), EngineError> {
         let commands = self.commands.as_ref().ok_or(EngineError::Closed)?;
-        commands.try_send(command).map_err(|err| match err {
+        commands.try_send(request).map_err(|err| match err {
             TrySendError::Full(_) => EngineError::Overloaded { queue_max: self.commit_queue_max },
             TrySendError::Disconnected(_) => EngineError::Closed,
         })
+    }
+
+    /// Cuts the state and waits until that flush landed: then the flushed projections
+    /// hold everything acknowledged before the call.
+    pub(crate) async fn flush(&self) -> Result<u64, EngineError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let mut landed = self.flush_state.landed_watch.subscribe();
+        self.request(Request::Flush(reply))?;
+        let number = answer.await.map_err(|_| self.failed())?;
+        loop {
+            if *landed.borrow_and_update() >= number {
+                return Ok(number);
+            }
+            if self.failure().is_some() {
+                return Err(self.failed());
+            }
+            landed.changed().await.map_err(|_| EngineError::Closed)?;
+        }
+    }
+
+    fn failed(&self) -> EngineError {
+        self.failure().map_or(EngineError::Closed, |reason| EngineError::WriterFailed { reason })
     }
 
     /// The data directory.

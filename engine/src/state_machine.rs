@@ -85,6 +85,14 @@ pub(crate) struct Command {
     pub(crate) reply: oneshot::Sender<Result<Output, EngineError>>,
 }
 
+/// What the state machine is asked to do.
+pub(crate) enum Request {
+    /// Decide a command.
+    Command(Command),
+    /// Cut now; answers the number of the flush that holds everything decided before.
+    Flush(oneshot::Sender<u64>),
+}
+
 /// Effects of one durable batch, each with the position of the event that caused it.
 pub(crate) type EffectBatch = Vec<(Position, Effect)>;
 
@@ -117,7 +125,7 @@ type Outcome = (oneshot::Sender<Result<Output, EngineError>>, Result<Output, Eng
 
 impl StateMachine {
     /// Runs until the command channel closes, then cuts and hands over a final flush.
-    pub(crate) fn run(mut self, commands: Receiver<Command>) {
+    pub(crate) fn run(mut self, commands: Receiver<Request>) {
         let mut events_since_cut: u64 = 0;
         let mut last_cut = Instant::now();
         loop {
@@ -138,9 +146,21 @@ impl StateMachine {
                     Err(_) => break,
                 }
             }
-            let due = events_since_cut > 0 && last_cut.elapsed() >= Duration::from_millis(self.policy.interval_ms);
+            let mut flushes = Vec::new();
+            let batch: Vec<Command> = batch
+                .into_iter()
+                .filter_map(|request| match request {
+                    Request::Command(command) => Some(command),
+                    Request::Flush(reply) => {
+                        flushes.push(reply);
+                        None
+                    }
+                })
+                .collect();
+            let due = events_since_cut > 0
+                && (!flushes.is_empty() || last_cut.elapsed() >= Duration::from_millis(self.policy.interval_ms));
             let committed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                self.run_batch(batch, due, &mut events_since_cut)
+                self.run_batch(batch, due, flushes, &mut events_since_cut)
             }));
             match committed {
                 Ok(true) => last_cut = Instant::now(),
@@ -151,7 +171,7 @@ impl StateMachine {
         // Clean shutdown: whatever is not flushed yet goes in one last cut.
         if events_since_cut > 0 {
             let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                self.run_batch(Vec::new(), true, &mut events_since_cut)
+                self.run_batch(Vec::new(), true, Vec::new(), &mut events_since_cut)
             }));
         }
     }
@@ -170,7 +190,13 @@ impl StateMachine {
 
     /// Decides, stages and folds `commands`, then submits the batch. Returns whether the
     /// batch was a cut.
-    fn run_batch(&mut self, commands: Vec<Command>, due: bool, events_since_cut: &mut u64) -> bool {
+    fn run_batch(
+        &mut self,
+        commands: Vec<Command>,
+        due: bool,
+        flushes: Vec<oneshot::Sender<u64>>,
+        events_since_cut: &mut u64,
+    ) -> bool {
         if let Some(reason) = self.failure() {
             for command in commands {
                 let _ = command.reply.send(Err(EngineError::WriterFailed { reason: reason.clone() }));
@@ -221,7 +247,8 @@ impl StateMachine {
             return false;
         }
         let flush_number = self.state.cuts();
-        let completion = self.completion(&log_batch, writes, cut.then_some(flush_number), outcomes, effects);
+        let flushed = Flushed { number: flush_number, replies: flushes };
+        let completion = self.completion(&log_batch, writes, cut.then_some(flush_number), outcomes, effects, flushed);
         if let Err(err) = self.writer.submit(log_batch, completion) {
             self.fail(err.to_string());
         }
@@ -276,6 +303,7 @@ impl StateMachine {
         flush: Option<u64>,
         outcomes: Vec<Outcome>,
         effects: EffectBatch,
+        flushed: Flushed,
     ) -> crate::log::Completion {
         let views = self.views.clone();
         let flusher = self.flusher.clone();
@@ -291,6 +319,7 @@ impl StateMachine {
                 for (reply, outcome) in outcomes {
                     let _ = reply.send(outcome);
                 }
+                flushed.answer();
                 if !effects.is_empty() {
                     let _ = effects_tx.send(effects);
                 }
@@ -306,7 +335,22 @@ impl StateMachine {
                     };
                     let _ = reply.send(answer);
                 }
+                drop(flushed); // its callers see the engine failed
             }
         })
+    }
+}
+
+/// Callers of a flush, answered once the batch that cut is published.
+struct Flushed {
+    number: u64,
+    replies: Vec<oneshot::Sender<u64>>,
+}
+
+impl Flushed {
+    fn answer(self) {
+        for reply in self.replies {
+            let _ = reply.send(self.number);
+        }
     }
 }

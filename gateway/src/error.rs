@@ -1,7 +1,7 @@
 //! The gateway's one error type (for the operator: starting, tokens, I/O). What a client
 //! sees instead is an `RPCError` with a code from [`crate::codes`] or the engine's table.
 
-use osmium_engine::EngineError;
+use osmium_engine::{EngineError, OpenError};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -9,7 +9,10 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum GatewayError {
-    /// The engine could not be opened or failed.
+    /// The engine could not be opened.
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    /// The engine failed.
     #[error(transparent)]
     Engine(#[from] EngineError),
     /// An address could not be bound.

@@ -10,7 +10,7 @@
 
 use crate::error::{GatewayError, random_bytes};
 use base64::Engine as _;
-use osmium_engine::{ChatEngine, EngineConfig, EngineError};
+use osmium_engine::{ChatEngine, EngineConfig, OpenError};
 use osmium_proto::ids::UserId;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -133,7 +133,7 @@ async fn ensure_database(data_dir: &Path) -> Result<(), GatewayError> {
             drop(engine);
             Ok(())
         }
-        Err(err @ EngineError::DirectoryInUse { .. }) => {
+        Err(err @ OpenError::DirectoryInUse { .. }) => {
             let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(DATABASE_WAIT_MS);
             while !current.exists() {
                 if tokio::time::Instant::now() >= deadline {

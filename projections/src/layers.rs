@@ -220,4 +220,16 @@ impl<B: StoreRead + ?Sized> StoreRead for LayeredView<'_, B> {
         chats.dedup();
         chats
     }
+
+    fn touched_entries(&self) -> Vec<(UserId, ChatId)> {
+        let mut entries: Vec<(UserId, ChatId)> = self
+            .layers
+            .iter()
+            .flat_map(|layer| layer.touched.iter().flat_map(|(user, chats)| chats.iter().map(move |chat| (*user, *chat))))
+            .collect();
+        entries.extend(self.base.touched_entries());
+        entries.sort_unstable();
+        entries.dedup();
+        entries
+    }
 }

@@ -372,3 +372,49 @@ pub fn chat_invites(
     }
     Ok(invites)
 }
+
+/// The chat-list index as the next flush will write it: the stored entries, with those of
+/// touched chats (see [`StoreRead::touched_chats`]) replaced by their current ones.
+pub fn chat_list_index(store: &(impl StoreRead + ?Sized)) -> Result<Vec<Vec<u8>>, ProjectionError> {
+    let touched = store.touched_entries();
+    let mut entries = Vec::new();
+    let mut failure = None;
+    store.scan(Table::UseridLastmsgidChatidChatlist, ScanRange::prefix(&[]), &mut |key, _| {
+        let user = key.get(..8).and_then(|bytes| <[u8; 8]>::try_from(bytes).ok()).map(UserId::from_be_bytes);
+        match (user, keys::parse_chat_list_entry(key)) {
+            (Some(user), Ok((_, chat))) => {
+                if touched.binary_search(&(user, chat)).is_err() {
+                    entries.push(key.to_vec());
+                }
+                ControlFlow::Continue(())
+            }
+            (_, Err(err)) => {
+                failure = Some(err);
+                ControlFlow::Break(())
+            }
+            (None, Ok(_)) => {
+                failure = Some(short_key(key));
+                ControlFlow::Break(())
+            }
+        }
+    })?;
+    if let Some(err) = failure {
+        return Err(err);
+    }
+    for (user, chat) in touched {
+        let Some(record) = load_chat(store, chat)? else { continue };
+        if !record.large && load_member(store, chat, user)?.is_some() {
+            entries.push(keys::chat_list_entry(user, record.last_message_id, chat));
+        }
+    }
+    entries.sort_unstable();
+    Ok(entries)
+}
+
+fn short_key(key: &[u8]) -> ProjectionError {
+    ProjectionError::MalformedKey {
+        table: Table::UseridLastmsgidChatidChatlist,
+        expected: "user id, last message id, chat id (24 bytes)".into(),
+        found: crate::error::hex(key),
+    }
+}

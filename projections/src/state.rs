@@ -964,6 +964,10 @@ impl<S: StoreRead> ProjectionState<S> {
             }
         }
         records::save_checkpoint(&mut store, self.checkpoint);
+        if self.checkpoint == Position::ZERO {
+            // Nothing folded: a slot that was never flushed has no checkpoint key either.
+            store.delete(Table::ProjectionMeta, keys::META_CHECKPOINT.to_vec());
+        }
         Ok(store)
     }
 }

@@ -124,6 +124,11 @@ pub trait StoreRead {
         let _ = user;
         Vec::new()
     }
+
+    /// Every `(user, chat)` whose chat-list entry may be stale (see [`Self::touched_chats`]).
+    fn touched_entries(&self) -> Vec<(osmium_proto::ids::UserId, osmium_proto::ids::ChatId)> {
+        Vec::new()
+    }
 }
 
 /// `parse(key, value)` of every entry whose key starts with `prefix`, in key order;

@@ -17,9 +17,11 @@
 //! Every figure is measured in the run that prints it; throughputs and latencies are the
 //! median of `runs` runs. Nothing is asserted: targets are reported as met or missed.
 
-use osmium_engine::EngineError;
 use osmium_engine::chat::{ChatEngine, EngineConfig};
-use osmium_engine::log::{self, Durability, EventLog, ExpectedVersion, LogConfig, Proposal};
+use osmium_engine::directory::db_options;
+use osmium_engine::log::{Durability, EventLog, ExpectedVersion, LogConfig};
+use crate::ReplayError;
+use osmium_engine::EngineError;
 use osmium_engine::maintenance::{DataDirectory, RebuildOptions};
 use osmium_engine::schema::CF_POSITION_EVENT;
 use osmium_proto::events::{self, EventEnvelope, event_envelope::Event};
@@ -539,8 +541,8 @@ struct RawDb {
 
 impl RawDb {
     fn open(path: &Path) -> Result<RawDb, EngineError> {
-        let family = ColumnFamilyDescriptor::new(CF_POSITION_EVENT, log::db_options());
-        let db = DB::open_cf_descriptors(&log::db_options(), path, vec![family]).map_err(storage("opening the raw database"))?;
+        let family = ColumnFamilyDescriptor::new(CF_POSITION_EVENT, db_options());
+        let db = DB::open_cf_descriptors(&db_options(), path, vec![family]).map_err(storage("opening the raw database"))?;
         Ok(RawDb { db, next_key: 1 })
     }
 
@@ -570,7 +572,7 @@ impl RawDb {
 /// Sequential iteration of the log column family with a prost decode of every record,
 /// on a read-only open of the engine's directory: (events, seconds).
 fn raw_iterate(path: &Path) -> Result<(u64, f64), EngineError> {
-    let options = log::db_options();
+    let options = db_options();
     let names = DB::list_cf(&options, path).map_err(storage("listing column families"))?;
     let db = DB::open_cf_for_read_only(&options, path, names, false).map_err(storage("opening the log read-only"))?;
     let family = db.cf_handle(CF_POSITION_EVENT).ok_or_else(missing_log_family)?;
@@ -591,45 +593,26 @@ fn raw_iterate(path: &Path) -> Result<(u64, f64), EngineError> {
 
 // ---- the event log directly: appends and generation -------------------------------
 
-/// Creates a group `owner` + `members` by appending its `group_created` event; its id.
-async fn create_group_event(log: &EventLog, owner: UserId, members: Vec<u64>) -> Result<ChatId, EngineError> {
-    let appended = log
-        .submit(Box::new(move |ctx| {
-            let chat = ChatId(ctx.next_id());
-            let created = events::GroupCreated { owner_id: owner.get(), name: format!("group of {owner}"), member_ids: members };
-            Ok(Proposal {
-                stream: StreamId::Chat(chat),
-                expected_version: ExpectedVersion::NoStream,
-                actor: owner,
-                events: vec![Event::GroupCreated(created)],
-                idempotency_key: None,
-            })
-        }))
-        .await?;
-    let first = appended.events.first().ok_or(EngineError::Closed)?;
-    match osmium_projections::stream_of(first)? {
-        StreamId::Chat(chat) => Ok(chat),
-        StreamId::User(_) => Err(EngineError::Closed),
-    }
+/// Creates the group `chat` of `owner` + `members` by appending its `group_created` event.
+async fn create_group_event(log: &EventLog, chat: ChatId, owner: UserId, members: Vec<u64>) -> Result<(), EngineError> {
+    let created = events::GroupCreated { owner_id: owner.get(), name: format!("group of {owner}"), member_ids: members };
+    log.append(StreamId::Chat(chat), ExpectedVersion::NoStream, owner, vec![Event::GroupCreated(created)], None).await.map(drop)
 }
 
-/// Appends `count` `message_sent` events by `author` to `chat` in one append.
-async fn append_messages(log: &EventLog, chat: ChatId, author: UserId, first_n: u64, count: usize) -> Result<(), EngineError> {
-    log.submit(Box::new(move |ctx| {
-        let events = (0..count as u64)
-            .map(|offset| {
-                Event::MessageSent(events::MessageSent {
-                    message_id: ctx.next_id(),
-                    author_id: author.get(),
-                    text: message_text(first_n + offset),
-                    ..Default::default()
-                })
+/// Appends `count` `message_sent` events by `author` to `chat` in one append, with ids
+/// from `ids` (increasing: each chat is appended to by one task only).
+async fn append_messages(log: &EventLog, chat: ChatId, author: UserId, first_n: u64, count: usize, ids: &AtomicU64) -> Result<(), EngineError> {
+    let events = (0..count as u64)
+        .map(|offset| {
+            Event::MessageSent(events::MessageSent {
+                message_id: ids.fetch_add(1, Ordering::Relaxed),
+                author_id: author.get(),
+                text: message_text(first_n + offset),
+                ..Default::default()
             })
-            .collect();
-        Ok(Proposal { stream: StreamId::Chat(chat), expected_version: ExpectedVersion::Any, actor: author, events, idempotency_key: None })
-    }))
-    .await
-    .map(drop)
+        })
+        .collect();
+    log.append(StreamId::Chat(chat), ExpectedVersion::Any, author, events, None).await.map(drop)
 }
 
 /// Counts the batches the writer commits, from the live tail.
@@ -640,7 +623,7 @@ struct BatchCounter {
 }
 
 impl BatchCounter {
-    fn start(log: &EventLog) -> BatchCounter {
+    fn start(log: &osmium_engine::LogReader) -> BatchCounter {
         let mut tail = log.subscribe();
         let (batches, events) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
         let (task_batches, task_events) = (batches.clone(), events.clone());
@@ -672,19 +655,21 @@ impl BatchCounter {
     }
 }
 
-/// One append run: `events` single-event appends by `submitters` concurrent tasks, each on
-/// its own chat. Returns (events/s, mean events per committed batch).
-async fn append_run(log: &Arc<EventLog>, chats: &[(ChatId, UserId)], submitters: usize, events: u64) -> Result<(f64, f64), EngineError> {
-    let counter = BatchCounter::start(log);
+/// One append run: `events` sends (no `client_id`: one `message_sent` event each) by
+/// `submitters` concurrent tasks, each in its own group. Returns (events/s, mean events
+/// per committed batch).
+async fn append_run(engine: &ChatEngine, chats: &[(ChatRef, UserId)], submitters: usize, events: u64) -> Result<(f64, f64), EngineError> {
+    let counter = BatchCounter::start(engine.log());
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(submitters);
     for submitter in 0..submitters {
         let share = events / submitters as u64 + u64::from((submitter as u64) < events % submitters as u64);
         let (chat, author) = chats[submitter % chats.len()];
-        let log = log.clone();
+        let engine = engine.clone();
         tasks.push(tokio::spawn(async move {
             for n in 0..share {
-                append_messages(&log, chat, author, n, 1).await?;
+                let request = messages::SendMessage { chat_ref: Some(chat), message: message_text(n), ..Default::default() };
+                engine.send_message(author, request).await?;
             }
             Ok::<(), EngineError>(())
         }));
@@ -698,7 +683,7 @@ async fn append_run(log: &Arc<EventLog>, chats: &[(ChatId, UserId)], submitters:
 }
 
 /// The encoded bytes of up to `limit` stored events from `from`: the raw baselines' values.
-fn stored_values(log: &EventLog, from: Position, limit: usize) -> Result<Vec<Vec<u8>>, EngineError> {
+fn stored_values(log: &osmium_engine::LogReader, from: Position, limit: usize) -> Result<Vec<Vec<u8>>, EngineError> {
     Ok(log.read_all(from, limit)?.iter().map(|event| event.encode_to_vec()).collect())
 }
 
@@ -722,19 +707,25 @@ async fn append_part(
     events_per_run: &[u64; 3],
     runs: usize,
     say: &(dyn Fn(String) + Sync),
-) -> Result<(Vec<AppendResult>, f64), EngineError> {
-    let config = LogConfig { durability, ..LogConfig::default() };
-    let log = Arc::new(EventLog::open(dir, config)?);
+) -> Result<(Vec<AppendResult>, f64), ReplayError> {
+    let config = EngineConfig { log: LogConfig { durability, ..LogConfig::default() }, ..EngineConfig::default() };
+    let engine = ChatEngine::open(dir, config).await?;
+    let owners = SUBMITTERS[2] as u64;
+    upsert_users(&engine, 1_000..=1_000 + 2 * owners).await?;
     let mut creations = Vec::with_capacity(SUBMITTERS[2]);
-    for index in 0..SUBMITTERS[2] as u64 {
-        let (log, owner) = (log.clone(), UserId(1_000 + 2 * index));
-        creations.push(tokio::spawn(async move { Ok((create_group_event(&log, owner, vec![owner.get() + 1]).await?, owner)) }));
+    for index in 0..owners {
+        let (engine, owner) = (engine.clone(), UserId(1_000 + 2 * index));
+        creations.push(tokio::spawn(async move {
+            let users = vec![UserRef { user_id: owner.get() + 1 }];
+            let group = engine.create_chat(owner, chats::CreateChat { users, name: format!("group of {owner}") }).await?;
+            Ok::<_, EngineError>((group_ref(group.id), owner))
+        }));
     }
     let mut chats = Vec::with_capacity(SUBMITTERS[2]);
     for creation in creations {
         chats.push(joined(creation.await)?);
     }
-    let first = log.last_position().next();
+    let first = engine.last_position().next();
     let sync = durability == Durability::Sync;
     let mut values: Vec<Vec<u8>> = Vec::new();
     let mut results = Vec::new();
@@ -742,9 +733,9 @@ async fn append_part(
         let (mut rates, mut batches, mut raw_rates) = (Vec::new(), Vec::new(), Vec::new());
         for run in 0..runs {
             say(format!("{durability:?} append: {submitters} submitters, run {}/{runs}, and its raw baseline", run + 1));
-            let (rate, batch) = append_run(&log, &chats, submitters, events).await?;
+            let (rate, batch) = append_run(&engine, &chats, submitters, events).await?;
             if values.is_empty() {
-                values = stored_values(&log, first, 1_024)?;
+                values = stored_values(engine.log(), first, 1_024)?;
             }
             rates.push(rate);
             batches.push(batch);
@@ -912,7 +903,7 @@ async fn mark_read_part(engine: &ChatEngine, runs: usize, calls: u64) -> Result<
 
 /// Runs `plan` in a new temporary directory under `parent` (removed afterwards).
 /// `progress` gets one line per step.
-pub fn run(plan: &BenchPlan, parent: &Path, progress: &(dyn Fn(String) + Sync)) -> Result<BenchReport, EngineError> {
+pub fn run(plan: &BenchPlan, parent: &Path, progress: &(dyn Fn(String) + Sync)) -> Result<BenchReport, ReplayError> {
     let started = Instant::now();
     std::fs::create_dir_all(parent).map_err(io_error(parent))?;
     let temp = tempfile::Builder::new().prefix("osmium-bench-").tempdir_in(parent).map_err(io_error(parent))?;
@@ -956,7 +947,7 @@ pub fn run(plan: &BenchPlan, parent: &Path, progress: &(dyn Fn(String) + Sync)) 
                     format!("{mode} append, {} submitter{plural}", result.submitters),
                     result.rate,
                     Unit::EventsPerSecond,
-                    format!("{} single-event appends per run; group commit reached {:.1} events/batch", result.events, result.batch),
+                    format!("{} sends (one event each) per run; group commit reached {:.1} events/batch", result.events, result.batch),
                 )
                 .against(raw_measure, result.raw_rate)
                 .with_target(target),
@@ -978,13 +969,13 @@ pub fn run(plan: &BenchPlan, parent: &Path, progress: &(dyn Fn(String) + Sync)) 
         let lists = get_chats_part(&engine, plan, progress).await?;
         progress("mark_chat_read (Buffered)".into());
         let marks = mark_read_part(&engine, plan.runs, plan.mark_read_calls).await?;
-        Ok::<_, EngineError>((sends, lists, marks))
+        Ok::<_, ReplayError>((sends, lists, marks))
     })?;
     let marks_sync = runtime.block_on(async {
         progress("mark_chat_read (Sync)".into());
         let sync = EngineConfig { log: LogConfig { durability: Durability::Sync, ..LogConfig::default() }, ..EngineConfig::default() };
         let engine = ChatEngine::open(&chat_dir, sync).await?;
-        mark_read_part(&engine, plan.runs, plan.mark_read_sync_calls).await
+        Ok::<_, ReplayError>(mark_read_part(&engine, plan.runs, plan.mark_read_sync_calls).await?)
     })?;
     rss.push(("send_message, get_chats, mark_chat_read (parts 4 to 6)".into(), meter.finish()));
     let dm_cost = sends.first().map_or(f64::NAN, |(_, cost)| *cost);
@@ -1122,41 +1113,49 @@ struct Generated {
 
 /// Part 7's log: `events` events (groups, then `message_sent` in appends of
 /// [`GENERATE_APPEND_EVENTS`]) through the event log in `Buffered` mode.
-async fn generate_log(dir: &Path, events: u64) -> Result<Generated, EngineError> {
-    let log = Arc::new(EventLog::open(dir, LogConfig { durability: Durability::Buffered, ..LogConfig::default() })?);
+async fn generate_log(dir: &Path, events: u64) -> Result<Generated, ReplayError> {
+    let config = LogConfig { durability: Durability::Buffered, ..LogConfig::default() };
+    let log = Arc::new(EventLog::open(dir, config)?);
     let started = Instant::now();
     let chat_count = (events / 1_000).clamp(1, 10_000);
+    // Chat and message ids from one counter above every user id: increasing in each chat,
+    // because each chat is appended to by one task only.
+    let ids = Arc::new(AtomicU64::new(1_000_000));
     let mut chats = Vec::with_capacity(chat_count as usize);
     for index in 0..chat_count {
         let owner = UserId(1 + (index * 13) % 10_000);
         let members = (1..2 + index % 7).map(|offset| 1 + (owner.get() + offset) % 10_000).collect();
-        chats.push((create_group_event(&log, owner, members).await?, owner));
+        let chat = ChatId(ids.fetch_add(1, Ordering::Relaxed));
+        create_group_event(&log, chat, owner, members).await?;
+        chats.push((chat, owner));
     }
     let messages = events.saturating_sub(chat_count);
     let appends = messages.div_ceil(GENERATE_APPEND_EVENTS as u64);
     let chats = Arc::new(chats);
-    let next = Arc::new(AtomicU64::new(0));
+    const TASKS: u64 = 4;
     let mut tasks = Vec::new();
-    for _ in 0..4 {
-        let (log, chats, next) = (log.clone(), chats.clone(), next.clone());
+    for task in 0..TASKS {
+        let (log, chats, ids) = (log.clone(), chats.clone(), ids.clone());
         tasks.push(tokio::spawn(async move {
-            loop {
-                let append = next.fetch_add(1, Ordering::Relaxed);
-                if append >= appends {
-                    return Ok::<(), EngineError>(());
-                }
+            // Task `task` makes appends task, task + TASKS, ...; append n goes to chat n % chats,
+            // so with as many chats as a multiple of TASKS each chat has one task.
+            let mut append = task;
+            while append < appends {
                 let first = append * GENERATE_APPEND_EVENTS as u64;
                 let count = (messages - first).min(GENERATE_APPEND_EVENTS as u64) as usize;
-                let (chat, author) = chats[(append % chats.len() as u64) as usize];
-                append_messages(&log, chat, author, first, count).await?;
+                let slot = (append / TASKS) % (chats.len() as u64 / TASKS).max(1) * TASKS + task;
+                let (chat, author) = chats[(slot % chats.len() as u64) as usize];
+                append_messages(&log, chat, author, first, count, &ids).await?;
+                append += TASKS;
             }
+            Ok::<(), EngineError>(())
         }));
     }
     for task in tasks {
         joined(task.await)?;
     }
     let seconds = started.elapsed().as_secs_f64();
-    let sample = stored_values(&log, Position(chat_count + 1), 1_024)?;
+    let sample = stored_values(log.reader(), Position(chat_count + 1), 1_024)?;
     let mean_event_bytes = sample.iter().map(Vec::len).sum::<usize>() as f64 / sample.len().max(1) as f64;
     let total = log.last_position().get();
     Ok(Generated { rate: total as f64 / seconds.max(1e-9), seconds, chats: chat_count, mean_event_bytes })

@@ -284,7 +284,7 @@ pub async fn run(
     data_dir: &Path,
     plan: &DemoPlan,
     progress: &mut (dyn FnMut(u64, u64) + Send),
-) -> Result<DemoSummary, EngineError> {
+) -> Result<DemoSummary, crate::ReplayError> {
     let engine = ChatEngine::open(data_dir, EngineConfig::default()).await?;
     let script = generate(plan);
     let started = Instant::now();

@@ -14,3 +14,23 @@
 pub mod bench;
 pub mod demo;
 pub mod progress;
+
+use osmium_engine::{EngineError, OpenError};
+
+/// What a replay subcommand can fail with: the directory does not open, or the work on it
+/// failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// The data directory could not be opened.
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    /// Reading, folding or writing failed.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+impl From<osmium_projections::ProjectionError> for ReplayError {
+    fn from(err: osmium_projections::ProjectionError) -> Self {
+        ReplayError::Engine(err.into())
+    }
+}

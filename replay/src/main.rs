@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use osmium_engine::EngineError;
+use osmium_replay::ReplayError;
 use osmium_engine::maintenance::{DataDirectory, RebuildOptions};
 use osmium_projections::query::{self, ChatListPage};
 use osmium_projections::records::{load_chat, load_member, load_message};
@@ -174,7 +175,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: &Cli) -> Result<Outcome, EngineError> {
+fn run(cli: &Cli) -> Result<Outcome, ReplayError> {
     let dir = cli.data_dir.as_path();
     match &cli.command {
         Command::Rebuild { projection, from, batch_events } => {
@@ -217,7 +218,7 @@ fn parse_table(name: &str) -> Result<osmium_projections::Table, String> {
     })
 }
 
-fn rebuild(dir: &Path, options: RebuildOptions, json_output: bool) -> Result<(), EngineError> {
+fn rebuild(dir: &Path, options: RebuildOptions, json_output: bool) -> Result<(), ReplayError> {
     let mut directory = DataDirectory::open_exclusive(dir)?;
     let mut reporter = Reporter::new("rebuild", "events", json_output);
     let started = Instant::now();
@@ -233,22 +234,26 @@ fn rebuild(dir: &Path, options: RebuildOptions, json_output: bool) -> Result<(),
     Ok(())
 }
 
-fn verify(dir: &Path, limit: usize, json_output: bool) -> Result<Outcome, EngineError> {
+fn verify(dir: &Path, limit: usize, json_output: bool) -> Result<Outcome, ReplayError> {
     let directory = DataDirectory::open_read_only(dir)?;
     let mut reporter = Reporter::new("verify", "events", json_output);
-    let differences = directory.verify(limit, &mut |done, total| reporter.update(done, total))?;
+    let (checkpoint, differences) = directory.verify(limit, &mut |done, total| reporter.update(done, total))?;
     reporter.finish();
-    let events = directory.last_position().get();
+    let events = checkpoint.get();
+    let logged = directory.last_position().get();
     if json_output {
         let listed: Vec<_> = differences
             .iter()
             .map(|d| json!({ "table": d.table.name(), "key": d.key, "field": d.field, "expected": d.expected, "found": d.found }))
             .collect();
-        println!("{}", json!({ "events": events, "matches": differences.is_empty(), "differences": listed }));
+        println!(
+            "{}",
+            json!({ "events": events, "checkpoint": events, "log_last_position": logged, "matches": differences.is_empty(), "differences": listed })
+        );
     } else if differences.is_empty() {
-        println!("projections match a fold of the log ({events} events)");
+        println!("projections match a fold of the log up to their checkpoint ({events} of {logged} events)");
     } else {
-        println!("projections differ from a fold of the log ({events} events); first differences:");
+        println!("projections differ from a fold of the log up to their checkpoint ({events} of {logged} events); first differences:");
         for difference in &differences {
             println!(
                 "  {} {} field {}: expected {}, found {}",
@@ -263,7 +268,7 @@ fn verify(dir: &Path, limit: usize, json_output: bool) -> Result<Outcome, Engine
     Ok(if differences.is_empty() { Outcome::Clean } else { Outcome::Differences })
 }
 
-fn check(dir: &Path, limit: usize, json_output: bool) -> Result<Outcome, EngineError> {
+fn check(dir: &Path, limit: usize, json_output: bool) -> Result<Outcome, ReplayError> {
     let directory = DataDirectory::open_read_only(dir)?;
     let mut reporter = Reporter::new("check", "events", json_output);
     let problems = directory.check(limit, &mut |done, total| reporter.update(done, total))?;
@@ -283,7 +288,7 @@ fn check(dir: &Path, limit: usize, json_output: bool) -> Result<Outcome, EngineE
     Ok(if problems.is_empty() { Outcome::Clean } else { Outcome::Differences })
 }
 
-fn stats(dir: &Path, json_output: bool) -> Result<(), EngineError> {
+fn stats(dir: &Path, json_output: bool) -> Result<(), ReplayError> {
     let directory = DataDirectory::open_read_only(dir)?;
     let stats = directory.stats()?;
     let total_bytes: u64 = stats.bytes_by_column_family.values().sum();
@@ -325,7 +330,7 @@ fn dump(
     chat: Option<u64>,
     kind: Option<&str>,
     json_output: bool,
-) -> Result<Outcome, EngineError> {
+) -> Result<Outcome, ReplayError> {
     let directory = DataDirectory::open_read_only(dir)?;
     let mut printed = 0usize;
     let mut next = Position(from.max(1));
@@ -362,7 +367,7 @@ fn dump(
     Ok(Outcome::Clean)
 }
 
-fn chats(dir: &Path, user: UserId, limit: usize, json_output: bool) -> Result<Outcome, EngineError> {
+fn chats(dir: &Path, user: UserId, limit: usize, json_output: bool) -> Result<Outcome, ReplayError> {
     let directory = DataDirectory::open_read_only(dir)?;
     let rows = directory.with_projections(|view| -> Result<Vec<serde_json::Value>, EngineError> {
         let page = ChatListPage { limit, max_id: None, min_id: None };
@@ -406,7 +411,7 @@ fn chats(dir: &Path, user: UserId, limit: usize, json_output: bool) -> Result<Ou
     Ok(Outcome::Clean)
 }
 
-fn demo(dir: &Path, plan: &DemoPlan, json_output: bool) -> Result<Outcome, EngineError> {
+fn demo(dir: &Path, plan: &DemoPlan, json_output: bool) -> Result<Outcome, ReplayError> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|source| EngineError::Io {
         path: PathBuf::from("<tokio runtime>"),
         source,
@@ -425,7 +430,7 @@ fn demo(dir: &Path, plan: &DemoPlan, json_output: bool) -> Result<Outcome, Engin
     rebuild_reporter.finish();
     let rebuild_seconds = rebuild_started.elapsed().as_secs_f64();
     let mut verify_reporter = Reporter::new("verify", "events", json_output);
-    let differences = directory.verify(5, &mut |done, total| verify_reporter.update(done, total))?;
+    let (_, differences) = directory.verify(5, &mut |done, total| verify_reporter.update(done, total))?;
     verify_reporter.finish();
     let bytes: u64 = directory.stats()?.bytes_by_column_family.values().sum();
 
@@ -473,7 +478,7 @@ fn demo(dir: &Path, plan: &DemoPlan, json_output: bool) -> Result<Outcome, Engin
     Ok(if differences.is_empty() { Outcome::Clean } else { Outcome::Differences })
 }
 
-fn bench(plan: &BenchPlan, parent: &Path, json_output: bool) -> Result<(), EngineError> {
+fn bench(plan: &BenchPlan, parent: &Path, json_output: bool) -> Result<(), ReplayError> {
     let progress = |line: String| {
         if !json_output {
             eprintln!("bench: {line}");

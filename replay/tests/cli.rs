@@ -45,14 +45,17 @@ fn scripted_log(dir: &Path, extra_users: u64) -> u64 {
             engine.send_message(ANN, send(group_ref, &format!("group message {n}"))).await.unwrap();
         }
         engine.save_draft(BOB, group_ref, Some("draft".into())).await.unwrap();
-        // Bulk directory entries, 1,000 events per append, to give rebuilds something to chew on.
+        drop(engine);
+        // Bulk directory entries, 1,000 events per append (straight to the log, which the
+        // next engine folds when it opens), to give rebuilds something to chew on.
+        let log = osmium_engine::EventLog::open(dir, Default::default()).unwrap();
         for chunk in 0..extra_users.div_ceil(1_000) {
             let events = (0..1_000.min(extra_users - chunk * 1_000))
                 .map(|n| Event::UserUpserted(UserUpserted {
                     user: Some(types::User { id: 100, name: format!("rename {chunk}/{n}"), ..Default::default() }),
                 }))
                 .collect();
-            engine.log().append(StreamId::User(UserId(100)), ExpectedVersion::Any, UserId(100), events, None).await.unwrap();
+            log.append(StreamId::User(UserId(100)), ExpectedVersion::Any, UserId(100), events, None).await.unwrap();
         }
         group.id
     })

@@ -443,23 +443,33 @@ impl ChatEngine {
     }
 
     /// Every entry of every projection table as reads see them now (flushed and not),
-    /// copied into memory: compare with a fold of the log (`verify`, tests).
+    /// copied into memory: compare with a fold of the log (tests). The chat-list index is
+    /// shown as the next flush will write it (it is derived when the state is flushed).
     pub fn projection_contents(&self) -> Result<MemStore, EngineError> {
         self.read(|view| {
             let mut contents = MemStore::new();
             for table in Table::ALL {
-                let mut failure = None;
+                if table == Table::UseridLastmsgidChatidChatlist {
+                    for key in query::chat_list_index(view)? {
+                        osmium_projections::Store::put(&mut contents, table, key, Vec::new());
+                    }
+                    continue;
+                }
                 view.scan(table, osmium_projections::ScanRange::prefix(&[]), &mut |key, value| {
                     osmium_projections::Store::put(&mut contents, table, key.to_vec(), value.to_vec());
                     std::ops::ControlFlow::Continue(())
-                })
-                .unwrap_or_else(|err| failure = Some(err));
-                if let Some(err) = failure {
-                    return Err(err.into());
-                }
+                })?;
             }
             Ok(contents)
         })
+    }
+
+    /// Flushes the projections now and waits until the flush landed: the flushed tables
+    /// then hold everything acknowledged before the call (an engine also flushes every
+    /// `flush_interval_ms`, every `flush_events_max` events, and when it closes). Returns
+    /// the flush's number.
+    pub async fn flush(&self) -> Result<u64, EngineError> {
+        self.inner.core.flush().await
     }
 
     /// Figures for metrics and operators.

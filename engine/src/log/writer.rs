@@ -125,8 +125,8 @@ impl Thread {
         let written = self.write(&mut group);
         match written {
             Ok(last) => {
-                fail::fail_point!("commit::after_write");
                 if let Some(last) = last {
+                    fail::fail_point!("commit::after_write");
                     self.published.durable.store(last.get(), Ordering::Release);
                     self.published.position_tx.send_replace(last);
                 }
@@ -137,7 +137,9 @@ impl Thread {
                     }
                     (job.done)(Ok(()));
                 }
-                fail::fail_point!("commit::after_ack");
+                if last.is_some() {
+                    fail::fail_point!("commit::after_ack");
+                }
                 for batch in committed {
                     let _ = self.published.tail.send(batch); // nobody listening is fine
                 }

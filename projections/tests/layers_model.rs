@@ -1,9 +1,12 @@
-//! The overlay (pending writes over a base store) must read exactly like a `BTreeMap`
-//! with the same writes applied: checked against `MemStore` on random operations.
+//! Layers of not yet flushed writes over a base store must read exactly like a `BTreeMap`
+//! with the same writes applied in order (the newest layer winning): checked against
+//! `MemStore` on random operations, with one to three layers.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use osmium_projections::store::{Direction, MemStore, Overlay, ScanRange, Store, StoreRead, Table};
+use osmium_projections::store::{Direction, MemStore, ScanRange, Store, StoreRead, Table};
+use osmium_projections::{Layer, LayeredView};
+use std::sync::Arc;
 use proptest::prelude::*;
 use std::ops::ControlFlow;
 
@@ -44,11 +47,21 @@ fn scan(store: &impl StoreRead, range: ScanRange<'_>, limit: usize) -> Vec<(Vec<
     seen
 }
 
+fn layer(ops: &[Op]) -> Layer {
+    let mut layer = Layer::new();
+    let writes = ops.iter().map(|op| match op {
+        Op::Put(key, value) => (Table::ChatidChat, key.clone(), Some(value.clone())),
+        Op::Delete(key) => (Table::ChatidChat, key.clone(), None),
+    });
+    layer.apply(writes, &[]);
+    layer
+}
+
 proptest! {
     #[test]
-    fn an_overlay_reads_like_the_writes_applied_to_its_base(
+    fn layers_read_like_their_writes_applied_to_the_base_in_order(
         base_ops in proptest::collection::vec(op(), 0..20),
-        pending_ops in proptest::collection::vec(op(), 0..20),
+        layer_ops in proptest::collection::vec(proptest::collection::vec(op(), 0..12), 1..4),
         prefix in proptest::collection::vec(0u8..4, 0..2),
         start in proptest::option::of(key()),
         reverse in any::<bool>(),
@@ -57,16 +70,18 @@ proptest! {
         let mut base = MemStore::new();
         apply(&mut base, &base_ops);
         let mut model = base.clone();
-        apply(&mut model, &pending_ops);
-        let mut overlay = Overlay::new(&base);
-        apply(&mut overlay, &pending_ops);
+        for ops in &layer_ops {
+            apply(&mut model, ops); // oldest layer first
+        }
+        let layers: Vec<Arc<Layer>> = layer_ops.iter().rev().map(|ops| Arc::new(layer(ops))).collect(); // newest first
+        let view = LayeredView::new(&base, &layers);
 
         let start = start.filter(|start| start.starts_with(&prefix));
         let direction = if reverse { Direction::Reverse } else { Direction::Forward };
         let range = ScanRange { prefix: &prefix, start: start.as_deref(), direction };
-        prop_assert_eq!(scan(&overlay, range, limit), scan(&model, range, limit));
+        prop_assert_eq!(scan(&view, range, limit), scan(&model, range, limit));
         for probe in [vec![], vec![0], vec![1, 2], vec![3, 3, 3]] {
-            prop_assert_eq!(overlay.get(Table::ChatidChat, &probe).unwrap(), model.get(Table::ChatidChat, &probe).unwrap());
+            prop_assert_eq!(view.get(Table::ChatidChat, &probe).unwrap(), model.get(Table::ChatidChat, &probe).unwrap());
         }
     }
 }
