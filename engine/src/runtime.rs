@@ -70,7 +70,34 @@ pub(crate) struct Core {
     flush_state: Arc<FlushState>,
     failure: Arc<Mutex<Option<String>>>,
     commit_queue_max: usize,
-    dir: DataDir,
+    // Declared last: dropped after every other part let go of the database.
+    dir: ClosingDir,
+}
+
+/// The open directory, closed only once no background task holds its database: dropping
+/// it waits (bounded by [`CLOSE_WAIT_MAX_MS`]) so that the directory is free when the last
+/// engine handle's drop returns.
+#[derive(Debug)]
+struct ClosingDir(DataDir);
+
+impl std::ops::Deref for ClosingDir {
+    type Target = DataDir;
+
+    fn deref(&self) -> &DataDir {
+        &self.0
+    }
+}
+
+impl Drop for ClosingDir {
+    fn drop(&mut self) {
+        let deadline = Instant::now() + std::time::Duration::from_millis(CLOSE_WAIT_MAX_MS);
+        while Arc::strong_count(&self.0.db) > 1 && Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        if Arc::strong_count(&self.0.db) > 1 {
+            tracing::warn!(wait_ms = CLOSE_WAIT_MAX_MS, "a background task still holds the database; it closes when that task ends");
+        }
+    }
 }
 
 impl std::fmt::Debug for Core {
@@ -143,7 +170,7 @@ impl Core {
             flush_state,
             failure,
             commit_queue_max: log.commit_queue_max,
-            dir,
+            dir: ClosingDir(dir),
         };
         Ok((core, effects_rx))
     }
@@ -210,15 +237,7 @@ impl Drop for Core {
         }
         drop(self.writer.take()); // writes what is queued (and runs its completions)
         drop(self.flusher.take()); // flushes what is queued
-        // Background tasks hold the database only through short reads; wait for them so
-        // that the directory is free when the drop returns.
-        let deadline = Instant::now() + std::time::Duration::from_millis(CLOSE_WAIT_MAX_MS);
-        while Arc::strong_count(&self.dir.db) > 1 && Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-        if Arc::strong_count(&self.dir.db) > 1 {
-            tracing::warn!(wait_ms = CLOSE_WAIT_MAX_MS, "a background task still holds the database; it closes when that task ends");
-        }
+        // The remaining fields drop in order; `dir` last waits for background tasks.
     }
 }
 

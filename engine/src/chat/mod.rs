@@ -133,19 +133,21 @@ impl ChatEngine {
             .map_err(|_| OpenError::Engine(EngineError::Closed))??;
         let hub = Arc::new(UpdateHub::default());
         let typing = Arc::new(TypingState::new(clock.clone(), config.limits.typing_expiry_ms));
-        let inner = Arc::new_cyclic(|weak: &std::sync::Weak<EngineInner>| {
-            let fan_out = tokio::spawn(updates::fan_out(weak.clone(), effects));
-            let weak = weak.clone();
-            let expiry = tokio::spawn(async move {
-                let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
-                loop {
-                    tick.tick().await;
-                    let Some(inner) = weak.upgrade() else { return };
-                    ChatEngine { inner }.expire_typing();
+        let targets = Arc::new(updates::FanOut { hub: hub.clone(), typing: typing.clone(), views: Arc::downgrade(&core.views) });
+        let fan_out = tokio::spawn(updates::fan_out(targets.clone(), effects));
+        // Holds no engine handle (only the state weakly): dropping the last handle closes
+        // the engine at once, never from inside this task.
+        let expiry = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+            loop {
+                tick.tick().await;
+                if targets.views.strong_count() == 0 {
+                    return;
                 }
-            });
-            EngineInner { core, limits: config.limits, hub, typing, clock, background: vec![fan_out, expiry] }
+                targets.expire_typing();
+            }
         });
+        let inner = Arc::new(EngineInner { core, limits: config.limits, hub, typing, clock, background: vec![fan_out, expiry] });
         Ok(ChatEngine { inner })
     }
 
@@ -340,17 +342,12 @@ impl ChatEngine {
     /// Publishes `typing = false` for every indicator past its expiry. Runs every 500 ms
     /// on its own; tests call it after moving a manual clock.
     pub fn expire_typing(&self) {
-        for (chat_id, typist) in self.inner.typing.take_expired() {
-            let found = self.read(|view| {
-                let Some(chat) = osmium_projections::records::load_chat(view, chat_id)? else { return Ok(None) };
-                Ok(Some((chat, osmium_projections::records::load_members(view, chat_id)?)))
-            });
-            let Ok(Some((chat, members))) = found else { continue };
-            let position = self.last_position();
-            for (user, _) in members.iter().filter(|(user, _)| *user != typist) {
-                self.inner.hub.publish(*user, updates::typing_update(&chat, chat_id, *user, typist, false, position));
-            }
-        }
+        let targets = updates::FanOut {
+            hub: self.inner.hub.clone(),
+            typing: self.inner.typing.clone(),
+            views: Arc::downgrade(&self.inner.core.views),
+        };
+        targets.expire_typing();
     }
 
     // ---- invites ----------------------------------------------------------------

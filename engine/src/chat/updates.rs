@@ -6,7 +6,10 @@
 //! come from the effects, as of each event's position; only user profiles (names, photos)
 //! are read from the published state.
 
-use super::{EngineInner, views};
+use super::views;
+use crate::view::Views;
+use osmium_projections::StoreRead;
+use osmium_projections::records::{load_chat, load_members};
 use crate::clock::Clock;
 use crate::error::EngineError;
 use crate::state_machine::EffectBatch;
@@ -114,24 +117,53 @@ fn update(kind: updates::update::Update) -> updates::Update {
     updates::Update { update: Some(kind) }
 }
 
+/// What the fan-out needs: the subscribers, the typing state, and (weakly: the engine's
+/// drop must not wait for this task) the published state, for user profiles.
+pub(super) struct FanOut {
+    pub(super) hub: Arc<UpdateHub>,
+    pub(super) typing: Arc<TypingState>,
+    pub(super) views: Weak<Views>,
+}
+
 /// Runs until the engine closes: turns the effects of every durable batch, in log order,
-/// into updates for the users subscribed. Holds the engine only weakly between batches, so
-/// that dropping the last handle closes it.
-pub(super) async fn fan_out(engine: Weak<EngineInner>, mut effects: mpsc::UnboundedReceiver<EffectBatch>) {
+/// into updates for the users subscribed.
+pub(super) async fn fan_out(fan_out: Arc<FanOut>, mut effects: mpsc::UnboundedReceiver<EffectBatch>) {
     while let Some(batch) = effects.recv().await {
-        let Some(inner) = engine.upgrade() else { return };
-        if !inner.hub.has_subscribers() && !inner.typing.any() {
+        if !fan_out.hub.has_subscribers() && !fan_out.typing.any() {
             continue;
         }
         for (position, effect) in batch {
-            if let Err(err) = publish_effect(&inner, position, effect) {
+            if let Err(err) = publish_effect(&fan_out, position, effect) {
                 tracing::warn!(position = position.get(), %err, "could not build updates for an event");
             }
         }
     }
 }
 
-fn publish_effect(inner: &EngineInner, position: Position, effect: Effect) -> Result<(), EngineError> {
+impl FanOut {
+    /// Publishes `typing = false` for every indicator past its expiry.
+    pub(super) fn expire_typing(&self) {
+        for (chat_id, typist) in self.typing.take_expired() {
+            let found = self.read(|view| {
+                let Some(chat) = load_chat(view, chat_id)? else { return Ok(None) };
+                Ok(Some((chat, load_members(view, chat_id)?)))
+            });
+            let Ok(Some((chat, members))) = found else { continue };
+            let position = self.views.upgrade().map_or(Position::ZERO, |views| views.position());
+            for (user, _) in members.iter().filter(|(user, _)| *user != typist) {
+                self.hub.publish(*user, typing_update(&chat, chat_id, *user, typist, false, position));
+            }
+        }
+    }
+
+    /// Reads the published state; `Closed` once the engine is gone.
+    fn read<T>(&self, read: impl FnOnce(&dyn StoreRead) -> Result<T, EngineError>) -> Result<T, EngineError> {
+        let views = self.views.upgrade().ok_or(EngineError::Closed)?;
+        views.read(read)
+    }
+}
+
+fn publish_effect(inner: &FanOut, position: Position, effect: Effect) -> Result<(), EngineError> {
     let hub = &inner.hub;
     let tell = |user: UserId, kind: updates::update::Update, notify: bool| {
         hub.publish(user, TaggedUpdate { position, update: update(kind), notify });
@@ -149,7 +181,7 @@ fn publish_effect(inner: &EngineInner, position: Position, effect: Effect) -> Re
             if subscribed.is_empty() {
                 return Ok(());
             }
-            let author_view = inner.core.views.read(|view| query::user_view(view, author))?;
+            let author_view = inner.read(|view| Ok(query::user_view(view, author)?))?;
             for recipient in subscribed {
                 let chat_ref = query::chat_ref_by(recipient.user, audience.chat, audience.addressing);
                 let created = updates::UpdateMessageCreated {
@@ -191,7 +223,7 @@ fn publish_effect(inner: &EngineInner, position: Position, effect: Effect) -> Re
             if !hub.is_subscribed(user) {
                 return Ok(());
             }
-            let view = inner.core.views.read(|view| views::chat_of_snapshot(view, user, chat, &snapshot))?;
+            let view = inner.read(|view| views::chat_of_snapshot(view, user, chat, &snapshot))?;
             tell(user, updates::update::Update::Chat(updates::UpdateChat { chat: Some(view) }), false);
         }
         Effect::PermissionsChanged { chat, addressing, user, pos, neg } => {
@@ -207,7 +239,7 @@ fn publish_effect(inner: &EngineInner, position: Position, effect: Effect) -> Re
             if told.is_empty() {
                 return Ok(());
             }
-            let users = inner.core.views.read(|view| views::users_of(view, participants.iter().copied()))?;
+            let users = inner.read(|view| views::users_of(view, participants.iter().copied()))?;
             for viewer in told {
                 let Some(group) = query::group_of(viewer, audience.chat, &record, &participants) else { continue };
                 let changed = updates::UpdateGroup { group: Some(group), users: users.clone() };
