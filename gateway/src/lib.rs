@@ -31,10 +31,11 @@ pub mod config;
 mod connection;
 pub mod dispatch;
 pub mod error;
+mod limiter;
 pub mod metrics;
 pub mod server;
 pub mod tokens;
 
-pub use config::{GatewayLimits, ServerConfig};
+pub use config::{Advertise, GatewayLimits, ServerConfig};
 pub use error::GatewayError;
 pub use server::Gateway;

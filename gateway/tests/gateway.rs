@@ -122,7 +122,12 @@ async fn two_users_on_three_connections_chat_in_a_group_with_live_updates() {
     let mut ann1 = connect(&gateway).await;
     let result = call(&mut ann1, Call::CoreInitialize(Initialize::default())).await;
     let Some(Answer::Initialized(initialized)) = result.result else { panic!("{result:?}") };
-    assert_eq!(initialized.frame_bytes_max, 1024 * 1024);
+    let advertised = initialized.entrypoints.unwrap().entrypoints;
+    let port = u32::from(gateway.local_addr().port());
+    assert_eq!(advertised.len(), 1);
+    assert_eq!((advertised[0].hostname.as_str(), advertised[0].ip_address.as_deref()), ("127.0.0.1", Some("127.0.0.1")));
+    assert_eq!((advertised[0].port, advertised[0].region), (port, 0));
+    assert_eq!(initialized.vapid_public_key, None);
     let result = call(&mut ann1, Call::AuthAuthorize(auth::Authorize { token: ann_token.clone() })).await;
     let Some(Answer::Authorization(authorization)) = result.result else { panic!("{result:?}") };
     let ann_user = authorization.user.clone().unwrap();
