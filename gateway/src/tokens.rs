@@ -100,12 +100,22 @@ fn parse_hash(hex: &str) -> Option<TokenHash> {
     Some(hash)
 }
 
+/// Whether two hashes are equal, in constant time: four 64-bit words compared with
+/// `subtle` (a quarter of the work of comparing bytes one at a time).
+fn hash_ct_eq(a: &TokenHash, b: &TokenHash) -> subtle::Choice {
+    let (a, _) = a.as_chunks::<8>();
+    let (b, _) = b.as_chunks::<8>();
+    a.iter().zip(b).fold(subtle::Choice::from(1), |equal, (a, b)| {
+        equal & u64::from_ne_bytes(*a).ct_eq(&u64::from_ne_bytes(*b))
+    })
+}
+
 /// The index of `hash` in `entries`, comparing with every entry in constant time.
 fn find_constant_time(entries: &[(TokenHash, TokenGrant)], hash: &TokenHash) -> Option<usize> {
     let mut found = subtle::Choice::from(0);
     let mut index = 0u64;
     for (position, (stored, _)) in entries.iter().enumerate() {
-        let equal = stored.ct_eq(hash);
+        let equal = hash_ct_eq(stored, hash);
         index = u64::conditional_select(&index, &(position as u64), equal);
         found |= equal;
     }
