@@ -323,6 +323,8 @@ async fn unknown_call_gets_501_and_connection_stays_usable() {
     client.send_frame(Frame::Binary(vec![0x08, 0x09, 0x12, 0x00].into())).await.unwrap();
     let result = tokio::time::timeout(WAIT, client.next_result()).await.unwrap().unwrap();
     assert_eq!((result.req_id, error_code(&result)), (9, Some(codes::UNSUPPORTED)));
+    let Some(Answer::Error(error)) = &result.result else { panic!("{result:?}") };
+    assert!(error.error_message.contains("ClientMessage field 2 "), "names the call's field: {error:?}");
     let result = call(&mut client, Call::ChatsGetChats(chats::GetChats::default())).await;
     assert!(matches!(result.result, Some(Answer::Chats(_))));
     stop(gateway, [client]).await;
