@@ -767,3 +767,21 @@ async fn concurrent_token_creates_on_a_fresh_directory_all_succeed() {
     }
     assert_eq!(tokens::list_tokens(&dir).unwrap().len(), 8);
 }
+
+#[tokio::test]
+async fn an_idle_timeout_not_above_the_ping_interval_stops_the_server_from_starting() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = GatewayLimits { idle_timeout_ms: 1_000, ping_interval_ms: 1_000, ..GatewayLimits::default() };
+    let started = Gateway::start(config(dir.path(), limits)).await;
+    let Err(osmium_gateway::GatewayError::InvalidArgument { field, .. }) = started else { panic!("{started:?}") };
+    assert_eq!(field, "idle_timeout_ms");
+}
+
+#[tokio::test]
+async fn a_zero_rate_limit_stops_the_server_from_starting() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = GatewayLimits { send_message_per_user_per_second_max: 0, ..GatewayLimits::default() };
+    let started = Gateway::start(config(dir.path(), limits)).await;
+    let Err(osmium_gateway::GatewayError::InvalidArgument { field, .. }) = started else { panic!("{started:?}") };
+    assert_eq!(field, "send_message_per_user_per_second_max");
+}
