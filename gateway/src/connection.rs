@@ -627,7 +627,7 @@ impl Connection {
         if generation == session.tokens_generation {
             return false;
         }
-        if self.shared.tokens.grant_of(&session.token_hash).is_none() {
+        if !self.shared.tokens.still_stored(&session.token_hash) {
             return true;
         }
         session.tokens_generation = generation;

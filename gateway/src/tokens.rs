@@ -24,6 +24,7 @@ use osmium_proto::ids::UserId;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::{ConditionallySelectable as _, ConstantTimeEq as _};
+use std::collections::HashSet;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -262,8 +263,12 @@ struct Cached {
     loaded: bool,
     /// Modification time, size and inode (every atomic rewrite is a new inode).
     stamp: Option<(SystemTime, u64, u64)>,
-    /// Every stored hash with its grant; searched in full, in constant time.
+    /// Every stored hash with its grant; searched in full, in constant time, for a
+    /// presented token.
     entries: Vec<(TokenHash, TokenGrant)>,
+    /// The same hashes, for the server's own checks of its sessions' hashes (no secret
+    /// from outside is compared there, so no side channel to close).
+    signed_in: HashSet<TokenHash>,
 }
 
 /// The server's view of the tokens file, re-read when it changes.
@@ -317,6 +322,7 @@ impl TokenStore {
             })?;
             entries.push((hash, TokenGrant { user: UserId(entry.user_id), name: entry.name }));
         }
+        cached.signed_in = entries.iter().map(|(hash, _)| *hash).collect();
         cached.entries = entries;
         cached.stamp = stamp;
         cached.loaded = true;
@@ -329,13 +335,19 @@ impl TokenStore {
     pub(crate) fn lookup(&self, token: &str) -> Result<Option<(TokenGrant, TokenHash)>, GatewayError> {
         self.refresh()?;
         let hash = token_digest(token);
-        Ok(self.grant_of(&hash).map(|grant| (grant, hash)))
+        let cached = self.cached.lock().map_err(|_| GatewayError::TokensFile {
+            path: self.path.clone(),
+            reason: "token cache poisoned".into(),
+        })?;
+        let grant = find_constant_time(&cached.entries, &hash).and_then(|index| cached.entries.get(index));
+        Ok(grant.map(|(_, grant)| (grant.clone(), hash)))
     }
 
-    /// The grant of a token hash in the current cache (no refresh), found in constant time.
-    pub(crate) fn grant_of(&self, hash: &TokenHash) -> Option<TokenGrant> {
-        let cached = self.cached.lock().ok()?;
-        find_constant_time(&cached.entries, hash).and_then(|index| cached.entries.get(index).cloned()).map(|(_, grant)| grant)
+    /// Whether the hash of a signed-in session's token is still stored (no refresh). A
+    /// hash lookup, not a full scan: every connection checks this after each re-read of
+    /// the file, and the hash is the server's own, not a guess from outside.
+    pub(crate) fn still_stored(&self, hash: &TokenHash) -> bool {
+        self.cached.lock().is_ok_and(|cached| cached.signed_in.contains(hash))
     }
 }
 
