@@ -40,6 +40,24 @@ pub struct GatewayLimits {
     pub handshake_timeout_ms: u64,
     /// How long shutdown waits for connections to finish their calls, in milliseconds.
     pub shutdown_grace_ms: u64,
+    /// A connection from which nothing arrived (no frame, no pong, no heartbeat) for this
+    /// long is closed (1001, "idle timeout"), in milliseconds. Well above the official
+    /// client's 30 s heartbeat; must be above `ping_interval_ms`.
+    pub idle_timeout_ms: u64,
+    /// How often the server sends a WebSocket ping on every connection, in milliseconds,
+    /// so that a live client answers (pong) even when it sends nothing, and a dead peer
+    /// is found by `idle_timeout_ms`.
+    pub ping_interval_ms: u64,
+    /// Failed `Authorize` calls (unknown or revoked token) one connection may make; after
+    /// that every `Authorize` on it is answered with 429 without looking at the token.
+    pub sign_in_failures_per_connection_max: u32,
+    /// Failed `Authorize` calls per remote address (an IPv4 address, or an IPv6 /64) per
+    /// minute, as a token bucket that holds a minute's worth; over it, every `Authorize`
+    /// from that address is answered with 429 without looking at the token.
+    pub sign_in_failures_per_address_per_minute_max: u32,
+    /// `SendMessage` calls per user per second, across all of the user's connections, as
+    /// a token bucket that holds a second's worth; more are answered with 429.
+    pub send_message_per_user_per_second_max: u32,
 }
 
 impl Default for GatewayLimits {
@@ -55,8 +73,25 @@ impl Default for GatewayLimits {
             typing_per_second_max: 5,
             handshake_timeout_ms: 10_000,
             shutdown_grace_ms: 10_000,
+            idle_timeout_ms: 90_000,
+            ping_interval_ms: 30_000,
+            sign_in_failures_per_connection_max: 5,
+            sign_in_failures_per_address_per_minute_max: 30,
+            send_message_per_user_per_second_max: 10,
         }
     }
+}
+
+/// What `Initialized.entrypoints` tells clients about this server: where to connect.
+/// Unset parts default to the address the server listens on.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Advertise {
+    /// `Entrypoint.hostname` (a DNS name or an IP address); default: the listen IP.
+    pub host: Option<String>,
+    /// `Entrypoint.port`; default: the port actually bound.
+    pub port: Option<u16>,
+    /// `Entrypoint.region`.
+    pub region: u32,
 }
 
 /// Everything [`crate::Gateway::start`] needs.
@@ -72,6 +107,8 @@ pub struct ServerConfig {
     pub engine: EngineConfig,
     /// Per-connection bounds.
     pub limits: GatewayLimits,
+    /// The entrypoint advertised in `Initialized`.
+    pub advertise: Advertise,
 }
 
 impl ServerConfig {
@@ -84,6 +121,7 @@ impl ServerConfig {
             data_dir: data_dir.into(),
             engine: EngineConfig::default(),
             limits: GatewayLimits::default(),
+            advertise: Advertise::default(),
         }
     }
 }

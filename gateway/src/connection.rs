@@ -4,23 +4,30 @@
 //! moves the user's engine updates into the same queue, bounded both in messages and in
 //! encoded bytes (one history page can be megabytes). Whoever finds the queue full
 //! closes the connection (1008, with a reason): memory per connection stays bounded.
+//!
+//! Keep-alive: the writer pings every `ping_interval_ms`; the reader closes the
+//! connection (1001, "idle timeout") when nothing at all (frame, pong, heartbeat) arrived
+//! for `idle_timeout_ms`. A `ClientMessage` without a call is the official client's
+//! heartbeat: counted, never answered (an answer with its `req_id` 1 would look like the
+//! answer to the client's own request 1).
 
 use crate::codes;
 use crate::error::random_bytes;
-use crate::metrics::Metrics;
-use crate::tokens::TokenStore;
+use crate::limiter::{KeyedBuckets, address_key};
+use crate::metrics::{Limit, Metrics};
+use crate::tokens::{TokenHash, TokenStore};
 use crate::{GatewayLimits, dispatch};
 use futures_util::{FutureExt as _, SinkExt as _, StreamExt as _};
 use osmium_engine::ChatEngine;
 use osmium_proto::core::client_message::Message as Call;
 use osmium_proto::core::rpc_result::Result as Answer;
 use osmium_proto::core::{
-    ClientMessage, Initialized, RpcError, RpcResult, ServerMessage, server_message,
+    ClientMessage, Entrypoints, Initialize, Initialized, RpcError, RpcResult, ServerMessage, server_message,
 };
 use osmium_proto::ids::UserId;
 use osmium_proto::{auth, types};
 use prost::Message as _;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -40,6 +47,12 @@ pub(crate) struct Shared {
     pub(crate) limits: GatewayLimits,
     /// `true` once the server shuts down.
     pub(crate) shutdown: watch::Receiver<bool>,
+    /// This server, as `Initialized.entrypoints` advertises it.
+    pub(crate) entrypoint: types::Entrypoint,
+    /// Failed sign-ins per remote address (`sign_in_failures_per_address_per_minute_max`).
+    pub(crate) sign_in_failures: KeyedBuckets<IpAddr>,
+    /// `SendMessage` calls per user (`send_message_per_user_per_second_max`).
+    pub(crate) sends: KeyedBuckets<UserId>,
 }
 
 /// Why the writer must close at once (without draining the queue).
@@ -109,7 +122,7 @@ impl Outbound {
     }
 
     fn result(&self, req_id: u32, result: Option<Answer>) -> bool {
-        self.push(server_message::Message::Result(RpcResult { req_id, result }))
+        self.push(server_message::Message::Result(RpcResult { req_id, result, trace_id: None }))
     }
 
     fn error(&self, req_id: u32, error: RpcError) -> bool {
@@ -126,10 +139,17 @@ impl Outbound {
 
 /// Asks the writer to close the connection now; `false` if it was already asked.
 fn close_now(abort: &Abort, code: CloseCode, reason: &str) -> bool {
+    close_now_and(abort, code, reason, || {})
+}
+
+/// [`close_now`], running `count` first when this is the close that happens (so that
+/// whoever receives the close frame also finds it in the metrics).
+fn close_now_and(abort: &Abort, code: CloseCode, reason: &str, count: impl FnOnce()) -> bool {
     abort.send_if_modified(|current| {
         if current.is_some() {
             return false;
         }
+        count();
         *current = Some((code, reason.to_owned()));
         true
     })
@@ -139,8 +159,31 @@ fn close_now(abort: &Abort, code: CloseCode, reason: &str) -> bool {
 #[derive(Debug)]
 struct Session {
     user: UserId,
-    token_hash: String,
+    token_hash: TokenHash,
     tokens_generation: u64,
+}
+
+/// Who the client said it is in `Initialize` (for the sign-in log line), each string cut
+/// to [`CLIENT_INFO_LOG_CHARS_MAX`].
+#[derive(Debug, Default)]
+struct ClientInfo {
+    client_id: u32,
+    device_type: String,
+    app_version: String,
+}
+
+/// Characters of a client-given string written to the log.
+const CLIENT_INFO_LOG_CHARS_MAX: usize = 64;
+
+impl ClientInfo {
+    fn of(initialize: &Initialize) -> ClientInfo {
+        let cut = |text: &str| text.chars().take(CLIENT_INFO_LOG_CHARS_MAX).collect();
+        ClientInfo {
+            client_id: initialize.client_id,
+            device_type: cut(&initialize.device_type),
+            app_version: cut(&initialize.app_version),
+        }
+    }
 }
 
 /// At most `max` calls per one-second window.
@@ -165,6 +208,44 @@ impl RateWindow {
     }
 }
 
+/// The number of the first field of a decoded `ClientMessage` frame other than `id` (1),
+/// or `None` when it has no other field: a heartbeat. Frames reaching here decoded as a
+/// `ClientMessage`, so their fields are well-formed; a field that still cannot be
+/// skipped counts as a call (it is not a heartbeat).
+fn call_field(bytes: &[u8]) -> Option<u32> {
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let Ok(key) = prost::encoding::decode_varint(&mut rest) else { return Some(0) };
+        let field = u32::try_from(key >> 3).unwrap_or(u32::MAX);
+        if field != 1 {
+            return Some(field);
+        }
+        let skipped = match key & 0x07 {
+            0 => prost::encoding::decode_varint(&mut rest).is_ok(),
+            1 => rest.len() >= 8 && {
+                rest = &rest[8..];
+                true
+            },
+            2 => match prost::encoding::decode_varint(&mut rest).ok().and_then(|len| usize::try_from(len).ok()) {
+                Some(len) if len <= rest.len() => {
+                    rest = &rest[len..];
+                    true
+                }
+                _ => false,
+            },
+            5 => rest.len() >= 4 && {
+                rest = &rest[4..];
+                true
+            },
+            _ => false,
+        };
+        if !skipped {
+            return Some(field);
+        }
+    }
+    None
+}
+
 /// The `id` of a frame that does not decode as a whole, when its first field is it.
 fn leading_id(bytes: &[u8]) -> u32 {
     let mut rest = bytes;
@@ -178,12 +259,9 @@ fn leading_id(bytes: &[u8]) -> u32 {
 /// Runs a call; its engine error becomes the `RPCError`, and a panic in it a 500, so that
 /// the call is answered either way (a panicked task would otherwise leave its `req_id`
 /// without a result forever).
-async fn answer_of(
-    call: impl Future<Output = Result<Option<Answer>, osmium_engine::EngineError>>,
-) -> Result<Option<Answer>, RpcError> {
+async fn answer_of(call: impl Future<Output = Result<Option<Answer>, RpcError>>) -> Result<Option<Answer>, RpcError> {
     match std::panic::AssertUnwindSafe(call).catch_unwind().await {
-        Ok(Ok(answer)) => Ok(answer),
-        Ok(Err(err)) => Err(err.to_rpc_error()),
+        Ok(answer) => answer,
         Err(_) => {
             tracing::error!("a call panicked; answered with 500");
             Err(codes::error(codes::INTERNAL, "internal error: the call failed"))
@@ -230,12 +308,25 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAd
     // In a `JoinSet` so that it dies with this task even when this task is aborted (a
     // writer blocked on a client that reads nothing would otherwise hold its socket).
     let mut writer = JoinSet::new();
-    writer.spawn(write_loop(sink, (queue_rx, queued_bytes), abort_rx.clone(), final_reason, shared.shutdown.clone()));
+    let ping_interval = Duration::from_millis(limits.ping_interval_ms.max(1));
+    writer.spawn(write_loop(
+        sink,
+        (queue_rx, queued_bytes),
+        abort_rx.clone(),
+        final_reason,
+        shared.shutdown.clone(),
+        ping_interval,
+    ));
     let mut frames = frames;
     let mut connection = Connection {
         shared: shared.clone(),
         outbound,
+        peer,
         session: None,
+        subscribe: true,
+        updates_on: false,
+        client: None,
+        sign_in_failures: 0,
         forwarder: JoinSet::new(),
         calls: JoinSet::new(),
         typing: RateWindow { max: limits.typing_per_second_max, started: Instant::now(), count: 0 },
@@ -273,9 +364,12 @@ async fn write_loop(
     mut abort: watch::Receiver<Option<(CloseCode, String)>>,
     final_reason: FinalReason,
     shutdown: watch::Receiver<bool>,
+    ping_interval: Duration,
 ) {
     let mut sequence: u32 = 0;
     let mut abort_open = true;
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut close = loop {
         tokio::select! {
             biased;
@@ -303,6 +397,11 @@ async fn write_loop(
                 }
                 None => break None,
             },
+            _ = ping.tick() => {
+                if sink.send(Frame::Ping(Default::default())).await.is_err() {
+                    return;
+                }
+            }
         }
     };
     if close.is_none() {
@@ -322,9 +421,20 @@ async fn write_loop(
 struct Connection {
     shared: Arc<Shared>,
     outbound: Outbound,
+    peer: SocketAddr,
     session: Option<Session>,
-    /// At most one task; in a `JoinSet` so that it dies with the connection even when
-    /// the connection's task is aborted (it holds an engine handle).
+    /// Whether the client wants live updates on this connection (`Initialize.no_subscribe`
+    /// false, the default).
+    subscribe: bool,
+    /// Whether a forwarder of the signed-in user's updates runs.
+    updates_on: bool,
+    /// Who the client said it is (`Initialize`), for the sign-in log line.
+    client: Option<ClientInfo>,
+    /// Failed `Authorize` calls on this connection.
+    sign_in_failures: u32,
+    /// The update forwarder: at most one running (an aborted one may still be ending); in
+    /// a `JoinSet` so that it dies with the connection even when the connection's task is
+    /// aborted (it holds an engine handle).
     forwarder: JoinSet<()>,
     calls: JoinSet<()>,
     typing: RateWindow,
@@ -334,6 +444,9 @@ impl Connection {
     async fn read_loop(&mut self, frames: &mut FrameStream, mut abort: watch::Receiver<Option<(CloseCode, String)>>) {
         let mut shutdown = self.shared.shutdown.clone();
         let mut tokens = self.shared.tokens.watch();
+        let idle_timeout_ms = self.shared.limits.idle_timeout_ms;
+        let idle_timeout = Duration::from_millis(idle_timeout_ms);
+        let mut idle_deadline = tokio::time::Instant::now() + idle_timeout;
         loop {
             if *shutdown.borrow() || abort.borrow().is_some() {
                 return;
@@ -349,9 +462,19 @@ impl Connection {
                     }
                 }
                 Some(_) = self.calls.join_next(), if !self.calls.is_empty() => {}
+                Some(_) = self.forwarder.join_next(), if !self.forwarder.is_empty() => {}
+                () = tokio::time::sleep_until(idle_deadline) => {
+                    let metrics = &self.shared.metrics;
+                    let reason = format!("idle timeout: nothing received for {idle_timeout_ms} ms");
+                    close_now_and(&self.outbound.abort, CloseCode::Away, &reason, || {
+                        metrics.connections_closed_idle.inc();
+                    });
+                    return;
+                }
                 frame = frames.next() => match frame {
                     None => return,
                     Some(Ok(frame)) => {
+                        idle_deadline = tokio::time::Instant::now() + idle_timeout;
                         if !self.on_frame(frame).await {
                             return;
                         }
@@ -385,7 +508,7 @@ impl Connection {
                     return self.outbound.error(leading_id(&bytes), codes::error(codes::FRAME_TOO_LARGE, message));
                 }
                 match ClientMessage::decode(&bytes[..]) {
-                    Ok(message) => self.on_message(message).await,
+                    Ok(message) => self.on_message(message, &bytes).await,
                     Err(err) => {
                         metrics.request("frame", Some(codes::BAD_FRAME), None);
                         let error = codes::error(codes::BAD_FRAME, format!("frame does not decode as a ClientMessage: {err}"));
@@ -402,21 +525,32 @@ impl Connection {
         }
     }
 
-    async fn on_message(&mut self, message: ClientMessage) -> bool {
+    /// Handles one decoded `ClientMessage` (`bytes`: the frame it came from).
+    async fn on_message(&mut self, message: ClientMessage, bytes: &[u8]) -> bool {
         let req_id = message.id;
         let metrics = self.shared.metrics.clone();
         let Some(call) = message.message else {
+            let Some(field) = call_field(bytes) else {
+                metrics.heartbeats.inc(); // a heartbeat: never answered
+                return true;
+            };
             metrics.request("unsupported", Some(codes::UNSUPPORTED), None);
-            return self.outbound.error(req_id, codes::error(codes::UNSUPPORTED, "unsupported call: not part of the chat subset this server serves"));
+            let message = format!("unsupported call: ClientMessage field {field} is not part of the chat subset this server serves");
+            return self.outbound.error(req_id, codes::error(codes::UNSUPPORTED, message));
         };
         let kind = dispatch::kind(&call);
         let started = Instant::now();
         match call {
-            Call::CoreInitialize(_) => {
+            Call::CoreInitialize(initialize) => {
+                self.subscribe = !initialize.no_subscribe;
+                self.client = Some(ClientInfo::of(&initialize));
+                if let Some(user) = self.session.as_ref().map(|session| session.user) {
+                    self.apply_subscription(user);
+                }
                 metrics.request(kind, None, Some(started.elapsed().as_secs_f64()));
                 let initialized = Initialized {
-                    server_version: concat!("osmium-server ", env!("CARGO_PKG_VERSION")).into(),
-                    frame_bytes_max: u32::try_from(self.shared.limits.frame_bytes_max).unwrap_or(u32::MAX),
+                    entrypoints: Some(Entrypoints { entrypoints: vec![self.shared.entrypoint.clone()] }),
+                    vapid_public_key: None,
                 };
                 self.outbound.result(req_id, Some(Answer::Initialized(initialized)))
             }
@@ -446,8 +580,18 @@ impl Connection {
                 }
                 if matches!(call, Call::ChatsSetTyping(_)) && !self.typing.allow(started) {
                     metrics.request(kind, Some(codes::RATE_LIMITED), None);
+                    metrics.rate_limited(Limit::Typing);
                     let message =
                         format!("SetTyping is limited to {} calls per second", self.shared.limits.typing_per_second_max);
+                    return self.outbound.error(req_id, codes::error(codes::RATE_LIMITED, message));
+                }
+                if matches!(call, Call::MessagesSendMessage(_)) && !self.shared.sends.take(user, started) {
+                    metrics.request(kind, Some(codes::RATE_LIMITED), None);
+                    metrics.rate_limited(Limit::SendMessageUser);
+                    let message = format!(
+                        "SendMessage is limited to {} per second per user, across all of the user's connections: retry later",
+                        self.shared.limits.send_message_per_user_per_second_max
+                    );
                     return self.outbound.error(req_id, codes::error(codes::RATE_LIMITED, message));
                 }
                 // Bounded concurrency: wait for a call to finish before starting another.
@@ -483,19 +627,74 @@ impl Connection {
         if generation == session.tokens_generation {
             return false;
         }
-        if self.shared.tokens.grant_of(&session.token_hash).is_none() {
+        if !self.shared.tokens.still_stored(&session.token_hash) {
             return true;
         }
         session.tokens_generation = generation;
         false
     }
 
-    /// Signs the connection in: checks the token, keeps the user's directory entry in
-    /// step with the token's name, subscribes to the user's updates.
+    /// Starts or stops forwarding `user`'s updates as `self.subscribe` says.
+    fn apply_subscription(&mut self, user: UserId) {
+        if self.subscribe && !self.updates_on {
+            self.start_updates(user);
+        } else if !self.subscribe && self.updates_on {
+            self.forwarder.abort_all();
+            self.updates_on = false;
+        }
+    }
+
+    /// Forwards `user`'s live updates into the outbound queue from now on.
+    fn start_updates(&mut self, user: UserId) {
+        let engine = self.shared.engine.clone();
+        let mut updates = engine.subscribe(user);
+        let outbound = self.outbound.clone();
+        self.forwarder.spawn(async move {
+            while let Some(tagged) = updates.next().await {
+                outbound.metrics.update_queued(engine.last_position().get(), tagged.position.get());
+                if !outbound.push(server_message::Message::Update(tagged.update)) {
+                    return;
+                }
+            }
+            close_now(&outbound.abort, CloseCode::Again, "update stream fell behind: reconnect and resync");
+        });
+        self.updates_on = true;
+    }
+
+    /// Refuses a sign-in over a failure limit (429, counted), before the token is looked
+    /// at: over the limit, a valid token is refused like any other.
+    fn sign_in_allowed(&self, address: IpAddr, now: Instant) -> Result<(), RpcError> {
+        let limits = &self.shared.limits;
+        let metrics = &self.shared.metrics;
+        if self.sign_in_failures >= limits.sign_in_failures_per_connection_max {
+            metrics.rate_limited(Limit::SignInConnection);
+            let message = format!(
+                "too many failed sign-ins on this connection ({}): connect again with a valid token",
+                limits.sign_in_failures_per_connection_max
+            );
+            return Err(codes::error(codes::RATE_LIMITED, message));
+        }
+        if !self.shared.sign_in_failures.has_token(address, now) {
+            metrics.rate_limited(Limit::SignInAddress);
+            let message = format!(
+                "too many failed sign-ins from this address (over {} per minute): retry later",
+                limits.sign_in_failures_per_address_per_minute_max
+            );
+            return Err(codes::error(codes::RATE_LIMITED, message));
+        }
+        Ok(())
+    }
+
+    /// Signs the connection in: checks the failure limits and the token, keeps the user's
+    /// directory entry in step with the token's name, subscribes to the user's updates
+    /// (unless `Initialize.no_subscribe`).
     async fn authorize(&mut self, token: &str) -> Result<auth::Authorization, RpcError> {
         if self.session.is_some() {
             return Err(codes::error(codes::ALREADY_AUTHORIZED, "this connection is already signed in"));
         }
+        let address = address_key(self.peer.ip());
+        let now = Instant::now();
+        self.sign_in_allowed(address, now)?;
         let internal = |err: &dyn std::fmt::Display| {
             tracing::error!(%err, "sign-in failed");
             codes::error(codes::INTERNAL, format!("sign-in failed: {err}"))
@@ -504,7 +703,11 @@ impl Connection {
         let tokens_generation = self.shared.tokens.generation();
         let (grant, token_hash) = match self.shared.tokens.lookup(token) {
             Ok(Some(found)) => found,
-            Ok(None) => return Err(codes::error(codes::UNAUTHORIZED, "unknown or revoked token")),
+            Ok(None) => {
+                self.sign_in_failures = self.sign_in_failures.saturating_add(1);
+                self.shared.sign_in_failures.take(address, now);
+                return Err(codes::error(codes::UNAUTHORIZED, "unknown or revoked token"));
+            }
             Err(err) => return Err(internal(&err)),
         };
         let engine = &self.shared.engine;
@@ -518,20 +721,19 @@ impl Connection {
         };
         let session_id = random_bytes::<8>().map(u64::from_le_bytes).map_err(|err| internal(&err))?;
         // Subscribe before answering, so that no update after the answer is missed.
-        let mut updates = engine.subscribe(grant.user);
-        let outbound = self.outbound.clone();
-        let engine = engine.clone();
-        self.forwarder.spawn(async move {
-            while let Some(tagged) = updates.next().await {
-                outbound.metrics.update_queued(engine.last_position().get(), tagged.position.get());
-                if !outbound.push(server_message::Message::Update(tagged.update)) {
-                    return;
-                }
-            }
-            close_now(&outbound.abort, CloseCode::Again, "update stream fell behind: reconnect and resync");
-        });
+        self.apply_subscription(grant.user);
         self.session = Some(Session { user: grant.user, token_hash, tokens_generation });
-        tracing::info!(user = %grant.user, session_id, "signed in");
+        let client = self.client.as_ref();
+        tracing::info!(
+            user = %grant.user,
+            session_id,
+            peer = %self.peer,
+            updates = self.subscribe,
+            client_id = client.map(|client| client.client_id),
+            device_type = client.map(|client| client.device_type.as_str()),
+            app_version = client.map(|client| client.app_version.as_str()),
+            "signed in"
+        );
         Ok(auth::Authorization { token: token.to_owned(), user: Some(user), session_id })
     }
 }
@@ -539,6 +741,16 @@ impl Connection {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn call_field_is_none_for_a_heartbeat_and_the_call_number_otherwise() {
+        assert_eq!(call_field(&[0x08, 0x01]), None, "the official client's heartbeat");
+        assert_eq!(call_field(&[]), None, "an empty ClientMessage");
+        assert_eq!(call_field(&[0x08, 0x00]), None, "id 0 written explicitly");
+        assert_eq!(call_field(&[0x08, 0x09, 0x12, 0x00]), Some(2));
+        // id, then field 200 (LEN, empty): tag 1602 as varint.
+        assert_eq!(call_field(&[0x08, 0x01, 0xc2, 0x0c, 0x00]), Some(200));
+    }
 
     #[test]
     fn leading_id_reads_field_one_varint() {

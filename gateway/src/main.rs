@@ -4,7 +4,7 @@
 use clap::{Parser, Subcommand, ValueEnum};
 use osmium_engine::{Durability, EngineConfig, LogConfig};
 use osmium_gateway::config::{LISTEN_DEFAULT, METRICS_LISTEN_DEFAULT};
-use osmium_gateway::{Gateway, GatewayError, GatewayLimits, ServerConfig, tokens};
+use osmium_gateway::{Advertise, Gateway, GatewayError, GatewayLimits, ServerConfig, tokens};
 use osmium_proto::ids::UserId;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -61,6 +61,51 @@ struct ServeArgs {
     /// How long shutdown waits for calls in flight, in milliseconds.
     #[arg(long, env = "OSMIUM_SHUTDOWN_GRACE_MS", default_value_t = GatewayLimits::default().shutdown_grace_ms)]
     shutdown_grace_ms: u64,
+    /// Close a connection from which nothing (frame, pong, heartbeat) arrived for this
+    /// long, in milliseconds (close code 1001, reason "idle timeout"). Keep it well above
+    /// the clients' heartbeat (30 s for the official client) and above --ping-interval-ms.
+    #[arg(long, env = "OSMIUM_IDLE_TIMEOUT_MS", default_value_t = GatewayLimits::default().idle_timeout_ms)]
+    idle_timeout_ms: u64,
+    /// Send a WebSocket ping on every connection this often, in milliseconds (a live
+    /// client answers with a pong, which keeps the connection from being idle).
+    #[arg(long, env = "OSMIUM_PING_INTERVAL_MS", default_value_t = GatewayLimits::default().ping_interval_ms)]
+    ping_interval_ms: u64,
+    /// Failed sign-ins (unknown or revoked token) allowed on one connection; after that
+    /// every Authorize on it gets 429.
+    #[arg(
+        long,
+        env = "OSMIUM_SIGN_IN_FAILURES_PER_CONNECTION_MAX",
+        default_value_t = GatewayLimits::default().sign_in_failures_per_connection_max
+    )]
+    sign_in_failures_per_connection_max: u32,
+    /// Failed sign-ins per minute per remote address (IPv4 address or IPv6 /64); over it
+    /// every Authorize from there gets 429. Behind a reverse proxy every client has the
+    /// proxy's address: raise this accordingly.
+    #[arg(
+        long,
+        env = "OSMIUM_SIGN_IN_FAILURES_PER_ADDRESS_PER_MINUTE_MAX",
+        default_value_t = GatewayLimits::default().sign_in_failures_per_address_per_minute_max
+    )]
+    sign_in_failures_per_address_per_minute_max: u32,
+    /// SendMessage calls per second per user, across all of the user's connections; more
+    /// get 429.
+    #[arg(
+        long,
+        env = "OSMIUM_SEND_MESSAGE_PER_USER_PER_SECOND_MAX",
+        default_value_t = GatewayLimits::default().send_message_per_user_per_second_max
+    )]
+    send_message_per_user_per_second_max: u32,
+    /// Host name (or IP address) clients are told to connect to, in `Initialized`'s
+    /// entrypoint [default: the IP address of --listen].
+    #[arg(long, env = "OSMIUM_ADVERTISE_HOST")]
+    advertise_host: Option<String>,
+    /// Port clients are told to connect to, in `Initialized`'s entrypoint [default: the
+    /// port of --listen].
+    #[arg(long, env = "OSMIUM_ADVERTISE_PORT")]
+    advertise_port: Option<u16>,
+    /// Region number of this server, in `Initialized`'s entrypoint.
+    #[arg(long, env = "OSMIUM_REGION", default_value_t = 0)]
+    region: u32,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -164,6 +209,11 @@ async fn serve(data_dir: PathBuf, args: ServeArgs) -> Result<(), GatewayError> {
         calls_in_flight_max: args.calls_in_flight_max,
         typing_per_second_max: args.typing_per_second_max,
         shutdown_grace_ms: args.shutdown_grace_ms,
+        idle_timeout_ms: args.idle_timeout_ms,
+        ping_interval_ms: args.ping_interval_ms,
+        sign_in_failures_per_connection_max: args.sign_in_failures_per_connection_max,
+        sign_in_failures_per_address_per_minute_max: args.sign_in_failures_per_address_per_minute_max,
+        send_message_per_user_per_second_max: args.send_message_per_user_per_second_max,
         ..GatewayLimits::default()
     };
     let config = ServerConfig {
@@ -172,6 +222,7 @@ async fn serve(data_dir: PathBuf, args: ServeArgs) -> Result<(), GatewayError> {
         data_dir,
         engine: EngineConfig { log: LogConfig { durability, ..LogConfig::default() }, ..EngineConfig::default() },
         limits,
+        advertise: Advertise { host: args.advertise_host, port: args.advertise_port, region: args.region },
     };
     let gateway = Gateway::start(config).await?;
     wait_for_signal().await;

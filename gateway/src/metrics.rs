@@ -6,6 +6,9 @@
 //! | `osmium_gateway_connections` | gauge | WebSocket connections open |
 //! | `osmium_gateway_connections_accepted_total` | counter | connections accepted |
 //! | `osmium_gateway_connections_closed_slow_total` | counter | connections closed because their outbound queue was full |
+//! | `osmium_gateway_connections_closed_idle_total` | counter | connections closed because nothing arrived for `idle_timeout_ms` |
+//! | `osmium_gateway_heartbeats_total` | counter | heartbeats received (a `ClientMessage` with no call; never answered) |
+//! | `osmium_gateway_rate_limited_total{limit}` | counter | calls answered 429, by limit: `typing`, `send_message_user`, `sign_in_connection`, `sign_in_address` |
 //! | `osmium_gateway_requests_total{kind,result}` | counter | frames answered, by call kind and result (`ok` or the error code) |
 //! | `osmium_gateway_request_duration_seconds{kind}` | histogram | call latency, from decoded frame to queued result |
 //! | `osmium_engine_events_appended_total` | counter | events committed to the log |
@@ -28,6 +31,32 @@ use prometheus_client::registry::Registry;
 
 type RequestLabels = [(&'static str, &'static str); 2];
 type KindLabel = [(&'static str, &'static str); 1];
+type LimitLabel = [(&'static str, &'static str); 1];
+
+/// Which rate limit refused a call (the `limit` label of `rate_limited_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Limit {
+    /// `typing_per_second_max`.
+    Typing,
+    /// `send_message_per_user_per_second_max`.
+    SendMessageUser,
+    /// `sign_in_failures_per_connection_max`.
+    SignInConnection,
+    /// `sign_in_failures_per_address_per_minute_max`.
+    SignInAddress,
+}
+
+impl Limit {
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Limit::Typing => "typing",
+            Limit::SendMessageUser => "send_message_user",
+            Limit::SignInConnection => "sign_in_connection",
+            Limit::SignInAddress => "sign_in_address",
+        }
+    }
+}
 
 fn latency_histogram() -> Histogram {
     // 100 µs .. ~3.3 s
@@ -44,6 +73,11 @@ pub struct Metrics {
     pub connections_accepted: Counter,
     /// Connections closed because their outbound queue was full.
     pub connections_closed_slow: Counter,
+    /// Connections closed because nothing arrived for `idle_timeout_ms`.
+    pub connections_closed_idle: Counter,
+    /// Heartbeats received (`ClientMessage`s without a call).
+    pub heartbeats: Counter,
+    rate_limited: Family<LimitLabel, Counter>,
     requests: Family<RequestLabels, Counter>,
     latency: Family<KindLabel, Histogram, fn() -> Histogram>,
     /// Events committed to the log.
@@ -66,6 +100,9 @@ impl Metrics {
         let connections = Gauge::default();
         let connections_accepted = Counter::default();
         let connections_closed_slow = Counter::default();
+        let connections_closed_idle = Counter::default();
+        let heartbeats = Counter::default();
+        let rate_limited = Family::<LimitLabel, Counter>::default();
         let requests = Family::<RequestLabels, Counter>::default();
         let latency = Family::<KindLabel, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
         let events_appended = Counter::default();
@@ -82,6 +119,17 @@ impl Metrics {
             "Connections closed because their outbound queue was full",
             connections_closed_slow.clone(),
         );
+        registry.register(
+            "osmium_gateway_connections_closed_idle",
+            "Connections closed because nothing arrived for idle_timeout_ms",
+            connections_closed_idle.clone(),
+        );
+        registry.register(
+            "osmium_gateway_heartbeats",
+            "Heartbeats received (ClientMessages without a call; never answered)",
+            heartbeats.clone(),
+        );
+        registry.register("osmium_gateway_rate_limited", "Calls answered with 429, by limit", rate_limited.clone());
         registry.register("osmium_gateway_requests", "Frames answered, by call kind and result", requests.clone());
         registry.register(
             "osmium_gateway_request_duration_seconds",
@@ -100,6 +148,9 @@ impl Metrics {
             connections,
             connections_accepted,
             connections_closed_slow,
+            connections_closed_idle,
+            heartbeats,
+            rate_limited,
             requests,
             latency,
             events_appended,
@@ -114,6 +165,16 @@ impl Metrics {
         if let Some(seconds) = seconds {
             self.latency.get_or_create(&[("kind", kind)]).observe(seconds);
         }
+    }
+
+    /// Counts a call refused by `limit`.
+    pub fn rate_limited(&self, limit: Limit) {
+        self.rate_limited.get_or_create(&[("limit", limit.label())]).inc();
+    }
+
+    /// Calls refused by `limit` so far.
+    pub fn rate_limited_count(&self, limit: Limit) -> u64 {
+        self.rate_limited.get_or_create(&[("limit", limit.label())]).get()
     }
 
     /// Records a committed batch seen on the live tail.

@@ -4,12 +4,15 @@
 //! with 1001 going away, close the engine).
 
 use crate::connection::{self, Shared};
+use crate::config::Advertise;
 use crate::error::GatewayError;
+use crate::limiter::{KeyedBuckets, Rate};
 use crate::metrics::Metrics;
 use crate::tokens::{TOKENS_POLL_INTERVAL_MS, TokenStore};
 use crate::{GatewayLimits, ServerConfig};
 use osmium_engine::ChatEngine;
-use std::net::SocketAddr;
+use osmium_proto::types::Entrypoint;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -24,6 +27,49 @@ pub const METRICS_CONNECTIONS_MAX: usize = 16;
 /// How long one metrics request may take, from accept to the last byte written, in
 /// milliseconds.
 pub const METRICS_ANSWER_TIMEOUT_MS: u64 = 5_000;
+
+/// Remote addresses whose failed sign-ins are remembered at once (each for at most a
+/// minute); past that the table is cleared (logged) rather than grown.
+pub const SIGN_IN_ADDRESSES_TRACKED_MAX: usize = 100_000;
+/// Users whose send rate is remembered at once (each for at most a second).
+pub const SEND_USERS_TRACKED_MAX: usize = 100_000;
+
+/// What `Initialized.entrypoints` says for a server bound to `local`.
+pub fn entrypoint(advertise: &Advertise, local: SocketAddr) -> Entrypoint {
+    let (hostname, ip_address) = match &advertise.host {
+        Some(host) => (host.clone(), host.parse::<IpAddr>().ok().map(|ip| ip.to_string())),
+        None => (local.ip().to_string(), Some(local.ip().to_string())),
+    };
+    Entrypoint { hostname, ip_address, port: u32::from(advertise.port.unwrap_or(local.port())), region: advertise.region }
+}
+
+/// Refuses limits that would make the server unusable (every call refused, or every
+/// live connection closed).
+fn check_limits(limits: &GatewayLimits) -> Result<(), GatewayError> {
+    let invalid = |field: &'static str, reason: &str| Err(GatewayError::InvalidArgument { field, reason: reason.into() });
+    if limits.frame_bytes_close_max < limits.frame_bytes_max {
+        return invalid("frame_bytes_close_max", "must be at least frame_bytes_max");
+    }
+    if limits.ping_interval_ms == 0 {
+        return invalid("ping_interval_ms", "must be at least 1");
+    }
+    if limits.idle_timeout_ms <= limits.ping_interval_ms {
+        return invalid(
+            "idle_timeout_ms",
+            "must be above ping_interval_ms (a client that only answers pings would be closed as idle)",
+        );
+    }
+    if limits.sign_in_failures_per_connection_max == 0 {
+        return invalid("sign_in_failures_per_connection_max", "must be at least 1");
+    }
+    if limits.sign_in_failures_per_address_per_minute_max == 0 {
+        return invalid("sign_in_failures_per_address_per_minute_max", "must be at least 1");
+    }
+    if limits.send_message_per_user_per_second_max == 0 {
+        return invalid("send_message_per_user_per_second_max", "must be at least 1");
+    }
+    Ok(())
+}
 
 /// A running gateway. Dropping it without [`Gateway::shutdown`] aborts its tasks.
 #[derive(Debug)]
@@ -40,12 +86,7 @@ pub struct Gateway {
 impl Gateway {
     /// Opens the engine on `config.data_dir` and starts listening.
     pub async fn start(config: ServerConfig) -> Result<Gateway, GatewayError> {
-        if config.limits.frame_bytes_close_max < config.limits.frame_bytes_max {
-            return Err(GatewayError::InvalidArgument {
-                field: "frame_bytes_close_max",
-                reason: "must be at least frame_bytes_max".into(),
-            });
-        }
+        check_limits(&config.limits)?;
         let engine = ChatEngine::open(&config.data_dir, config.engine.clone()).await?;
         let listener = TcpListener::bind(config.listen)
             .await
@@ -55,12 +96,23 @@ impl Gateway {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let tokens = TokenStore::new(&config.data_dir);
         tokens.refresh()?;
+        let entrypoint = entrypoint(&config.advertise, local_addr);
+        if config.advertise.host.is_none() && local_addr.ip().is_unspecified() {
+            tracing::warn!(%local_addr, "advertising an unspecified address to clients: set --advertise-host");
+        }
+        let advertised = format!("{}:{}", entrypoint.hostname, entrypoint.port);
+        let limits = &config.limits;
+        let sign_in_rate = Rate { max: limits.sign_in_failures_per_address_per_minute_max, period: Duration::from_secs(60) };
+        let send_rate = Rate { max: limits.send_message_per_user_per_second_max, period: Duration::from_secs(1) };
         let shared = Arc::new(Shared {
             engine: engine.clone(),
             tokens,
             metrics: metrics.clone(),
             limits: config.limits.clone(),
             shutdown: shutdown_rx.clone(),
+            entrypoint,
+            sign_in_failures: KeyedBuckets::new(sign_in_rate, SIGN_IN_ADDRESSES_TRACKED_MAX),
+            sends: KeyedBuckets::new(send_rate, SEND_USERS_TRACKED_MAX),
         });
         let mut background = vec![
             tokio::spawn(tail(engine.log().subscribe(), metrics.clone())),
@@ -74,7 +126,14 @@ impl Gateway {
             background.push(tokio::spawn(serve_metrics(metrics_listener, metrics.clone())));
         }
         let accept = tokio::spawn(accept_loop(listener, shared, shutdown_rx, config.limits));
-        tracing::info!(%local_addr, ?metrics_addr, data_dir = %config.data_dir.display(), "osmium-server listening");
+        tracing::info!(
+            %local_addr,
+            ?metrics_addr,
+            %advertised,
+            region = config.advertise.region,
+            data_dir = %config.data_dir.display(),
+            "osmium-server listening"
+        );
         Ok(Gateway { engine, metrics, local_addr, metrics_addr, shutdown, accept: Some(accept), background })
     }
 

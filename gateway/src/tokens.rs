@@ -7,6 +7,15 @@
 //! or inode changes, so a revocation takes effect without a restart: new `Authorize`
 //! calls fail at once, and signed-in connections of the revoked token are closed as soon
 //! as the server noticed (within [`TOKENS_POLL_INTERVAL_MS`]), with or without a call.
+//!
+//! A presented token is hashed and its SHA-256 compared with every stored hash in
+//! constant time (`subtle`), always all of them: how long a sign-in takes depends on the
+//! number of stored tokens only, never on how many bytes of a guess match a stored hash
+//! nor on which entry matched. What that protects against: a timing side channel through
+//! which an attacker who measures `Authorize` latencies for chosen tokens would learn a
+//! prefix of a stored hash. Since the hashes are of 256-bit random tokens, such a leak
+//! would not give a token (that needs a SHA-256 preimage), but the stored hashes are the
+//! verifiers of live credentials and the comparison should not say anything about them.
 
 use crate::error::{GatewayError, random_bytes};
 use base64::Engine as _;
@@ -14,7 +23,8 @@ use osmium_engine::{ChatEngine, EngineConfig, OpenError};
 use osmium_proto::ids::UserId;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
+use subtle::{ConditionallySelectable as _, ConstantTimeEq as _};
+use std::collections::HashSet;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -57,15 +67,60 @@ struct TokensFile {
 
 const TOKENS_FILE_VERSION: u32 = 1;
 
-/// Lowercase hex SHA-256 of a token.
+/// A token's SHA-256.
+pub type TokenHash = [u8; 32];
+
+/// SHA-256 of a token.
+pub fn token_digest(token: &str) -> TokenHash {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// Lowercase hex SHA-256 of a token (as stored in the tokens file).
 pub fn token_hash(token: &str) -> String {
-    let digest = Sha256::digest(token.as_bytes());
+    let digest = token_digest(token);
     let mut hex = String::with_capacity(64);
     for byte in digest.iter() {
         hex.push(char::from(b"0123456789abcdef"[usize::from(byte >> 4)]));
         hex.push(char::from(b"0123456789abcdef"[usize::from(byte & 0x0f)]));
     }
     hex
+}
+
+/// The hash of a stored entry's 64 lowercase or uppercase hex digits.
+fn parse_hash(hex: &str) -> Option<TokenHash> {
+    let digits = hex.as_bytes();
+    if digits.len() != 64 {
+        return None;
+    }
+    let mut hash = [0u8; 32];
+    for (byte, pair) in hash.iter_mut().zip(digits.chunks_exact(2)) {
+        let high = char::from(pair[0]).to_digit(16)?;
+        let low = char::from(pair[1]).to_digit(16)?;
+        *byte = u8::try_from(high << 4 | low).ok()?;
+    }
+    Some(hash)
+}
+
+/// Whether two hashes are equal, in constant time: four 64-bit words compared with
+/// `subtle` (a quarter of the work of comparing bytes one at a time).
+fn hash_ct_eq(a: &TokenHash, b: &TokenHash) -> subtle::Choice {
+    let (a, _) = a.as_chunks::<8>();
+    let (b, _) = b.as_chunks::<8>();
+    a.iter().zip(b).fold(subtle::Choice::from(1), |equal, (a, b)| {
+        equal & u64::from_ne_bytes(*a).ct_eq(&u64::from_ne_bytes(*b))
+    })
+}
+
+/// The index of `hash` in `entries`, comparing with every entry in constant time.
+fn find_constant_time(entries: &[(TokenHash, TokenGrant)], hash: &TokenHash) -> Option<usize> {
+    let mut found = subtle::Choice::from(0);
+    let mut index = 0u64;
+    for (position, (stored, _)) in entries.iter().enumerate() {
+        let equal = hash_ct_eq(stored, hash);
+        index = u64::conditional_select(&index, &(position as u64), equal);
+        found |= equal;
+    }
+    bool::from(found).then(|| usize::try_from(index).ok()).flatten()
 }
 
 fn tokens_path(data_dir: &Path) -> PathBuf {
@@ -208,7 +263,12 @@ struct Cached {
     loaded: bool,
     /// Modification time, size and inode (every atomic rewrite is a new inode).
     stamp: Option<(SystemTime, u64, u64)>,
-    by_hash: HashMap<String, TokenGrant>,
+    /// Every stored hash with its grant; searched in full, in constant time, for a
+    /// presented token.
+    entries: Vec<(TokenHash, TokenGrant)>,
+    /// The same hashes, for the server's own checks of its sessions' hashes (no secret
+    /// from outside is compared there, so no side channel to close).
+    signed_in: HashSet<TokenHash>,
 }
 
 /// The server's view of the tokens file, re-read when it changes.
@@ -254,11 +314,16 @@ impl TokenStore {
             return Ok(());
         }
         let file = read_file(&self.path)?;
-        cached.by_hash = file
-            .tokens
-            .into_iter()
-            .map(|entry| (entry.sha256, TokenGrant { user: UserId(entry.user_id), name: entry.name }))
-            .collect();
+        let mut entries = Vec::with_capacity(file.tokens.len());
+        for (number, entry) in file.tokens.into_iter().enumerate() {
+            let hash = parse_hash(&entry.sha256).ok_or_else(|| GatewayError::TokensFile {
+                path: self.path.clone(),
+                reason: format!("token {number} (user {}): sha256 is not 64 hex digits", entry.user_id),
+            })?;
+            entries.push((hash, TokenGrant { user: UserId(entry.user_id), name: entry.name }));
+        }
+        cached.signed_in = entries.iter().map(|(hash, _)| *hash).collect();
+        cached.entries = entries;
         cached.stamp = stamp;
         cached.loaded = true;
         drop(cached);
@@ -267,14 +332,66 @@ impl TokenStore {
     }
 
     /// Who `token` signs in as (after a refresh), or `None` for an unknown or revoked one.
-    pub(crate) fn lookup(&self, token: &str) -> Result<Option<(TokenGrant, String)>, GatewayError> {
+    pub(crate) fn lookup(&self, token: &str) -> Result<Option<(TokenGrant, TokenHash)>, GatewayError> {
         self.refresh()?;
-        let hash = token_hash(token);
-        Ok(self.grant_of(&hash).map(|grant| (grant, hash)))
+        let hash = token_digest(token);
+        let cached = self.cached.lock().map_err(|_| GatewayError::TokensFile {
+            path: self.path.clone(),
+            reason: "token cache poisoned".into(),
+        })?;
+        let grant = find_constant_time(&cached.entries, &hash).and_then(|index| cached.entries.get(index));
+        Ok(grant.map(|(_, grant)| (grant.clone(), hash)))
     }
 
-    /// The grant of a token hash in the current cache (no refresh).
-    pub(crate) fn grant_of(&self, hash: &str) -> Option<TokenGrant> {
-        self.cached.lock().ok().and_then(|cached| cached.by_hash.get(hash).cloned())
+    /// Whether the hash of a signed-in session's token is still stored (no refresh). A
+    /// hash lookup, not a full scan: every connection checks this after each re-read of
+    /// the file, and the hash is the server's own, not a guess from outside.
+    pub(crate) fn still_stored(&self, hash: &TokenHash) -> bool {
+        self.cached.lock().is_ok_and(|cached| cached.signed_in.contains(hash))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grant(user: u64) -> TokenGrant {
+        TokenGrant { user: UserId(user), name: format!("user {user}") }
+    }
+
+    #[test]
+    fn constant_time_search_finds_the_entry_with_the_same_hash_only() {
+        let entries: Vec<(TokenHash, TokenGrant)> =
+            (1..=50).map(|user| (token_digest(&format!("token {user}")), grant(user))).collect();
+        for (index, (hash, _)) in entries.iter().enumerate() {
+            assert_eq!(find_constant_time(&entries, hash), Some(index));
+        }
+        // One bit off in the last byte, or in the first: not found.
+        let mut near = entries[17].0;
+        near[31] ^= 1;
+        assert_eq!(find_constant_time(&entries, &near), None);
+        near[31] ^= 1;
+        near[0] ^= 0x80;
+        assert_eq!(find_constant_time(&entries, &near), None);
+        assert_eq!(find_constant_time(&[], &entries[0].0), None);
+    }
+
+    #[test]
+    fn stored_hex_parses_to_the_digest() {
+        let token = "some token";
+        assert_eq!(parse_hash(&token_hash(token)), Some(token_digest(token)));
+        assert_eq!(parse_hash(&token_hash(token).to_uppercase()), Some(token_digest(token)));
+        assert_eq!(parse_hash("abc"), None);
+        assert_eq!(parse_hash(&"zz".repeat(32)), None);
+    }
+
+    #[test]
+    fn a_stored_hash_that_is_not_hex_makes_the_tokens_file_malformed() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = r#"{"version":1,"tokens":[{"user_id":5,"name":"ann","sha256":"not hex","created_at_ms":0}]}"#;
+        std::fs::write(dir.path().join(TOKENS_FILE_NAME), file).unwrap();
+        let store = TokenStore::new(dir.path());
+        let refreshed = store.refresh();
+        assert!(matches!(&refreshed, Err(GatewayError::TokensFile { reason, .. }) if reason.contains("user 5")), "{refreshed:?}");
     }
 }

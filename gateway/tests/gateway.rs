@@ -122,7 +122,12 @@ async fn two_users_on_three_connections_chat_in_a_group_with_live_updates() {
     let mut ann1 = connect(&gateway).await;
     let result = call(&mut ann1, Call::CoreInitialize(Initialize::default())).await;
     let Some(Answer::Initialized(initialized)) = result.result else { panic!("{result:?}") };
-    assert_eq!(initialized.frame_bytes_max, 1024 * 1024);
+    let advertised = initialized.entrypoints.unwrap().entrypoints;
+    let port = u32::from(gateway.local_addr().port());
+    assert_eq!(advertised.len(), 1);
+    assert_eq!((advertised[0].hostname.as_str(), advertised[0].ip_address.as_deref()), ("127.0.0.1", Some("127.0.0.1")));
+    assert_eq!((advertised[0].port, advertised[0].region), (port, 0));
+    assert_eq!(initialized.vapid_public_key, None);
     let result = call(&mut ann1, Call::AuthAuthorize(auth::Authorize { token: ann_token.clone() })).await;
     let Some(Answer::Authorization(authorization)) = result.result else { panic!("{result:?}") };
     let ann_user = authorization.user.clone().unwrap();
@@ -318,6 +323,8 @@ async fn unknown_call_gets_501_and_connection_stays_usable() {
     client.send_frame(Frame::Binary(vec![0x08, 0x09, 0x12, 0x00].into())).await.unwrap();
     let result = tokio::time::timeout(WAIT, client.next_result()).await.unwrap().unwrap();
     assert_eq!((result.req_id, error_code(&result)), (9, Some(codes::UNSUPPORTED)));
+    let Some(Answer::Error(error)) = &result.result else { panic!("{result:?}") };
+    assert!(error.error_message.contains("ClientMessage field 2 "), "names the call's field: {error:?}");
     let result = call(&mut client, Call::ChatsGetChats(chats::GetChats::default())).await;
     assert!(matches!(result.result, Some(Answer::Chats(_))));
     stop(gateway, [client]).await;
@@ -759,4 +766,22 @@ async fn concurrent_token_creates_on_a_fresh_directory_all_succeed() {
         create.await.unwrap().unwrap();
     }
     assert_eq!(tokens::list_tokens(&dir).unwrap().len(), 8);
+}
+
+#[tokio::test]
+async fn an_idle_timeout_not_above_the_ping_interval_stops_the_server_from_starting() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = GatewayLimits { idle_timeout_ms: 1_000, ping_interval_ms: 1_000, ..GatewayLimits::default() };
+    let started = Gateway::start(config(dir.path(), limits)).await;
+    let Err(osmium_gateway::GatewayError::InvalidArgument { field, .. }) = started else { panic!("{started:?}") };
+    assert_eq!(field, "idle_timeout_ms");
+}
+
+#[tokio::test]
+async fn a_zero_rate_limit_stops_the_server_from_starting() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = GatewayLimits { send_message_per_user_per_second_max: 0, ..GatewayLimits::default() };
+    let started = Gateway::start(config(dir.path(), limits)).await;
+    let Err(osmium_gateway::GatewayError::InvalidArgument { field, .. }) = started else { panic!("{started:?}") };
+    assert_eq!(field, "send_message_per_user_per_second_max");
 }

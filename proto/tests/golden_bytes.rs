@@ -5,11 +5,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use osmium_proto::chats::{GetChats, MarkChatRead};
-use osmium_proto::core::{ClientMessage, RpcError, RpcResult, client_message, rpc_result};
+use osmium_proto::auth::{Authorization, Authorize};
+use osmium_proto::core::{
+    ClientMessage, Entrypoints, GetUnreadMentions, Initialize, Initialized, RpcError, RpcResult, UnreadMentions,
+    client_message, rpc_result,
+};
 use osmium_proto::messages::SendMessage;
 use osmium_proto::prost::Message;
 use osmium_proto::refs::{ChatRef, GroupRef, RefSelf, UserRef, chat_ref};
-use osmium_proto::types::{Conversation, PermissionOverrides, User};
+use osmium_proto::types::{Conversation, Entrypoint, PermissionOverrides, User};
 use osmium_proto::updates::{Update, UpdateConversationLastRead, update};
 
 fn group_ref_7() -> Vec<u8> {
@@ -117,7 +121,7 @@ fn rpc_result_with_an_error_golden_bytes_decode_and_reencode() {
     ];
     let decoded = RpcResult::decode(&bytes[..]).unwrap();
     let error = RpcError { error_code: 404, error_message: "nf".into() };
-    assert_eq!(decoded, RpcResult { req_id: 5, result: Some(rpc_result::Result::Error(error)) });
+    assert_eq!(decoded, RpcResult { req_id: 5, result: Some(rpc_result::Result::Error(error)), trace_id: None });
     assert_eq!(decoded.encode_to_vec(), bytes);
 }
 
@@ -148,4 +152,141 @@ fn fields_from_newer_clients_are_skipped_not_rejected() {
     // Later revisions add Conversation.unread_mentions_count (9).
     let conversation = [0x28, 0x02, 0x48, 0x05];
     assert_eq!(Conversation::decode(&conversation[..]).unwrap().unread_count, 2);
+}
+
+// ---- Current protocol (wire.md, "Current protocol"): the session calls ----------------
+
+/// `Initialize` as the official JS client encodes it (protobufjs writes the fields it was
+/// given in field-number order; it never sets `no_subscribe`).
+fn official_initialize_bytes() -> Vec<u8> {
+    let mut bytes = vec![0x08, 0x2a]; // client_id (1, varint) = 42
+    bytes.extend([0x12, 0x0f]); // device_type (2, LEN), 15 bytes
+    bytes.extend(b"@osmiumchat/sdk");
+    bytes.extend([0x1a, 0x08]); // device_version (3, LEN), 8 bytes
+    bytes.extend(b"v22.11.0");
+    bytes.extend([0x22, 0x05]); // app_version (4, LEN), 5 bytes
+    bytes.extend(b"0.3.1");
+    bytes
+}
+
+#[test]
+fn client_message_with_initialize_at_19_golden_bytes_decode_and_reencode() {
+    let inner = official_initialize_bytes();
+    assert_eq!(inner.len(), 0x24);
+    let mut bytes = vec![0x08, 0x01, 0x9a, 0x01, 0x24]; // id = 1; core_initialize (19, LEN): tag 154 as varint
+    bytes.extend(&inner);
+    let decoded = ClientMessage::decode(&bytes[..]).unwrap();
+    let expected = Initialize {
+        client_id: 42,
+        device_type: "@osmiumchat/sdk".into(),
+        device_version: "v22.11.0".into(),
+        app_version: "0.3.1".into(),
+        no_subscribe: false,
+    };
+    assert_eq!(decoded, ClientMessage { id: 1, message: Some(client_message::Message::CoreInitialize(expected)) });
+    assert_eq!(decoded.encode_to_vec(), bytes);
+}
+
+#[test]
+fn initialize_no_subscribe_is_field_5() {
+    let bytes = [0x28, 0x01]; // no_subscribe (5, varint) = true
+    assert_eq!(Initialize::decode(&bytes[..]).unwrap(), Initialize { no_subscribe: true, ..Initialize::default() });
+}
+
+#[test]
+fn client_message_with_authorize_at_20_golden_bytes_decode_and_reencode() {
+    // id = 2; auth_authorize (20, LEN): tag 162 as varint, 5 bytes; token (5, LEN) = "tok"
+    let bytes = [0x08, 0x02, 0xa2, 0x01, 0x05, 0x2a, 0x03, b't', b'o', b'k'];
+    let decoded = ClientMessage::decode(&bytes[..]).unwrap();
+    let expected = client_message::Message::AuthAuthorize(Authorize { token: "tok".into() });
+    assert_eq!(decoded, ClientMessage { id: 2, message: Some(expected) });
+    assert_eq!(decoded.encode_to_vec(), bytes);
+}
+
+#[test]
+fn heartbeat_is_a_client_message_with_only_an_id() {
+    // What the official client sends every 30 s: ClientMessage.create({ id: 1 }).
+    let decoded = ClientMessage::decode(&[0x08, 0x01][..]).unwrap();
+    assert_eq!(decoded, ClientMessage { id: 1, message: None });
+}
+
+#[test]
+fn rpc_result_with_initialized_at_14_golden_bytes_decode_and_reencode() {
+    let entrypoint = [
+        0x0a, 0x09, b'l', b'o', b'c', b'a', b'l', b'h', b'o', b's', b't', // hostname (1) = "localhost"
+        0x12, 0x09, b'1', b'2', b'7', b'.', b'0', b'.', b'0', b'.', b'1', // ip_address (2) = "127.0.0.1"
+        0x18, 0x9e, 0x36, // port (3, varint) = 6942
+        0x20, 0x02, // region (4, varint) = 2
+    ];
+    let mut entrypoints = vec![0x0a, entrypoint.len() as u8]; // Entrypoints.entrypoints (1, LEN)
+    entrypoints.extend(entrypoint);
+    let mut initialized = vec![0x0a, entrypoints.len() as u8]; // Initialized.entrypoints (1, LEN)
+    initialized.extend(&entrypoints);
+    initialized.extend([0x12, 0x01, b'k']); // vapid_public_key (2, LEN) = "k"
+    let mut bytes = vec![0x08, 0x01, 0x72, initialized.len() as u8]; // req_id = 1; initialized (14, LEN) = 0x72
+    bytes.extend(&initialized);
+    let decoded = RpcResult::decode(&bytes[..]).unwrap();
+    let expected = Initialized {
+        entrypoints: Some(Entrypoints {
+            entrypoints: vec![Entrypoint {
+                hostname: "localhost".into(),
+                ip_address: Some("127.0.0.1".into()),
+                port: 6942,
+                region: 2,
+            }],
+        }),
+        vapid_public_key: Some("k".into()),
+    };
+    assert_eq!(decoded, RpcResult { req_id: 1, result: Some(rpc_result::Result::Initialized(expected)), trace_id: None });
+    assert_eq!(decoded.encode_to_vec(), bytes);
+}
+
+#[test]
+fn rpc_result_with_authorization_at_4_golden_bytes_decode_and_reencode() {
+    let user = [0x09, 5, 0, 0, 0, 0, 0, 0, 0, 0x12, 0x01, b'a']; // User { id (1, fixed64) = 5, name (2) = "a" }
+    let mut authorization = vec![0x0a, 0x01, b't']; // token (1) = "t"
+    authorization.extend([0x12, user.len() as u8]); // user (2, LEN)
+    authorization.extend(user);
+    authorization.extend([0x19, 9, 0, 0, 0, 0, 0, 0, 0]); // session_id (3, fixed64) = 9
+    let mut bytes = vec![0x08, 0x02, 0x22, authorization.len() as u8]; // req_id = 2; authorization (4, LEN) = 0x22
+    bytes.extend(&authorization);
+    let decoded = RpcResult::decode(&bytes[..]).unwrap();
+    let expected = Authorization {
+        token: "t".into(),
+        user: Some(User { id: 5, name: "a".into(), ..User::default() }),
+        session_id: 9,
+    };
+    assert_eq!(decoded, RpcResult { req_id: 2, result: Some(rpc_result::Result::Authorization(expected)), trace_id: None });
+    assert_eq!(decoded.encode_to_vec(), bytes);
+}
+
+#[test]
+fn rpc_result_trace_id_is_field_37() {
+    // req_id = 3; trace_id (37, LEN): tag 298 as varint = 0xaa 0x02; "ab"
+    let bytes = [0x08, 0x03, 0xaa, 0x02, 0x02, b'a', b'b'];
+    let decoded = RpcResult::decode(&bytes[..]).unwrap();
+    assert_eq!(decoded, RpcResult { req_id: 3, result: None, trace_id: Some("ab".into()) });
+    assert_eq!(decoded.encode_to_vec(), bytes);
+}
+
+#[test]
+fn get_unread_mentions_at_86_and_unread_mentions_at_38_golden_bytes_decode_and_reencode() {
+    let mut request = vec![0x0a, 0x0b]; // chat_ref (1, LEN), 11 bytes
+    request.extend(group_ref_7());
+    let mut bytes = vec![0x08, 0x04, 0xb2, 0x05, request.len() as u8]; // id = 4; field 86 (LEN): tag 690 as varint
+    bytes.extend(&request);
+    let decoded = ClientMessage::decode(&bytes[..]).unwrap();
+    let expected = client_message::Message::MessagesGetUnreadMentions(GetUnreadMentions { chat_ref: Some(group_7()) });
+    assert_eq!(decoded, ClientMessage { id: 4, message: Some(expected) });
+    assert_eq!(decoded.encode_to_vec(), bytes);
+
+    // req_id = 4; unread_mentions (38, LEN): tag 306 = 0xb2 0x02; message_ids (1), packed: 2 x fixed64
+    let mut mentions = vec![0x0a, 0x10];
+    mentions.extend([7, 0, 0, 0, 0, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0]);
+    let mut bytes = vec![0x08, 0x04, 0xb2, 0x02, mentions.len() as u8];
+    bytes.extend(&mentions);
+    let decoded = RpcResult::decode(&bytes[..]).unwrap();
+    let expected = rpc_result::Result::UnreadMentions(UnreadMentions { message_ids: vec![7, 8] });
+    assert_eq!(decoded, RpcResult { req_id: 4, result: Some(expected), trace_id: None });
+    assert_eq!(decoded.encode_to_vec(), bytes);
 }
