@@ -169,7 +169,7 @@ async fn every_chat_call_with_another_users_ids_is_refused_and_changes_nothing()
         drain(client).await;
     }
     let position = gateway.engine().last_position();
-    let projections = gateway.engine().log().projection_contents().unwrap();
+    let projections = gateway.engine().projection_contents().unwrap();
 
     let own = ChatRef { r#ref: Some(Ref::Self_(RefSelf {})) };
     let edit = |chat: ChatRef, message_id: u64| {
@@ -243,7 +243,7 @@ async fn every_chat_call_with_another_users_ids_is_refused_and_changes_nothing()
 
     // Nothing changed: no event, the same projections, no update to anyone.
     assert_eq!(gateway.engine().last_position(), position);
-    assert!(gateway.engine().log().projection_contents().unwrap() == projections, "projections changed");
+    assert!(gateway.engine().projection_contents().unwrap() == projections, "projections changed");
     for client in [&mut ann, &mut bob, &mut eve] {
         common::assert_quiet(client).await;
     }
