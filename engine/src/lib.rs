@@ -24,6 +24,7 @@ pub mod log;
 pub mod maintenance;
 mod rocks;
 pub mod schema;
+mod storage_error;
 
 pub use clock::{Clock, ManualClock, SnowflakeGenerator, SystemClock};
 pub use error::EngineError;

@@ -735,7 +735,7 @@ impl Writer {
     fn commit(&mut self, requests: Vec<WriterRequest>) {
         if let Some(reason) = &self.failure {
             for request in requests {
-                let _ = request.reply.send(Err(EngineError::WriterFailed { reason: reason.clone() }));
+                let _ = request.reply.send(Err(crate::storage_error::writer_failed(reason)));
             }
             return;
         }
@@ -763,10 +763,7 @@ impl Writer {
             Ok(())
         } else {
             let injected = || -> Result<(), EngineError> {
-                fail::fail_point!("commit::before_write", |_| Err(EngineError::Io {
-                    path: self.shared.path.clone(),
-                    source: std::io::Error::other("injected at commit::before_write"),
-                }));
+                fail::fail_point!("commit::before_write", |payload| Err(crate::storage_error::injected(&self.shared.path, "commit::before_write", payload)));
                 Ok(())
             };
             injected().and_then(|()| batch.write(last_position, self.ids.last_id(), &self.write_options))
@@ -791,7 +788,7 @@ impl Writer {
                 self.failure = Some(reason.clone());
                 for (reply, outcome) in outcomes {
                     let answer = match outcome {
-                        Ok(_) => Err(EngineError::WriterFailed { reason: reason.clone() }),
+                        Ok(_) => Err(crate::storage_error::writer_failed(&reason)),
                         refused => refused,
                     };
                     let _ = reply.send(answer);

@@ -1,0 +1,145 @@
+//! Typed storage failures read out of RocksDB's errors: a full disk
+//! ([`EngineError::DiskFull`]) and a damaged file ([`EngineError::CorruptFile`]), each
+//! naming the file RocksDB names.
+//!
+//! RocksDB reports both as a status string, for example
+//! `IO error: No space left on device: While appending to file: /data/000004.log: No space left on device`
+//! or `Corruption: block checksum mismatch: stored = 1, computed = 2, type = 1  in /data/000009.sst offset 0 size 3641`;
+//! the Rust binding hands over only that string and a coarse kind, so the file is parsed
+//! out of the string. A path containing white space is not recognised (the error then
+//! stays [`EngineError::Storage`], or a `DiskFull` without a path).
+
+use crate::error::EngineError;
+use std::path::{Path, PathBuf};
+
+/// `strerror(ENOSPC)`, as RocksDB's POSIX file system puts it into its messages.
+const NO_SPACE: &str = "No space left on device";
+/// `strerror(EDQUOT)`: a full quota is a full disk for the engine.
+const QUOTA_EXCEEDED: &str = "Disk quota exceeded";
+/// `ENOSPC` on Linux, for the error injected by the `commit::before_write` crash point.
+#[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
+const ENOSPC: i32 = 28;
+/// The payload of the `commit::before_write` crash point that injects a full disk
+/// (`fail::cfg("commit::before_write", "return(disk_full)")`).
+#[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
+pub(crate) const INJECT_DISK_FULL: &str = "disk_full";
+
+/// Classifies a RocksDB error: a full disk or a corrupt named file gets its own variant,
+/// anything else stays [`EngineError::Storage`] with `context`.
+pub(crate) fn from_rocksdb(context: &'static str, source: rocksdb::Error) -> EngineError {
+    let message = source.as_ref();
+    if is_disk_full(message) {
+        return EngineError::DiskFull { path: file_named_in(message), detail: message.to_owned() };
+    }
+    if source.kind() == rocksdb::ErrorKind::Corruption
+        && let Some(path) = file_named_in(message)
+    {
+        return EngineError::CorruptFile { path, detail: message.to_owned() };
+    }
+    EngineError::Storage { context, source }
+}
+
+/// The error a command gets from a log writer that stopped after a failed commit
+/// (`reason` is that commit's error, as text): [`EngineError::DiskFull`] when the disk
+/// filled up, so that every append after a full disk says so, otherwise
+/// [`EngineError::WriterFailed`].
+pub(crate) fn writer_failed(reason: &str) -> EngineError {
+    if is_disk_full(reason) {
+        let detail = unwrap_disk_full(reason).unwrap_or(reason);
+        return EngineError::DiskFull { path: file_named_in(detail), detail: detail.to_owned() };
+    }
+    EngineError::WriterFailed { reason: reason.to_owned() }
+}
+
+/// The `detail` of a [`EngineError::DiskFull`]'s message (its format is in `error.rs`).
+fn unwrap_disk_full(message: &str) -> Option<&str> {
+    let (_path, rest) = message.strip_prefix("disk full writing ")?.split_once(": ")?;
+    rest.strip_suffix("; free space on its file system, then reopen the engine")
+}
+
+/// The error of the `commit::before_write` crash point: a full disk when configured with
+/// the payload [`INJECT_DISK_FULL`], otherwise an I/O error naming the crash point.
+#[cfg_attr(not(feature = "failpoints"), allow(dead_code))]
+pub(crate) fn injected(dir: &Path, point: &str, payload: Option<String>) -> EngineError {
+    if payload.as_deref() == Some(INJECT_DISK_FULL) {
+        let source = std::io::Error::from_raw_os_error(ENOSPC);
+        return EngineError::DiskFull { path: Some(dir.to_path_buf()), detail: format!("injected at {point}: {source}") };
+    }
+    EngineError::Io { path: dir.to_path_buf(), source: std::io::Error::other(format!("injected at {point}")) }
+}
+
+fn is_disk_full(message: &str) -> bool {
+    message.contains(NO_SPACE) || message.contains(QUOTA_EXCEEDED)
+}
+
+/// The file an error message names: the first absolute path in it whose file name is one
+/// of RocksDB's (`*.sst`, `*.log`, `*.blob`, `MANIFEST-*`, `CURRENT`, `OPTIONS-*`,
+/// `IDENTITY`, `LOCK`), else the first absolute path.
+pub(crate) fn file_named_in(message: &str) -> Option<PathBuf> {
+    let paths: Vec<&str> = message
+        .split_whitespace()
+        .map(|word| word.trim_start_matches(['(', '\'', '"']).trim_end_matches([':', ',', ';', ')', '.', '\'', '"']))
+        .filter(|word| word.starts_with('/') && word.len() > 1)
+        .collect();
+    let rocksdb_file = |path: &&str| {
+        let name = path.rsplit('/').next().unwrap_or_default();
+        name.ends_with(".sst")
+            || name.ends_with(".log")
+            || name.ends_with(".blob")
+            || name.starts_with("MANIFEST-")
+            || name.starts_with("OPTIONS-")
+            || ["CURRENT", "IDENTITY", "LOCK"].contains(&name)
+    };
+    paths.iter().copied().find(rocksdb_file).or(paths.first().copied()).map(PathBuf::from)
+}
+
+/// `path` for an error message, or `an unnamed file`.
+pub(crate) fn describe(path: &Option<PathBuf>) -> String {
+    path.as_ref().map_or_else(|| "an unnamed file".to_owned(), |path| path.display().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_no_space_message_names_the_file_being_appended() {
+        let message = "IO error: No space left on device: While appending to file: /d/000004.log: No space left on device";
+        assert_eq!(file_named_in(message), Some(PathBuf::from("/d/000004.log")));
+        assert!(is_disk_full(message));
+    }
+
+    #[test]
+    fn a_checksum_mismatch_names_the_table_file() {
+        let message = "Corruption: block checksum mismatch: stored = 1, computed = 2, type = 1  in /tmp/x/000009.sst offset 0 size 3641";
+        assert_eq!(file_named_in(message), Some(PathBuf::from("/tmp/x/000009.sst")));
+    }
+
+    #[test]
+    fn a_rocksdb_file_name_wins_over_an_earlier_directory() {
+        let message = "IO error: While open a file for appending: /d (dir): /d/000012.sst: No space left on device";
+        assert_eq!(file_named_in(message), Some(PathBuf::from("/d/000012.sst")));
+    }
+
+    #[test]
+    fn a_message_without_a_path_names_no_file() {
+        assert_eq!(file_named_in("Corruption: checksum mismatch"), None);
+    }
+
+    #[test]
+    fn a_disk_full_error_passed_on_as_text_keeps_its_file_and_detail() {
+        let detail = "IO error: No space left on device: While appending to file: /d/000004.log: No space left on device";
+        let first = EngineError::DiskFull { path: file_named_in(detail), detail: detail.to_owned() };
+        let passed_on = writer_failed(&first.to_string());
+        assert_eq!(passed_on.to_string(), first.to_string());
+    }
+
+    #[test]
+    fn a_writer_stopped_by_a_full_disk_answers_disk_full_and_otherwise_writer_failed() {
+        let full = writer_failed("disk full writing /d/000004.log: IO error: No space left on device");
+        assert!(matches!(&full, EngineError::DiskFull { path: Some(path), .. } if path == Path::new("/d/000004.log")), "{full:?}");
+        let other = writer_failed("a commit panicked: boom");
+        assert!(matches!(other, EngineError::WriterFailed { .. }), "{other:?}");
+    }
+}
