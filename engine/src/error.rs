@@ -128,9 +128,11 @@ pub enum EngineError {
         /// What it was.
         found: String,
     },
-    /// The projections could not be folded or read.
+    /// The projections could not be folded or read (a damaged file or a full disk under
+    /// them is [`EngineError::CorruptFile`] or [`EngineError::DiskFull`]: see
+    /// `storage_error.rs`, which converts).
     #[error(transparent)]
-    Projection(#[from] ProjectionError),
+    Projection(ProjectionError),
     /// RocksDB failed.
     #[error("storage error while {context}: {source}")]
     Storage {

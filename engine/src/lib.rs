@@ -23,6 +23,7 @@ pub mod error;
 pub mod log;
 pub mod maintenance;
 mod rocks;
+pub mod scrub;
 pub mod schema;
 mod storage_error;
 

@@ -259,6 +259,7 @@ pub fn db_options() -> Options {
     options.create_missing_column_families(true);
     options.set_compression_type(rocksdb::DBCompressionType::Lz4);
     options.set_max_background_jobs(2);
+    crate::storage_error::refuse_damaged_write_ahead_logs(&mut options);
     options
 }
 
@@ -291,7 +292,7 @@ pub(crate) fn open_database_read_only(path: &Path) -> Result<DB, EngineError> {
             reason: "it is a RocksDB database without the osmium-state `meta` column family".into(),
         });
     }
-    DB::open_cf_for_read_only(&options, path, existing, false).map_err(EngineError::storage("opening the database read-only"))
+    DB::open_cf_for_read_only(&options, path, existing, false).map_err(crate::storage_error::opening(path, "opening the database read-only"))
 }
 
 /// Opens (creating when missing) the RocksDB database of a data directory after checking
@@ -330,7 +331,7 @@ pub(crate) fn open_database(path: &Path) -> Result<(DB, File), EngineError> {
         }
     }
     let descriptors = names.into_iter().map(|name| ColumnFamilyDescriptor::new(name, db_options()));
-    let db = DB::open_cf_descriptors(&options, path, descriptors).map_err(EngineError::storage("opening the database"))?;
+    let db = DB::open_cf_descriptors(&options, path, descriptors).map_err(crate::storage_error::opening(path, "opening the database"))?;
     Ok((db, lock))
 }
 

@@ -400,7 +400,8 @@ impl DataDirectory {
 
     /// Checks the log: positions gapless from 1, every record decodes and sits under its
     /// own position, the per-stream index agrees with the log, and the checkpoint is not
-    /// ahead of the log. Returns at most `limit` problems.
+    /// ahead of the log; then every file is read back with its checksums verified
+    /// ([`DataDirectory::read_every_file`]). Returns at most `limit` problems.
     pub fn check(&self, limit: usize, progress: Progress<'_>) -> Result<Vec<IntegrityProblem>, EngineError> {
         let mut problems = Vec::new();
         let mut report = |location: String, problem: String| {
@@ -464,6 +465,7 @@ impl DataDirectory {
                 format!("at {checkpoint}, ahead of the log's last position {}", self.last_position),
             );
         }
+        self.read_every_file()?; // a damaged file anywhere is an error naming it
         progress(self.last_position.get(), self.last_position.get());
         Ok(problems)
     }
@@ -502,5 +504,10 @@ impl DataDirectory {
     /// The directory.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The database, for the maintenance work kept in other files (`scrub.rs`, `backup.rs`).
+    pub(crate) fn database(&self) -> &DB {
+        &self.db
     }
 }

@@ -10,6 +10,7 @@
 //! stays [`EngineError::Storage`], or a `DiskFull` without a path).
 
 use crate::error::EngineError;
+use osmium_projections::ProjectionError;
 use std::path::{Path, PathBuf};
 
 /// `strerror(ENOSPC)`, as RocksDB's POSIX file system puts it into its messages.
@@ -37,6 +38,70 @@ pub(crate) fn from_rocksdb(context: &'static str, source: rocksdb::Error) -> Eng
         return EngineError::CorruptFile { path, detail: message.to_owned() };
     }
     EngineError::Storage { context, source }
+}
+
+/// RocksDB's info log in a data directory: where it names a damaged WAL.
+const INFO_LOG_FILE_NAME: &str = "LOG";
+/// How much of the end of the info log is searched for the damaged WAL, in bytes.
+const INFO_LOG_TAIL_BYTES: u64 = 1 << 20;
+
+/// Like [`EngineError::storage`], for opening the database at `dir`: a damaged
+/// write-ahead log makes RocksDB answer only `Corruption: checksum mismatch`, without the
+/// file, which it writes to its info log instead (`<file>: dropping N bytes; Corruption:
+/// ...`); the file is taken from there.
+pub(crate) fn opening(dir: &Path, context: &'static str) -> impl FnOnce(rocksdb::Error) -> EngineError {
+    move |source| match from_rocksdb(context, source) {
+        EngineError::Storage { context, source } if source.kind() == rocksdb::ErrorKind::Corruption => {
+            match damaged_file_in_info_log(dir, source.as_ref()) {
+                Some(path) => EngineError::CorruptFile { path, detail: source.into_string() },
+                None => EngineError::Storage { context, source },
+            }
+        }
+        classified => classified,
+    }
+}
+
+/// The file of the last `dropping` line of the info log that reports `status`.
+fn damaged_file_in_info_log(dir: &Path, status: &str) -> Option<PathBuf> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(dir.join(INFO_LOG_FILE_NAME)).ok()?;
+    let length = file.metadata().ok()?.len();
+    file.seek(SeekFrom::Start(length.saturating_sub(INFO_LOG_TAIL_BYTES))).ok()?;
+    let mut tail = Vec::new();
+    file.read_to_end(&mut tail).ok()?;
+    let tail = String::from_utf8_lossy(&tail);
+    tail.lines()
+        .rev()
+        .filter(|line| line.contains(": dropping ") && line.contains(status))
+        .find_map(file_named_in)
+}
+
+/// Makes opening a directory whose write-ahead log is damaged an error instead of a
+/// silent loss. RocksDB's default (`PointInTimeRecovery`) replays a WAL up to its first
+/// bad record and drops everything after it, acknowledged events included, then opens as
+/// if nothing happened. `TolerateCorruptedTailRecords` still accepts a WAL whose last
+/// record was cut short (a crash or power loss in the middle of a write: that record was
+/// never acknowledged) but refuses a record that is complete and fails its checksum.
+pub(crate) fn refuse_damaged_write_ahead_logs(options: &mut rocksdb::Options) {
+    options.set_wal_recovery_mode(rocksdb::DBRecoveryMode::TolerateCorruptedTailRecords);
+}
+
+/// A projection store error carries RocksDB's message as text: a full disk or a damaged
+/// named file under the projections gets its typed variant, like any RocksDB error.
+impl From<ProjectionError> for EngineError {
+    fn from(err: ProjectionError) -> EngineError {
+        if let ProjectionError::Store(message) = &err {
+            if is_disk_full(message) {
+                return EngineError::DiskFull { path: file_named_in(message), detail: message.clone() };
+            }
+            if message.starts_with("Corruption:")
+                && let Some(path) = file_named_in(message)
+            {
+                return EngineError::CorruptFile { path, detail: message.clone() };
+            }
+        }
+        EngineError::Projection(err)
+    }
 }
 
 /// The error a command gets from a log writer that stopped after a failed commit
