@@ -17,6 +17,7 @@
 //! [`log::IDEMPOTENCY_KEY_MAX_BYTES`] per idempotency key, `commit_queue_max` queued
 //! commands (then [`EngineError::Overloaded`]), `commit_batch_max` commands per batch.
 
+pub mod backup;
 pub mod chat;
 pub mod clock;
 pub mod error;
