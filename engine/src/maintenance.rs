@@ -301,7 +301,7 @@ impl DataDirectory {
             let reached = records::load_checkpoint(&shadow)?;
             let schema = records::load_schema_version(&shadow)?;
             let resumable = schema == Some(osmium_projections::limits::PROJECTION_SCHEMA_VERSION);
-            if !resumable || reached.next() != from || from > self.last_position {
+            if !resumable || reached.next() != from || from > self.last_position.next() {
                 return Err(EngineError::InvalidArgument {
                     field: "from",
                     reason: format!(
@@ -388,12 +388,19 @@ impl DataDirectory {
     /// Drops and recreates the column families of `slot` (never the served one).
     fn reset_slot(&mut self, slot: ProjectionSlot) -> Result<(), EngineError> {
         assert_ne!(slot, self.slot, "the served projection slot is never reset");
-        for table in Table::ALL {
+        // The checkpoint goes first: a reset killed half-way must not leave a checkpoint
+        // beside emptied tables, which `--from` would resume from (found by rebuild_kill9).
+        let meta_first = std::iter::once(Table::ProjectionMeta).chain(Table::ALL.into_iter().filter(|&t| t != Table::ProjectionMeta));
+        for table in meta_first {
             let name = slot.column_family(table);
             if self.db.cf_handle(name).is_some() {
                 self.db.drop_cf(name).map_err(EngineError::storage("dropping a stale projection slot"))?;
             }
             self.db.create_cf(name, &log::db_options()).map_err(EngineError::storage("creating a projection slot"))?;
+            fail::fail_point!("rebuild::after_table_reset", |_| Err(EngineError::Io {
+                path: self.path.clone(),
+                source: std::io::Error::other("injected at rebuild::after_table_reset"),
+            }));
         }
         Ok(())
     }
