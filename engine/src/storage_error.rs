@@ -52,7 +52,7 @@ const INFO_LOG_TAIL_BYTES: u64 = 1 << 20;
 pub(crate) fn opening(dir: &Path, context: &'static str) -> impl FnOnce(rocksdb::Error) -> EngineError {
     move |source| match from_rocksdb(context, source) {
         EngineError::Storage { context, source } if source.kind() == rocksdb::ErrorKind::Corruption => {
-            match damaged_file_in_info_log(dir, source.as_ref()) {
+            match damaged_file_in_info_log(dir, source.as_ref()).or_else(|| damaged_write_ahead_log(dir)) {
                 Some(path) => EngineError::CorruptFile { path, detail: source.into_string() },
                 None => EngineError::Storage { context, source },
             }
@@ -74,6 +74,73 @@ fn damaged_file_in_info_log(dir: &Path, status: &str) -> Option<PathBuf> {
         .rev()
         .filter(|line| line.contains(": dropping ") && line.contains(status))
         .find_map(file_named_in)
+}
+
+/// RocksDB's WAL format (`db/log_format.h`): 32 KiB blocks of records, each with a
+/// 7-byte header (masked CRC32C, length, type), 11 bytes for recyclable types.
+const WAL_BLOCK_BYTES: usize = 32_768;
+const WAL_HEADER_BYTES: usize = 7;
+const WAL_RECYCLABLE_HEADER_BYTES: usize = 11;
+/// `crc32c::Mask`'s constant.
+const CRC_MASK_DELTA: u32 = 0xa282_ead8;
+
+/// The first write-ahead log of `dir` (oldest first) holding a record that fails its
+/// checksum or claims more bytes than its block has. A read-only open has no info log to
+/// name the file, so this reads the WALs the way RocksDB does; a record cut short at the
+/// very end of a file (a torn last write, tolerated on open) is not a failure.
+fn damaged_write_ahead_log(dir: &Path) -> Option<PathBuf> {
+    let mut logs: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|entry| Some(entry.ok()?.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "log"))
+        .collect();
+    logs.sort();
+    logs.into_iter().find(|path| std::fs::read(path).is_ok_and(|bytes| !wal_records_intact(&bytes)))
+}
+
+fn wal_records_intact(bytes: &[u8]) -> bool {
+    for block in bytes.chunks(WAL_BLOCK_BYTES) {
+        let mut at = 0;
+        while block.len() - at >= WAL_HEADER_BYTES {
+            let header = &block[at..];
+            let stored = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+            let length = usize::from(u16::from_le_bytes([header[4], header[5]]));
+            let kind = header[6];
+            if kind == 0 && length == 0 {
+                break; // zeros: preallocated space or a block's padding
+            }
+            let recyclable = (5..=8).contains(&kind) || (kind >= 10 && kind % 2 == 1);
+            let header_bytes = if recyclable { WAL_RECYCLABLE_HEADER_BYTES } else { WAL_HEADER_BYTES };
+            let end = at + header_bytes + length;
+            if end > block.len() {
+                let at_end_of_file = std::ptr::eq(block.as_ptr_range().end, bytes.as_ptr_range().end);
+                return at_end_of_file; // cut short: tolerated at the very end only
+            }
+            let covered = &block[at + 6..end]; // type, log number when recyclable, payload
+            if unmask(stored) != crc32c(covered) {
+                return false;
+            }
+            at = end;
+        }
+    }
+    true
+}
+
+fn unmask(masked: u32) -> u32 {
+    let rotated = masked.wrapping_sub(CRC_MASK_DELTA);
+    rotated.rotate_left(15)
+}
+
+/// CRC-32C (Castagnoli), bitwise: only run on the error path.
+fn crc32c(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &byte in bytes {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 { (crc >> 1) ^ 0x82f6_3b78 } else { crc >> 1 };
+        }
+    }
+    !crc
 }
 
 /// Makes opening a directory whose write-ahead log is damaged an error instead of a
@@ -185,6 +252,30 @@ mod tests {
     fn a_rocksdb_file_name_wins_over_an_earlier_directory() {
         let message = "IO error: While open a file for appending: /d (dir): /d/000012.sst: No space left on device";
         assert_eq!(file_named_in(message), Some(PathBuf::from("/d/000012.sst")));
+    }
+
+    #[test]
+    fn crc32c_matches_its_check_value() {
+        assert_eq!(crc32c(b"123456789"), 0xe306_9283);
+    }
+
+    #[test]
+    fn an_intact_write_ahead_log_reads_clean_and_a_flipped_byte_in_it_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = rocksdb::DB::open(&crate::log::db_options(), dir.path()).unwrap();
+            for n in 0u32..2_000 {
+                db.put(n.to_be_bytes(), vec![n as u8; 100 + (n as usize % 50_000)]).unwrap();
+            }
+        }
+        let wal = damaged_write_ahead_log(dir.path());
+        assert_eq!(wal, None, "an intact WAL has no bad record");
+        let file = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).find(|p| p.extension().is_some_and(|e| e == "log")).unwrap();
+        let mut bytes = std::fs::read(&file).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0xff;
+        std::fs::write(&file, bytes).unwrap();
+        assert_eq!(damaged_write_ahead_log(dir.path()), Some(file));
     }
 
     #[test]

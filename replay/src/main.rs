@@ -174,6 +174,23 @@ enum Command {
     },
 }
 
+/// For a damaged table file of `dir`: its column family and what to do about it. `None`
+/// for other errors, and where the directory does not open far enough to list its files.
+fn damaged_column_family(dir: &Path, err: &EngineError) -> Option<(String, &'static str)> {
+    let EngineError::CorruptFile { path, .. } = err else { return None };
+    let directory = DataDirectory::open_read_only(dir).ok()?;
+    let file = directory.table_files().ok()?.into_iter().find(|file| &file.path == path)?;
+    let projection = osmium_projections::Table::ALL
+        .iter()
+        .any(|table| osmium_engine::schema::ProjectionSlot::ALL.iter().any(|slot| slot.column_family(*table) == file.column_family));
+    let advice = if projection {
+        "projections: `osmium-replay rebuild` makes them anew from the log"
+    } else {
+        "the log: restore the data directory from a backup (`osmium-replay restore`)"
+    };
+    Some((file.column_family, advice))
+}
+
 /// A run's outcome: success, a difference found, or an error.
 enum Outcome {
     Clean,
@@ -186,10 +203,17 @@ fn main() -> ExitCode {
         Ok(Outcome::Clean) => ExitCode::SUCCESS,
         Ok(Outcome::Differences) => ExitCode::from(1),
         Err(err) => {
+            let damaged = damaged_column_family(&cli.data_dir, &err);
             if cli.json {
-                println!("{}", json!({ "error": err.to_string() }));
+                match damaged {
+                    Some((column_family, _)) => println!("{}", json!({ "error": err.to_string(), "column_family": column_family })),
+                    None => println!("{}", json!({ "error": err.to_string() })),
+                }
             } else {
                 eprintln!("error: {err}");
+                if let Some((column_family, advice)) = damaged {
+                    eprintln!("the damaged file holds column family {column_family}: {advice}");
+                }
             }
             ExitCode::from(2)
         }
@@ -297,7 +321,7 @@ fn check(dir: &Path, limit: usize, json_output: bool) -> Result<Outcome, EngineE
         let listed: Vec<_> = problems.iter().map(|p| json!({ "location": p.location, "problem": p.problem })).collect();
         println!("{}", json!({ "events": events, "ok": problems.is_empty(), "problems": listed }));
     } else if problems.is_empty() {
-        println!("log is intact: {events} events, gapless, all decode, index and checkpoint agree");
+        println!("log is intact: {events} events, gapless, all decode, index and checkpoint agree; every file reads back");
     } else {
         println!("log has problems:");
         for problem in &problems {
