@@ -66,9 +66,8 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> EngineError + '_ {
     move |source| EngineError::Io { path: path.to_path_buf(), source }
 }
 
-/// Refuses a target that exists and holds anything; removes an empty one (RocksDB wants
-/// to create the directory itself).
-fn claim_empty_target(target: &Path, field: &'static str, what: &str) -> Result<(), EngineError> {
+/// Refuses a target that exists and holds anything (an empty one is replaced at the end).
+fn refuse_non_empty_target(target: &Path, field: &'static str, what: &str) -> Result<(), EngineError> {
     match std::fs::read_dir(target) {
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(err) if err.kind() == std::io::ErrorKind::NotADirectory => Err(EngineError::InvalidArgument {
@@ -76,15 +75,13 @@ fn claim_empty_target(target: &Path, field: &'static str, what: &str) -> Result<
             reason: format!("{} is a file; {what} goes into a new or empty directory", target.display()),
         }),
         Err(err) => Err(io(target)(err)),
-        Ok(mut entries) => {
-            if entries.next().is_some() {
-                return Err(EngineError::InvalidArgument {
-                    field,
-                    reason: format!("{} is not empty; {what} never overwrites: name a new or empty directory", target.display()),
-                });
-            }
-            std::fs::remove_dir(target).map_err(io(target))
-        }
+        Ok(mut entries) => match entries.next() {
+            None => Ok(()),
+            Some(_) => Err(EngineError::InvalidArgument {
+                field,
+                reason: format!("{} is not empty; {what} never overwrites: name a new or empty directory", target.display()),
+            }),
+        },
     }
 }
 
@@ -103,7 +100,10 @@ fn staging_path(target: &Path) -> Result<PathBuf, EngineError> {
 /// Backs up the data directory `dir` into `to`, a new or empty directory (its parent must
 /// exist). Works while an engine runs on `dir`. See the module documentation.
 pub fn backup(dir: &Path, to: &Path) -> Result<BackupReport, EngineError> {
-    claim_empty_target(to, "to", "a backup")?;
+    if !dir.join("CURRENT").exists() {
+        return Err(EngineError::NotAnEngineDirectory { path: dir.to_path_buf(), reason: "it holds no RocksDB database".into() });
+    }
+    refuse_non_empty_target(to, "to", "a backup")?;
     let staging = staging_path(to)?;
     let result = (|| {
         let method = match DataDirectory::open_exclusive(dir) {
@@ -133,7 +133,7 @@ pub fn restore(from: &Path, to: &Path) -> Result<BackupReport, EngineError> {
     let source = DataDirectory::open_read_only(from)?;
     let last_position = source.last_position();
     drop(source);
-    claim_empty_target(to, "data_dir", "a restore")?;
+    refuse_non_empty_target(to, "data_dir", "a restore")?;
     let staging = staging_path(to)?;
     let result = (|| {
         std::fs::create_dir(&staging).map_err(io(&staging))?;
@@ -165,11 +165,15 @@ fn copied(name: &str) -> bool {
     !NOT_COPIED.contains(&name) && !name.starts_with("LOG.old")
 }
 
-/// Renames a complete staging directory to its target, or removes a failed one.
+/// Renames a complete staging directory to its target (replacing it when it is an empty
+/// directory), or removes a failed one: a failure leaves the target as it was.
 fn finish(result: Result<BackupReport, EngineError>, staging: &Path, to: &Path) -> Result<BackupReport, EngineError> {
     match result {
         Ok(report) => {
-            std::fs::rename(staging, to).map_err(io(to))?;
+            if let Err(err) = std::fs::rename(staging, to) {
+                let _ = std::fs::remove_dir_all(staging);
+                return Err(io(to)(err));
+            }
             if let Some(parent) = to.parent().filter(|parent| !parent.as_os_str().is_empty()) {
                 std::fs::File::open(parent).and_then(|parent| parent.sync_all()).map_err(io(parent))?;
             }

@@ -301,7 +301,7 @@ impl DataDirectory {
             let reached = records::load_checkpoint(&shadow)?;
             let schema = records::load_schema_version(&shadow)?;
             let resumable = schema == Some(osmium_projections::limits::PROJECTION_SCHEMA_VERSION);
-            if !resumable || reached.next() != from || from > self.last_position.next() {
+            if !resumable || reached.next() != from || from > self.last_position {
                 return Err(EngineError::InvalidArgument {
                     field: "from",
                     reason: format!(

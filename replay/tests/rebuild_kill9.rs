@@ -79,17 +79,21 @@ fn assert_served_projections_verify(dir: &Path, when: &str) {
     assert_eq!(directory.verify(10, &mut |_, _| {}).unwrap(), [], "{when}: the served projections equal a fold of the log");
 }
 
-/// The position a killed rebuild resumes at, as the error of an impossible `--from` names it.
-fn resume_position(dir: &Path) -> u64 {
+/// The position a killed rebuild resumes at, as the error of an impossible `--from` names
+/// it; `None` when it has to start over (nothing folded yet, or everything folded but not
+/// switched to: `--from` past the log's end is refused).
+fn resume_position(dir: &Path) -> Option<u64> {
     let output = replay().arg("--data-dir").arg(dir).args(["rebuild", "--from", "999999999"]).output().unwrap();
     assert_eq!(output.status.code(), Some(2), "an impossible --from is refused");
     let message = String::from_utf8(output.stderr).unwrap();
-    message
+    let from: u64 = message
         .split("--from ")
         .nth(1)
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|number| number.parse().ok())
-        .unwrap_or_else(|| panic!("no position in {message}"))
+        .unwrap_or_else(|| panic!("no position in {message}"));
+    let last_position = DataDirectory::open_read_only(dir).unwrap().last_position().get();
+    (from > 1 && from <= last_position).then_some(from)
 }
 
 /// Runs `rebuild` (resuming at `from` when given) to its end; returns how long it took.
@@ -117,7 +121,7 @@ fn a_rebuild_killed_at_random_moments_never_changes_the_served_projections_and_r
     for cycle in 1..=cycles {
         let served = served_slot(dir.path());
         // Every other cycle resumes the rebuild killed before it, the others start over.
-        let from = (cycle % 2 == 0).then(|| resume_position(dir.path())).filter(|&from| from > 1);
+        let from = if cycle % 2 == 0 { resume_position(dir.path()) } else { None };
         resumed += u64::from(from.is_some());
         let mut command = replay();
         command.arg("--data-dir").arg(dir.path()).args(["rebuild", "--batch-events", BATCH_EVENTS]);
@@ -145,8 +149,7 @@ fn a_rebuild_killed_at_random_moments_never_changes_the_served_projections_and_r
         assert_served_projections_verify(dir.path(), &format!("cycle {cycle}, killed after {delay_ms} ms (switched: {switched})"));
     }
     let served = served_slot(dir.path());
-    let from = resume_position(dir.path());
-    rebuild_to_the_end(dir.path(), (from > 1).then_some(from));
+    rebuild_to_the_end(dir.path(), resume_position(dir.path()));
     assert_ne!(served_slot(dir.path()), served, "the last rebuild switched");
     assert_served_projections_verify(dir.path(), "after the last rebuild");
     println!(
