@@ -24,6 +24,7 @@ pub fn db_options() -> Options {
     options.create_missing_column_families(true);
     options.set_compression_type(rocksdb::DBCompressionType::Lz4);
     options.set_max_background_jobs(2);
+    crate::storage_error::refuse_damaged_write_ahead_logs(&mut options);
     options
 }
 
@@ -145,7 +146,8 @@ pub(crate) fn open_database_read_only(path: &Path) -> Result<DB, OpenError> {
     let options = db_options();
     let existing = DB::list_cf(&options, path).map_err(OpenError::storage("listing column families"))?;
     require_meta_family(path, &existing)?;
-    DB::open_cf_for_read_only(&options, path, existing, false).map_err(OpenError::storage("opening the database read-only"))
+    DB::open_cf_for_read_only(&options, path, existing, false)
+        .map_err(|err| OpenError::Engine(crate::storage_error::opening(path, "opening the database read-only")(err)))
 }
 
 /// Opens (creating when missing) the RocksDB database of a data directory after checking
@@ -178,7 +180,8 @@ pub(crate) fn open_database(path: &Path) -> Result<(DB, File), OpenError> {
         }
     }
     let descriptors = names.into_iter().map(|name| ColumnFamilyDescriptor::new(name, db_options()));
-    let db = DB::open_cf_descriptors(&options, path, descriptors).map_err(OpenError::storage("opening the database"))?;
+    let db = DB::open_cf_descriptors(&options, path, descriptors)
+        .map_err(|err| OpenError::Engine(crate::storage_error::opening(path, "opening the database")(err)))?;
     Ok((db, lock))
 }
 

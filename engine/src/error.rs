@@ -77,7 +77,7 @@ pub enum OpenError {
 
 impl From<ProjectionError> for OpenError {
     fn from(err: ProjectionError) -> Self {
-        OpenError::Engine(EngineError::Projection(err))
+        OpenError::Engine(err.into()) // classified: a damaged file or a full disk gets its variant
     }
 }
 
@@ -159,9 +159,11 @@ pub enum EngineError {
         /// What it was.
         found: String,
     },
-    /// The projections could not be folded or read.
+    /// The projections could not be folded or read (a damaged file or a full disk under
+    /// them is [`EngineError::CorruptFile`] or [`EngineError::DiskFull`]: see
+    /// `storage_error.rs`, which converts).
     #[error(transparent)]
-    Projection(#[from] ProjectionError),
+    Projection(ProjectionError),
     /// RocksDB failed.
     #[error("storage error while {context}: {source}")]
     Storage {
@@ -169,6 +171,29 @@ pub enum EngineError {
         context: &'static str,
         /// RocksDB's error.
         source: rocksdb::Error,
+    },
+    /// The disk (or the file system's quota) is full: the write that found it so was not
+    /// acknowledged, and the writer refuses further writes until the engine is reopened
+    /// after space was freed. `path` is the file RocksDB was writing, when it says.
+    #[error("disk full writing {}: {detail}; free space on its file system, then reopen the engine", crate::storage_error::describe(path))]
+    DiskFull {
+        /// The file being written (RocksDB's WAL, a table file, the MANIFEST).
+        path: Option<PathBuf>,
+        /// RocksDB's message.
+        detail: String,
+    },
+    /// A file of the database fails its checksum or does not parse. Nothing is served
+    /// from it. Projections are rebuilt from the log (`osmium-replay rebuild`); a damaged
+    /// log is restored from a backup (`osmium-replay restore`).
+    #[error(
+        "corrupt file {path}: {detail}; if it holds projections, `osmium-replay rebuild` makes them anew \
+         from the log, otherwise restore the data directory from a backup (`osmium-replay restore`)"
+    )]
+    CorruptFile {
+        /// The damaged file (a `.sst` table, a `.log` WAL, the MANIFEST).
+        path: PathBuf,
+        /// RocksDB's message.
+        detail: String,
     },
     /// A file system operation failed.
     #[error("I/O error on {path}: {source}")]
@@ -192,7 +217,7 @@ pub enum EngineError {
 
 impl EngineError {
     pub(crate) fn storage(context: &'static str) -> impl FnOnce(rocksdb::Error) -> EngineError {
-        move |source| EngineError::Storage { context, source }
+        move |source| crate::storage_error::from_rocksdb(context, source)
     }
 
     pub(crate) fn not_found(what: impl Into<String>) -> EngineError {
@@ -220,6 +245,7 @@ impl EngineError {
             EngineError::InviteUsedUp => 410,
             EngineError::Overloaded { .. } => 429,
             EngineError::Closed | EngineError::WriterFailed { .. } => 503,
+            EngineError::DiskFull { .. } => 507,
             _ => 500,
         }
     }
@@ -236,7 +262,7 @@ impl OpenError {
     }
 
     pub(crate) fn storage(context: &'static str) -> impl FnOnce(rocksdb::Error) -> OpenError {
-        move |source| OpenError::Engine(EngineError::Storage { context, source })
+        move |source| OpenError::Engine(crate::storage_error::from_rocksdb(context, source))
     }
 
     pub(crate) fn corrupt(what: impl Into<String>, expected: impl Into<String>, found: impl Into<String>) -> OpenError {

@@ -25,6 +25,7 @@
 //! `writer_queue_max` batches ahead of the disk, [`persist::FLUSHES_QUEUED_MAX`] flushes
 //! queued, `state_bytes_max` of records in memory.
 
+pub mod backup;
 pub mod chat;
 pub mod clock;
 pub mod directory;
@@ -34,7 +35,9 @@ pub mod maintenance;
 pub mod persist;
 mod runtime;
 pub mod schema;
+pub mod scrub;
 mod state_machine;
+mod storage_error;
 mod stream;
 mod view;
 

@@ -402,13 +402,20 @@ impl DataDirectory {
     /// Drops and recreates the column families of `slot` (never the served one).
     fn reset_slot(&mut self, slot: ProjectionSlot) -> Result<(), EngineError> {
         assert_ne!(slot, self.dir.slot, "the served projection slot is never reset");
-        for table in Table::ALL {
+        // The checkpoint goes first: a reset killed half-way must not leave a checkpoint
+        // beside emptied tables, which `--from` would resume from (found by rebuild_kill9).
+        let meta_first = std::iter::once(Table::ProjectionMeta).chain(Table::ALL.into_iter().filter(|&t| t != Table::ProjectionMeta));
+        for table in meta_first {
             let name = slot.column_family(table);
             let db = self.db_mut()?;
             if db.cf_handle(name).is_some() {
                 db.drop_cf(name).map_err(EngineError::storage("dropping a stale projection slot"))?;
             }
             db.create_cf(name, &db_options()).map_err(EngineError::storage("creating a projection slot"))?;
+            fail::fail_point!("rebuild::after_table_reset", |_| Err(EngineError::Io {
+                path: self.dir.path.clone(),
+                source: std::io::Error::other("injected at rebuild::after_table_reset"),
+            }));
         }
         let version = osmium_projections::limits::PROJECTION_SCHEMA_VERSION.to_be_bytes().to_vec();
         persist::flush_writes(&self.dir.db, slot, &[(Table::ProjectionMeta, keys::META_SCHEMA_VERSION.to_vec(), Some(version))])
@@ -416,7 +423,8 @@ impl DataDirectory {
 
     /// Checks the log: positions gapless from 1, every record decodes and sits under its
     /// own position, the per-stream index agrees with the log, and the checkpoint is not
-    /// ahead of the log. Returns at most `limit` problems.
+    /// ahead of the log; then every file is read back with its checksums verified
+    /// ([`DataDirectory::read_every_file`]). Returns at most `limit` problems.
     pub fn check(&self, limit: usize, progress: Progress<'_>) -> Result<Vec<IntegrityProblem>, EngineError> {
         let mut problems = Vec::new();
         let mut report = |location: String, problem: String| {
@@ -480,6 +488,7 @@ impl DataDirectory {
                 format!("at {checkpoint}, ahead of the log's last position {}", self.dir.last_position),
             );
         }
+        self.read_every_file()?; // a damaged file anywhere is an error naming it
         progress(self.dir.last_position.get(), self.dir.last_position.get());
         Ok(problems)
     }
@@ -518,6 +527,11 @@ impl DataDirectory {
     /// The directory.
     pub fn path(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// The database, for the maintenance work kept in other files (`scrub.rs`, `backup.rs`).
+    pub(crate) fn database(&self) -> &rocksdb::DB {
+        &self.dir.db
     }
 }
 
@@ -569,4 +583,5 @@ impl Drop for EventReader {
             let _ = thread.join();
         }
     }
+
 }

@@ -199,7 +199,7 @@ impl StateMachine {
     ) -> bool {
         if let Some(reason) = self.failure() {
             for command in commands {
-                let _ = command.reply.send(Err(EngineError::WriterFailed { reason: reason.clone() }));
+                let _ = command.reply.send(Err(crate::storage_error::writer_failed(&reason)));
             }
             return false;
         }
@@ -217,10 +217,10 @@ impl StateMachine {
                     self.fail(format!("a fold failed after its command was accepted: {reason}"));
                     let _ = reply.send(Err(fatal));
                     for (reply, outcome) in outcomes {
-                        let _ = reply.send(outcome.and(Err(EngineError::WriterFailed { reason: reason.clone() })));
+                        let _ = reply.send(outcome.and(Err(crate::storage_error::writer_failed(&reason))));
                     }
                     for command in commands {
-                        let _ = command.reply.send(Err(EngineError::WriterFailed { reason: reason.clone() }));
+                        let _ = command.reply.send(Err(crate::storage_error::writer_failed(&reason)));
                     }
                     return false;
                 }
@@ -234,7 +234,7 @@ impl StateMachine {
             Err(err) => {
                 self.fail(format!("encoding projection writes failed: {err}"));
                 for (reply, _) in outcomes {
-                    let _ = reply.send(Err(EngineError::WriterFailed { reason: err.to_string() }));
+                    let _ = reply.send(Err(crate::storage_error::writer_failed(&err.to_string())));
                 }
                 return false;
             }
@@ -242,7 +242,7 @@ impl StateMachine {
         if let Err(err) = self.sequencer.seal(&mut log_batch, Some(self.ids.last_id())) {
             self.fail(err.to_string());
             for (reply, _) in outcomes {
-                let _ = reply.send(Err(EngineError::WriterFailed { reason: err.to_string() }));
+                let _ = reply.send(Err(crate::storage_error::writer_failed(&err.to_string())));
             }
             return false;
         }
@@ -330,7 +330,7 @@ impl StateMachine {
                 }
                 for (reply, outcome) in outcomes {
                     let answer = match outcome {
-                        Ok(_) => Err(EngineError::WriterFailed { reason: err.to_string() }),
+                        Ok(_) => Err(crate::storage_error::writer_failed(&err.to_string())),
                         refused => refused,
                     };
                     let _ = reply.send(answer);

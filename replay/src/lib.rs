@@ -29,6 +29,15 @@ pub enum ReplayError {
     Engine(#[from] EngineError),
 }
 
+impl From<osmium_engine::backup::BackupError> for ReplayError {
+    fn from(err: osmium_engine::backup::BackupError) -> Self {
+        match err {
+            osmium_engine::backup::BackupError::Open(err) => ReplayError::Open(err),
+            osmium_engine::backup::BackupError::Engine(err) => ReplayError::Engine(err),
+        }
+    }
+}
+
 impl From<osmium_projections::ProjectionError> for ReplayError {
     fn from(err: osmium_projections::ProjectionError) -> Self {
         ReplayError::Engine(err.into())

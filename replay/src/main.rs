@@ -74,6 +74,28 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         limit: usize,
     },
+    /// Back the data directory up into a new directory: a point-in-time copy of the log
+    /// and the projections, itself a data directory that `check` and `verify` read.
+    ///
+    /// Works while an engine runs on --data-dir (then it copies a read-only view; with
+    /// the directory free it takes a RocksDB checkpoint). Refuses a target that exists and
+    /// is not empty. Prints the last position the backup holds.
+    #[command(after_help = "Example: osmium-replay --data-dir ./data backup --to /backups/osmium-2026-11-30")]
+    Backup {
+        /// The backup's directory: new, or empty (its parent must exist).
+        #[arg(long)]
+        to: PathBuf,
+    },
+    /// Restore a backup into --data-dir, which must not exist or be empty.
+    ///
+    /// Copies the backup's files, then checks that the copy opens and holds the backup's
+    /// last position. Start the engine on --data-dir afterwards.
+    #[command(after_help = "Example: osmium-replay --data-dir ./data-restored restore --from /backups/osmium-2026-11-30")]
+    Restore {
+        /// The backup (a directory written by `backup`).
+        #[arg(long)]
+        from: PathBuf,
+    },
     /// Events by kind, records per projection table, positions, bytes on disk per column family.
     #[command(after_help = "Example: osmium-replay --data-dir ./data stats --json")]
     Stats,
@@ -153,6 +175,27 @@ enum Command {
     },
 }
 
+/// For a damaged table file of `dir`: its column family and what to do about it. `None`
+/// for other errors, and where the directory does not open far enough to list its files.
+fn damaged_column_family(dir: &Path, err: &ReplayError) -> Option<(String, &'static str)> {
+    let (ReplayError::Engine(EngineError::CorruptFile { path, .. })
+    | ReplayError::Open(osmium_engine::OpenError::Engine(EngineError::CorruptFile { path, .. }))) = err
+    else {
+        return None;
+    };
+    let directory = DataDirectory::open_read_only(dir).ok()?;
+    let file = directory.table_files().ok()?.into_iter().find(|file| &file.path == path)?;
+    let projection = osmium_projections::Table::ALL
+        .iter()
+        .any(|table| osmium_engine::schema::ProjectionSlot::ALL.iter().any(|slot| slot.column_family(*table) == file.column_family));
+    let advice = if projection {
+        "projections: `osmium-replay rebuild` makes them anew from the log"
+    } else {
+        "the log: restore the data directory from a backup (`osmium-replay restore`)"
+    };
+    Some((file.column_family, advice))
+}
+
 /// A run's outcome: success, a difference found, or an error.
 enum Outcome {
     Clean,
@@ -165,10 +208,17 @@ fn main() -> ExitCode {
         Ok(Outcome::Clean) => ExitCode::SUCCESS,
         Ok(Outcome::Differences) => ExitCode::from(1),
         Err(err) => {
+            let damaged = damaged_column_family(&cli.data_dir, &err);
             if cli.json {
-                println!("{}", json!({ "error": err.to_string() }));
+                match damaged {
+                    Some((column_family, _)) => println!("{}", json!({ "error": err.to_string(), "column_family": column_family })),
+                    None => println!("{}", json!({ "error": err.to_string() })),
+                }
             } else {
                 eprintln!("error: {err}");
+                if let Some((column_family, advice)) = damaged {
+                    eprintln!("the damaged file holds column family {column_family}: {advice}");
+                }
             }
             ExitCode::from(2)
         }
@@ -184,6 +234,8 @@ fn run(cli: &Cli) -> Result<Outcome, ReplayError> {
         }
         Command::Verify { limit } => verify(dir, *limit, cli.json),
         Command::Check { limit } => check(dir, *limit, cli.json),
+        Command::Backup { to } => backup(dir, to, cli.json).map(|()| Outcome::Clean),
+        Command::Restore { from } => restore(from, dir, cli.json).map(|()| Outcome::Clean),
         Command::Stats => stats(dir, cli.json).map(|()| Outcome::Clean),
         Command::Dump { from, limit, chat, kind } => dump(dir, *from, *limit, *chat, kind.as_deref(), cli.json),
         Command::Chats { user, limit } => chats(dir, UserId(*user), *limit, cli.json),
@@ -278,7 +330,7 @@ fn check(dir: &Path, limit: usize, json_output: bool) -> Result<Outcome, ReplayE
         let listed: Vec<_> = problems.iter().map(|p| json!({ "location": p.location, "problem": p.problem })).collect();
         println!("{}", json!({ "events": events, "ok": problems.is_empty(), "problems": listed }));
     } else if problems.is_empty() {
-        println!("log is intact: {events} events, gapless, all decode, index and checkpoint agree");
+        println!("log is intact: {events} events, gapless, all decode, index and checkpoint agree; every file reads back");
     } else {
         println!("log has problems:");
         for problem in &problems {
@@ -286,6 +338,48 @@ fn check(dir: &Path, limit: usize, json_output: bool) -> Result<Outcome, ReplayE
         }
     }
     Ok(if problems.is_empty() { Outcome::Clean } else { Outcome::Differences })
+}
+
+fn backup(dir: &Path, to: &Path, json_output: bool) -> Result<(), ReplayError> {
+    let started = Instant::now();
+    let report = osmium_engine::backup::backup(dir, to)?;
+    print_copy("backed up", dir, to, &report, started, json_output);
+    Ok(())
+}
+
+fn restore(from: &Path, dir: &Path, json_output: bool) -> Result<(), ReplayError> {
+    let started = Instant::now();
+    let report = osmium_engine::backup::restore(from, dir)?;
+    print_copy("restored", from, dir, &report, started, json_output);
+    Ok(())
+}
+
+fn print_copy(verb: &str, from: &Path, to: &Path, report: &osmium_engine::backup::BackupReport, started: Instant, json_output: bool) {
+    let seconds = started.elapsed().as_secs_f64();
+    if json_output {
+        println!(
+            "{}",
+            json!({
+                "from": from.display().to_string(),
+                "to": to.display().to_string(),
+                "last_position": report.last_position.get(),
+                "method": report.method.name(),
+                "files": report.files,
+                "bytes": report.bytes,
+                "seconds": seconds,
+            })
+        );
+    } else {
+        println!(
+            "{verb} {} into {}: events 1..={}, {} files, {:.1} MiB, {} in {seconds:.2}s",
+            from.display(),
+            to.display(),
+            report.last_position,
+            report.files,
+            report.bytes as f64 / (1024.0 * 1024.0),
+            report.method.name().replace('_', " ")
+        );
+    }
 }
 
 fn stats(dir: &Path, json_output: bool) -> Result<(), ReplayError> {

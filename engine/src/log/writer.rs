@@ -118,7 +118,7 @@ impl Thread {
     fn write_group(&mut self, mut group: Vec<Job>) {
         if let Some(reason) = &self.failure {
             for job in group {
-                (job.done)(Err(EngineError::WriterFailed { reason: reason.clone() }));
+                (job.done)(Err(crate::storage_error::writer_failed(reason)));
             }
             return;
         }
@@ -149,7 +149,7 @@ impl Thread {
                 tracing::error!(%reason, "commit failed; the log writer refuses further writes");
                 self.failure = Some(reason.clone());
                 for job in group {
-                    (job.done)(Err(EngineError::WriterFailed { reason: reason.clone() }));
+                    (job.done)(Err(crate::storage_error::writer_failed(&reason)));
                 }
             }
         }
@@ -158,10 +158,11 @@ impl Thread {
     /// Writes the group's batches in order, syncing once after the last (in `Sync` mode).
     /// Returns the new last position, if any event was written.
     fn write(&mut self, group: &mut [Job]) -> Result<Option<Position>, EngineError> {
-        fail::fail_point!("commit::before_write", |_| Err(EngineError::Io {
-            path: self.path.clone(),
-            source: std::io::Error::other("injected at commit::before_write"),
-        }));
+        fail::fail_point!("commit::before_write", |payload| Err(crate::storage_error::injected(
+            &self.path,
+            "commit::before_write",
+            payload
+        )));
         let last_written = group.iter().rposition(|job| !job.batch.is_empty());
         let Some(last_written) = last_written else { return Ok(None) };
         let mut last = None;

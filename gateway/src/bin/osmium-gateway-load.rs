@@ -47,6 +47,10 @@ struct Args {
     /// Engine durability.
     #[arg(long, value_enum, default_value_t = DurabilityArg::Buffered)]
     durability: DurabilityArg,
+    /// Chance, per mille, that a connection drops its socket without a close frame after
+    /// a result, then connects and signs in again (random client disconnects, for the soak).
+    #[arg(long, default_value_t = 0)]
+    disconnect_per_mille: u64,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -62,6 +66,8 @@ struct Samples {
     /// Send-to-update delivery latency, in microseconds.
     delivery_us: Vec<u32>,
     errors: u64,
+    /// Sockets dropped on purpose (`--disconnect-per-mille`) and signed in again.
+    disconnects: u64,
 }
 
 const KINDS: [&str; 5] = ["GetChats", "GetHistory", "SendMessage", "MarkChatRead", "SetTyping"];
@@ -157,6 +163,7 @@ async fn run(args: Args) -> Result<(), GatewayError> {
         let connect_limit = connect_limit.clone();
         let think_ms = args.think_ms;
         let seconds = args.seconds;
+        let reconnect = (args.disconnect_per_mille > 0).then(|| Reconnect { addr, token: token.clone(), per_mille: args.disconnect_per_mille });
         tasks.push(tokio::spawn(async move {
             let socket = {
                 let _permit = connect_limit.acquire().await;
@@ -164,7 +171,7 @@ async fn run(args: Args) -> Result<(), GatewayError> {
             };
             barrier.wait().await;
             match socket {
-                Ok(socket) => drive(socket, group, index as u64, think_ms, seconds, epoch).await,
+                Ok(socket) => drive(socket, group, index as u64, think_ms, seconds, epoch, reconnect).await,
                 Err(err) => {
                     eprintln!("connection {index}: {err}");
                     Samples { errors: 1, ..Samples::default() }
@@ -183,6 +190,7 @@ async fn run(args: Args) -> Result<(), GatewayError> {
             }
             all.delivery_us.extend(samples.delivery_us);
             all.errors += samples.errors;
+            all.disconnects += samples.disconnects;
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
@@ -204,6 +212,7 @@ async fn run(args: Args) -> Result<(), GatewayError> {
         ms(&all.delivery_us, 0.99)
     );
     println!("error results        {}", all.errors);
+    println!("client disconnects   {}", all.disconnects);
     println!("peak RSS (VmHWM)     {}", peak_rss());
     gateway.shutdown().await;
     Ok(())
@@ -252,10 +261,17 @@ async fn connect(addr: std::net::SocketAddr, token: String) -> Result<Socket, Ga
     }
 }
 
+/// Random disconnects of one connection (`--disconnect-per-mille`).
+struct Reconnect {
+    addr: std::net::SocketAddr,
+    token: String,
+    per_mille: u64,
+}
+
 /// One connection's closed loop: a call, its result, think time, the next call; updates
 /// are read all along and the delivery latency of messages is measured from the send
 /// time carried in their text.
-async fn drive(mut socket: Socket, group: u64, seed: u64, think_ms: u64, seconds: u64, epoch: Instant) -> Samples {
+async fn drive(mut socket: Socket, group: u64, seed: u64, think_ms: u64, seconds: u64, epoch: Instant, reconnect: Option<Reconnect>) -> Samples {
     let mut samples = Samples { request_us: vec![Vec::new(); KINDS.len()], ..Samples::default() };
     let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let chat = group_ref(group);
@@ -311,6 +327,19 @@ async fn drive(mut socket: Socket, group: u64, seed: u64, think_ms: u64, seconds
                             }
                             outstanding = None;
                             next_call = tokio::time::Instant::now() + Duration::from_millis(rng.below(2 * think_ms + 1));
+                            if let Some(reconnect) = &reconnect
+                                && rng.below(1_000) < reconnect.per_mille
+                            {
+                                drop(socket); // no close frame: the gateway sees the TCP connection end
+                                match connect(reconnect.addr, reconnect.token.clone()).await {
+                                    Ok(again) => socket = again,
+                                    Err(_) => {
+                                        samples.errors += 1;
+                                        return samples;
+                                    }
+                                }
+                                samples.disconnects += 1;
+                            }
                         }
                     }
                     Some(server_message::Message::Update(update)) => {

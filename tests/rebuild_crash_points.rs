@@ -1,0 +1,46 @@
+//! A rebuild that dies while it resets the unused projection slot (crash point
+//! `rebuild::after_table_reset`, after the first table) leaves no checkpoint that
+//! `--from` would resume from beside emptied tables: the resume is refused and names
+//! position 1, and starting over verifies. Found by `replay/tests/rebuild_kill9.rs`: the
+//! checkpoint was reset last, so a resume after such a kill switched to projections
+//! missing whole tables.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+use common::*;
+use osmium_state::EngineError;
+use osmium_state::maintenance::{DataDirectory, RebuildOptions};
+
+#[tokio::test]
+async fn a_rebuild_dying_in_its_slot_reset_leaves_nothing_to_resume_from() {
+    let scenario = fail::FailScenario::setup();
+    let f = fixture().await;
+    for n in 0..20 {
+        send(&f.engine, ANN, &dm(BOB), &format!("message {n}")).await;
+    }
+    let dir = f.dir.path().to_path_buf();
+    drop(f.engine);
+    let mut directory = DataDirectory::open_exclusive(&dir).unwrap();
+    let end = directory.last_position();
+    // A rebuild that folded the whole log into the unused slot, then died before its switch.
+    fail::cfg("rebuild::before_switch", "return").unwrap();
+    assert!(directory.rebuild(RebuildOptions::default(), &mut |_, _| {}).is_err());
+    fail::remove("rebuild::before_switch");
+    // The next one dies after resetting one table of that slot.
+    fail::cfg("rebuild::after_table_reset", "1*off->return").unwrap();
+    let died = directory.rebuild(RebuildOptions::default(), &mut |_, _| {});
+    assert!(matches!(&died, Err(EngineError::Io { source, .. }) if source.to_string().contains("after_table_reset")), "{died:?}");
+    fail::remove("rebuild::after_table_reset");
+    let resume = RebuildOptions { from: Some(end.next()), ..RebuildOptions::default() };
+    let refused = directory.rebuild(resume, &mut |_, _| {});
+    assert!(
+        matches!(&refused, Err(EngineError::InvalidArgument { field: "from", reason }) if reason.contains("--from 1 ")),
+        "nothing to resume from: {refused:?}"
+    );
+    directory.rebuild(RebuildOptions::default(), &mut |_, _| {}).unwrap();
+    assert_eq!(directory.verify(10, &mut |_, _| {}).unwrap().1, [], "starting over verifies");
+    assert_eq!(directory.last_position(), end);
+    drop(directory);
+    drop(f.dir);
+    scenario.teardown();
+}
