@@ -1,6 +1,7 @@
 //! Crash points inside the engine (the `fail` crate, compiled in by the `failpoints`
 //! feature for tests): an I/O error before the commit's write, a crash after the write
-//! but before the acknowledgement, a crash after the acknowledgement, and an error inside
+//! but before the acknowledgement, a crash after the acknowledgement, a projection flush
+//! that fails before its write and one that crashes right after it, and an error inside
 //! a rebuild before its switch. After each, the reopened directory's log is gapless,
 //! its checkpoint not ahead, and its projections equal a fold of the log. Each test shows
 //! its point was hit by an effect only that point produces.
@@ -10,7 +11,7 @@ mod common;
 use common::*;
 use osmium_state::maintenance::{DataDirectory, RebuildOptions};
 use osmium_state::proto::messages;
-use osmium_state::EngineError;
+use osmium_state::{ChatEngine, EngineError};
 
 fn assert_directory_consistent(dir: &std::path::Path) {
     let directory = DataDirectory::open_read_only(dir).unwrap();
@@ -120,5 +121,56 @@ async fn an_error_inside_a_rebuild_before_its_switch_leaves_the_served_projectio
     let reopened = DataDirectory::open_read_only(&dir).unwrap();
     assert_eq!(reopened.slot(), served, "the switch never happened");
     drop(f.dir);
+    scenario.teardown();
+}
+
+#[tokio::test]
+async fn a_flush_that_fails_before_its_write_stops_writes_and_a_reopen_folds_what_it_missed() {
+    let scenario = fail::FailScenario::setup();
+    let f = fixture().await;
+    f.engine.flush().await.unwrap();
+    fail::cfg("flush::before_write", "return").unwrap();
+    let acknowledged = f.engine.send_message(ANN, hello()).await.unwrap(); // durable in the log
+    let flushed = f.engine.flush().await;
+    assert!(
+        matches!(&flushed, Err(EngineError::WriterFailed { reason }) if reason.contains("injected at flush::before_write")),
+        "{flushed:?}"
+    );
+    let refused = f.engine.send_message(ANN, hello()).await;
+    assert!(matches!(refused, Err(EngineError::WriterFailed { .. })), "no write once flushing stopped: {refused:?}");
+    // Reads still answer from what was published (the unflushed layer is kept).
+    assert_eq!(conversation(&f.engine, BOB, &dm(ANN)).await.unread_count, 1);
+    fail::remove("flush::before_write");
+    let f = f.reopen().await;
+    let history = f.engine.get_history(BOB, messages::GetHistory { chat_ref: Some(dm(ANN)), ..Default::default() }).await.unwrap();
+    assert_eq!(history.messages.iter().map(|m| m.message_id).collect::<Vec<_>>(), [acknowledged.message_id]);
+    assert_eq!(conversation(&f.engine, BOB, &dm(ANN)).await.unread_count, 1, "the reopen folded the unflushed send");
+    close_and_assert_consistent(f);
+    scenario.teardown();
+}
+
+#[tokio::test]
+async fn a_crash_right_after_a_flush_wrote_keeps_it_and_loses_nothing() {
+    let scenario = fail::FailScenario::setup();
+    let f = fixture().await;
+    f.engine.flush().await.unwrap();
+    let before = DataDirectory::open_read_only(f.dir.path()).unwrap().checkpoint().unwrap();
+    fail::cfg("flush::after_write", "panic").unwrap();
+    let acknowledged = f.engine.send_message(ANN, hello()).await.unwrap();
+    let flushed = f.engine.flush().await;
+    assert!(matches!(&flushed, Err(EngineError::WriterFailed { reason }) if reason.contains("panicked")), "{flushed:?}");
+    fail::remove("flush::after_write");
+    let dir = f.dir.path().to_path_buf();
+    let checkpoint = {
+        let Fixture { dir: kept, engine, clock } = f;
+        drop(engine);
+        let checkpoint = DataDirectory::open_read_only(&dir).unwrap().checkpoint().unwrap();
+        let f = Fixture { dir: kept, engine: ChatEngine::open(&dir, config(&clock)).await.unwrap(), clock };
+        let history = f.engine.get_history(BOB, messages::GetHistory { chat_ref: Some(dm(ANN)), ..Default::default() }).await.unwrap();
+        assert_eq!(history.messages.iter().map(|m| m.message_id).collect::<Vec<_>>(), [acknowledged.message_id]);
+        close_and_assert_consistent(f);
+        checkpoint
+    };
+    assert!(checkpoint > before, "the flush that crashed after its write is on disk ({before} -> {checkpoint})");
     scenario.teardown();
 }

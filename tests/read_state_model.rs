@@ -116,6 +116,9 @@ enum Step {
     UseInvite { user: u64, nth: usize },
     DeleteInvite { actor: Actor, nth: usize },
     AdvanceClock { ms: u64 },
+    /// Flushes the projections now (they are also cut every few events and whenever the
+    /// engine's tiny memory budget is full: see `model_config`).
+    Flush,
     Reopen,
 }
 
@@ -172,6 +175,7 @@ fn step() -> impl Strategy<Value = Step> {
         2 => (user(), 0usize..3).prop_map(|(user, nth)| Step::UseInvite { user, nth }),
         1 => (actor(), 0usize..3).prop_map(|(actor, nth)| Step::DeleteInvite { actor, nth }),
         1 => (0u64..4_000).prop_map(|ms| Step::AdvanceClock { ms }),
+        1 => Just(Step::Flush),
         1 => Just(Step::Reopen),
     ]
 }
@@ -348,13 +352,22 @@ macro_rules! refused {
     }};
 }
 
+/// The engine under test: `Buffered` (durability is the crash tests' business), cut for a
+/// flush every 7 events, and a memory budget of 16 KiB, far below the records the model
+/// touches (the 259-member group alone is more), so that records are evicted and loaded
+/// again all the time: a record evicted before its flush landed would show as a wrong view.
+fn model_config(clock: &osmium_state::ManualClock) -> osmium_state::EngineConfig {
+    let mut config = config(clock);
+    config.log.durability = Durability::Buffered;
+    config.state = osmium_state::StateConfig { flush_interval_ms: 1_000, flush_events_max: 7, state_bytes_max: 16 * 1024 };
+    config
+}
+
 impl Harness {
     async fn new() -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let clock = osmium_state::ManualClock::new(START_MS);
-        let mut config = config(&clock);
-        config.log.durability = Durability::Buffered;
-        let engine = ChatEngine::open(dir.path(), config).await.unwrap();
+        let engine = ChatEngine::open(dir.path(), model_config(&clock)).await.unwrap();
         let upserts = USERS.into_iter().chain(FILLERS).map(|id| {
             let engine = engine.clone();
             tokio::spawn(async move { engine.upsert_user(types::User { id, name: format!("u{id}"), ..Default::default() }).await })
@@ -396,8 +409,10 @@ impl Harness {
     }
 
     async fn reopen(&mut self) {
-        let fixture = self.fixture.take().expect("the fixture is only taken out while reopening");
-        self.fixture = Some(fixture.reopen().await);
+        let Fixture { dir, engine, clock } = self.fixture.take().expect("the fixture is only taken out while reopening");
+        drop(engine);
+        let engine = ChatEngine::open(dir.path(), model_config(&clock)).await.unwrap();
+        self.fixture = Some(Fixture { dir, engine, clock });
     }
 
     /// Runs one step on the engine and the model, then checks that a refused command
@@ -430,13 +445,17 @@ impl Harness {
                 self.fixture().clock.advance_ms(*ms);
                 return Outcome::NotSent;
             }
+            Step::Flush => {
+                self.engine().flush().await.unwrap();
+                return Outcome::NotSent;
+            }
             _ => {}
         }
         let engine = self.engine();
         let now_ms = self.now_ms();
         let may_address = |user: u64, chat: Chat| chat.dm_members().is_none_or(|(a, b)| user == a || user == b);
         match step.clone() {
-            Step::Reopen | Step::AdvanceClock { .. } => unreachable!("handled above, before an engine handle is taken"),
+            Step::Reopen | Step::AdvanceClock { .. } | Step::Flush => unreachable!("handled above, before an engine handle is taken"),
             Step::Send { user, chat, .. }
             | Step::MarkRead { user, chat, .. }
             | Step::Delete { user, chat, .. }

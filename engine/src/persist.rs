@@ -120,28 +120,35 @@ fn run(db: &DB, slot: ProjectionSlot, views: &Views, state: &FlushState, flushes
         if state.failure.lock().map(|failure| failure.is_some()).unwrap_or(true) {
             continue; // stopped: the log keeps everything; reopening folds it again
         }
-        let written = write_batch(db, slot, flush.layer.entries())
-            .and_then(|batch| {
-                fail::fail_point!("flush::before_write", |_| Err(EngineError::Io {
-                    path: PathBuf::from("<flush>"),
-                    source: std::io::Error::other("injected at flush::before_write"),
-                }));
-                db.write_opt(batch, &WriteOptions::default()).map_err(EngineError::storage("flushing projections"))
-            });
-        match written {
-            Ok(()) => {
-                fail::fail_point!("flush::after_write");
-                views.landed(flush.number);
-                state.landed.store(flush.number, Ordering::Release);
-                state.landed_watch.send_replace(flush.number);
+        let number = flush.number;
+        // A panic (a bug, or a crash point) stops flushing like an error does, instead of
+        // killing the thread and leaving flushes queued that never land.
+        let flushed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| flush_one(db, slot, views, state, flush)));
+        let failed = match flushed {
+            Ok(Ok(())) => None,
+            Ok(Err(err)) => Some(err.to_string()),
+            Err(panic) => Some(format!("it panicked: {}", crate::log::panic_reason(&panic))),
+        };
+        if let Some(reason) = failed {
+            tracing::error!(%reason, flush = number, "a projection flush failed; the engine refuses further writes");
+            if let Ok(mut failure) = state.failure.lock() {
+                *failure = Some(format!("flush {number} failed: {reason}"));
             }
-            Err(err) => {
-                tracing::error!(%err, flush = flush.number, "a projection flush failed; the engine refuses further writes");
-                if let Ok(mut failure) = state.failure.lock() {
-                    *failure = Some(format!("flush {} failed: {err}", flush.number));
-                }
-                state.landed_watch.send_modify(|_| {}); // wake whoever waits, to see the failure
-            }
+            state.landed_watch.send_modify(|_| {}); // wake whoever waits, to see the failure
         }
     }
+}
+
+fn flush_one(db: &DB, slot: ProjectionSlot, views: &Views, state: &FlushState, flush: Flush) -> Result<(), EngineError> {
+    let batch = write_batch(db, slot, flush.layer.entries())?;
+    fail::fail_point!("flush::before_write", |_| Err(EngineError::Io {
+        path: PathBuf::from("<flush>"),
+        source: std::io::Error::other("injected at flush::before_write"),
+    }));
+    db.write_opt(batch, &WriteOptions::default()).map_err(EngineError::storage("flushing projections"))?;
+    fail::fail_point!("flush::after_write");
+    views.landed(flush.number);
+    state.landed.store(flush.number, Ordering::Release);
+    state.landed_watch.send_replace(flush.number);
+    Ok(())
 }
