@@ -1,15 +1,14 @@
-//! Micro benchmarks of the engine on a temporary directory: one append (`Sync` and
-//! `Buffered`), `get_chats` (limit 50) and `mark_chat_read`.
+//! Micro benchmarks of the engine on a temporary directory: one send in a group of two
+//! (`Sync` and `Buffered`: one event through the whole write path), `get_chats`
+//! (limit 50) and `mark_chat_read`.
 //! `cargo bench -p osmium-state --bench engine`
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use osmium_state::engine::log::{ExpectedVersion, Proposal};
-use osmium_state::proto::events::{self, event_envelope::Event};
-use osmium_state::proto::ids::{ChatId, StreamId, UserId};
-use osmium_state::proto::refs::{ChatRef, UserRef, chat_ref::Ref};
+use osmium_state::proto::ids::UserId;
+use osmium_state::proto::refs::{ChatRef, GroupRef, UserRef, chat_ref::Ref};
 use osmium_state::proto::{chats, messages, types};
-use osmium_state::{ChatEngine, Durability, EngineConfig, EventLog, LogConfig};
+use osmium_state::{ChatEngine, Durability, EngineConfig, LogConfig};
 use std::hint::black_box;
 use std::time::Duration;
 use tokio::runtime::Runtime;
@@ -22,55 +21,36 @@ fn runtime() -> Runtime {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap()
 }
 
-/// A group of two made directly through the log; its id.
-async fn group(log: &EventLog, owner: UserId) -> ChatId {
-    let appended = log
-        .submit(Box::new(move |ctx| {
-            let created = events::GroupCreated { owner_id: owner.get(), name: "bench".into(), member_ids: vec![owner.get() + 1] };
-            Ok(Proposal {
-                stream: StreamId::Chat(ChatId(ctx.next_id())),
-                expected_version: ExpectedVersion::NoStream,
-                actor: owner,
-                events: vec![Event::GroupCreated(created)],
-                idempotency_key: None,
-            })
-        }))
-        .await
-        .unwrap();
-    match osmium_state::projections::stream_of(&appended.events[0]).unwrap() {
-        StreamId::Chat(chat) => chat,
-        StreamId::User(_) => unreachable!("a group is a chat stream"),
+/// A group of two; its reference.
+async fn group(engine: &ChatEngine, owner: UserId) -> ChatRef {
+    for id in [owner.get(), owner.get() + 1] {
+        engine.upsert_user(types::User { id, name: format!("user {id}"), ..Default::default() }).await.unwrap();
     }
+    let users = vec![UserRef { user_id: owner.get() + 1 }];
+    let created = engine.create_chat(owner, chats::CreateChat { users, name: "bench".into() }).await.unwrap();
+    ChatRef { r#ref: Some(Ref::Group(GroupRef { group_id: created.id })) }
 }
 
-/// One `message_sent` appended through the log (decided on the writer thread for its id).
-async fn append_one(log: &EventLog, chat: ChatId, author: UserId) {
-    log.submit(Box::new(move |ctx| {
-        let sent = events::MessageSent {
-            message_id: ctx.next_id(),
-            author_id: author.get(),
-            text: "see you at the station at seven, bring the tickets".into(),
-            ..Default::default()
-        };
-        Ok(Proposal { stream: StreamId::Chat(chat), expected_version: ExpectedVersion::Any, actor: author, events: vec![Event::MessageSent(sent)], idempotency_key: None })
-    }))
-    .await
-    .unwrap();
+/// One send (one `message_sent` event) through the engine.
+async fn send_one(engine: &ChatEngine, chat: ChatRef, author: UserId) {
+    let text = "see you at the station at seven, bring the tickets".to_owned();
+    engine.send_message(author, messages::SendMessage { chat_ref: Some(chat), message: text, ..Default::default() }).await.unwrap();
 }
 
 fn append(c: &mut Criterion) {
     let runtime = runtime();
-    let mut group_ = c.benchmark_group("append one event");
+    let mut group_ = c.benchmark_group("send one message");
     for durability in [Durability::Sync, Durability::Buffered] {
         let dir = tempfile::tempdir().unwrap();
-        let log = EventLog::open(dir.path(), LogConfig { durability, ..LogConfig::default() }).unwrap();
-        let chat = runtime.block_on(group(&log, HUB));
+        let config = EngineConfig { log: LogConfig { durability, ..LogConfig::default() }, ..EngineConfig::default() };
+        let engine = runtime.block_on(ChatEngine::open(dir.path(), config)).unwrap();
+        let chat = runtime.block_on(group(&engine, HUB));
         if durability == Durability::Sync {
             group_.sample_size(20).measurement_time(Duration::from_secs(5));
         } else {
             group_.sample_size(50).measurement_time(Duration::from_secs(5));
         }
-        group_.bench_function(format!("{durability:?}"), |b| b.iter(|| runtime.block_on(append_one(&log, chat, HUB))));
+        group_.bench_function(format!("{durability:?}"), |b| b.iter(|| runtime.block_on(send_one(&engine, chat, HUB))));
     }
     group_.finish();
 }

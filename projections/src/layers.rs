@@ -22,13 +22,17 @@ use std::sync::Arc;
 /// One write of a projection table: `Some(value)` puts, `None` deletes.
 pub type KvWrite = (Table, Vec<u8>, Option<Vec<u8>>);
 
-type Entries = OrdMap<Box<[u8]>, Option<Arc<[u8]>>>;
+type TableEntries = OrdMap<Box<[u8]>, Option<Arc<[u8]>>>;
+/// A layer's entries in a range, in scan order: `(key, Some(value) | None)`.
+type Entries<'a> = Box<dyn Iterator<Item = (&'a [u8], Option<&'a [u8]>)> + 'a>;
+/// Entries as the persistent map yields them.
+type RawEntries<'a> = Box<dyn Iterator<Item = (&'a Box<[u8]>, &'a Option<Arc<[u8]>>)> + 'a>;
 
 /// The projection writes of some consecutive batches, with the chats whose chat-list
 /// entries they made stale (see [`StoreRead::touched_chats`]).
 #[derive(Clone, Default, Debug)]
 pub struct Layer {
-    tables: [Entries; Table::ALL.len()],
+    tables: [TableEntries; Table::ALL.len()],
     touched: SharedHashMap<UserId, SharedHashSet<ChatId>>,
     writes: usize,
 }
@@ -71,10 +75,10 @@ impl Layer {
         self.tables[table.index()].get(key).map(Option::as_ref)
     }
 
-    fn range<'a>(&'a self, table: Table, range: ScanRange<'a>) -> Box<dyn Iterator<Item = (&'a [u8], Option<&'a [u8]>)> + 'a> {
+    fn range<'a>(&'a self, table: Table, range: ScanRange<'a>) -> Entries<'a> {
         let entries = &self.tables[table.index()];
         let prefix = range.prefix;
-        let items = |iter: Box<dyn Iterator<Item = (&'a Box<[u8]>, &'a Option<Arc<[u8]>>)> + 'a>| {
+        let items = |iter: RawEntries<'a>| {
             iter.take_while(move |(key, _)| key.starts_with(prefix)).map(|(key, value)| (&key[..], value.as_deref()))
         };
         match range.direction {
