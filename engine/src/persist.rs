@@ -59,6 +59,8 @@ struct Flush {
 /// What the flusher shares with the state machine.
 #[derive(Debug, Default)]
 pub(crate) struct FlushState {
+    /// Time and writes of the flushes.
+    pub(crate) meters: Arc<crate::meters::Meters>,
     /// The number of the last flush that landed.
     pub(crate) landed: AtomicU64,
     /// The same, for those who wait for a flush.
@@ -140,13 +142,17 @@ fn run(db: &DB, slot: ProjectionSlot, views: &Views, state: &FlushState, flushes
 }
 
 fn flush_one(db: &DB, slot: ProjectionSlot, views: &Views, state: &FlushState, flush: Flush) -> Result<(), EngineError> {
+    let started = std::time::Instant::now();
     let batch = write_batch(db, slot, flush.layer.entries())?;
+    let writes = batch.len() as u64;
     fail::fail_point!("flush::before_write", |_| Err(EngineError::Io {
         path: PathBuf::from("<flush>"),
         source: std::io::Error::other("injected at flush::before_write"),
     }));
     db.write_opt(batch, &WriteOptions::default()).map_err(EngineError::storage("flushing projections"))?;
     fail::fail_point!("flush::after_write");
+    state.meters.flushed_writes.fetch_add(writes, Ordering::Relaxed);
+    crate::meters::Meters::add_since(&state.meters.flush_ns, started);
     views.landed(flush.number);
     state.landed.store(flush.number, Ordering::Release);
     state.landed_watch.send_replace(flush.number);

@@ -128,12 +128,14 @@ impl Core {
         let flush_state = Arc::new(FlushState::default());
         flush_state.landed.store(state.cuts(), std::sync::atomic::Ordering::Release);
         flush_state.landed_watch.send_replace(state.cuts());
+        let meters = flush_state.meters.clone();
         let writer = Arc::new(LogWriter::start(
             dir.db.clone(),
             dir.path.clone(),
             log.durability,
             reader.published().clone(),
             log.writer_queue_max,
+            meters.clone(),
         )?);
         let flusher = Arc::new(Flusher::start(dir.db.clone(), dir.path.clone(), dir.slot, views.clone(), flush_state.clone())?);
         let mut ids = SnowflakeGenerator::new(log.clock.clone(), log.snowflake_worker);
@@ -154,6 +156,8 @@ impl Core {
             policy: FlushPolicy { interval_ms: state_config.flush_interval_ms, events_max: state_config.flush_events_max },
             batch_max: log.commit_batch_max,
             failure: failure.clone(),
+            meters,
+            active: osmium_projections::Layer::new(),
         };
         let (commands, queue) = crossbeam_channel::bounded(log.commit_queue_max.max(1));
         let state_machine = std::thread::Builder::new()
@@ -219,6 +223,11 @@ impl Core {
     pub(crate) fn failure(&self) -> Option<String> {
         let own = self.failure.lock().ok().and_then(|failure| failure.clone());
         own.or_else(|| self.flush_state.failure.lock().ok().and_then(|failure| failure.clone()))
+    }
+
+    /// Busy times and counts of the engine's threads.
+    pub(crate) fn meters(&self) -> crate::meters::MeterReadings {
+        self.flush_state.meters.read()
     }
 
     /// The number of the last flush that landed.

@@ -118,6 +118,11 @@ pub(crate) struct StateMachine {
     pub(crate) batch_max: usize,
     /// Set by a failed commit (on the writer thread) or a fold error: refuse everything.
     pub(crate) failure: Arc<std::sync::Mutex<Option<String>>>,
+    pub(crate) meters: Arc<crate::meters::Meters>,
+    /// What readers will see of the writes since the last cut, built here (a persistent
+    /// map: the version handed to a completion shares all but the changed paths) so that
+    /// publishing a durable batch only swaps an `Arc` on the writer thread.
+    pub(crate) active: osmium_projections::Layer,
 }
 
 /// Outcome of one command inside a batch.
@@ -203,6 +208,7 @@ impl StateMachine {
             }
             return false;
         }
+        let started = std::time::Instant::now();
         self.state.mark_persisted(self.flush_state.landed.load(Ordering::Acquire));
         let mut log_batch = self.sequencer.batch();
         let mut outcomes: Vec<Outcome> = Vec::with_capacity(commands.len());
@@ -229,7 +235,7 @@ impl StateMachine {
         *events_since_cut += log_batch.events().len() as u64;
         let cut = *events_since_cut > 0
             && (due || *events_since_cut >= self.policy.events_max || self.state.over_budget());
-        let writes = match self.state.take_writes(cut) {
+        let batch_writes = match self.state.take_writes(cut) {
             Ok(writes) => writes,
             Err(err) => {
                 self.fail(format!("encoding projection writes failed: {err}"));
@@ -246,9 +252,21 @@ impl StateMachine {
             }
             return false;
         }
+        let active = if batch_writes.writes.is_empty() && batch_writes.touched.is_empty() {
+            None
+        } else {
+            self.active.apply(batch_writes.writes, &batch_writes.touched);
+            Some(Arc::new(self.active.clone()))
+        };
+        if cut {
+            self.active = osmium_projections::Layer::new(); // the completion freezes the one published
+        }
         let flush_number = self.state.cuts();
+        self.meters.events.fetch_add(log_batch.events().len() as u64, Ordering::Relaxed);
+        self.meters.batches.fetch_add(1, Ordering::Relaxed);
+        crate::meters::Meters::add_since(&self.meters.decide_ns, started);
         let flushed = Flushed { number: flush_number, replies: flushes };
-        let completion = self.completion(&log_batch, writes, cut.then_some(flush_number), outcomes, effects, flushed);
+        let completion = self.completion(&log_batch, active, cut.then_some(flush_number), outcomes, effects, flushed);
         if let Err(err) = self.writer.submit(log_batch, completion) {
             self.fail(err.to_string());
         }
@@ -299,7 +317,7 @@ impl StateMachine {
     fn completion(
         &self,
         log_batch: &LogBatch,
-        writes: osmium_projections::BatchWrites,
+        active: Option<Arc<osmium_projections::Layer>>,
         flush: Option<u64>,
         outcomes: Vec<Outcome>,
         effects: EffectBatch,
@@ -312,7 +330,9 @@ impl StateMachine {
         let position = if log_batch.is_empty() { None } else { Some(log_batch.last_position()) };
         Box::new(move |written| match written {
             Ok(()) => {
-                views.apply(writes.writes, &writes.touched, position.unwrap_or(Position::ZERO));
+                if let Some(active) = active {
+                    views.publish_active(active, position.unwrap_or(Position::ZERO));
+                }
                 if let Some(number) = flush {
                     flusher.submit(number, views.freeze());
                 }

@@ -12,8 +12,8 @@
 use crate::schema::ProjectionSlot;
 use arc_swap::ArcSwap;
 use osmium_projections::store::{Direction, ScanRange, StoreRead, Visit, prefix_successor};
-use osmium_projections::{KvWrite, Layer, LayeredView, ProjectionError, Table};
-use osmium_proto::ids::{ChatId, Position, UserId};
+use osmium_projections::{Layer, LayeredView, ProjectionError, Table};
+use osmium_proto::ids::Position;
 use rocksdb::{DB, ReadOptions, Snapshot};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -200,19 +200,14 @@ impl Views {
         self.current.store(Arc::new(change(&current)));
     }
 
-    /// Publishes one durable batch's writes, folded up to `position`.
-    pub(crate) fn apply(&self, writes: Vec<KvWrite>, touched: &[(UserId, ChatId)], position: Position) {
-        if writes.is_empty() && touched.is_empty() {
-            return;
-        }
+    /// Publishes the active layer as it is after one durable batch, folded up to
+    /// `position` (the state machine built it; this only swaps it in).
+    pub(crate) fn publish_active(&self, active: Arc<Layer>, position: Position) {
         self.publish(|current| {
             let mut layers = current.layers.clone();
-            let mut active = layers.first().map(|layer| (**layer).clone()).unwrap_or_default();
-            active.apply(writes, touched);
-            if let Some(first) = layers.first_mut() {
-                *first = Arc::new(active);
-            } else {
-                layers.push(Arc::new(active));
+            match layers.first_mut() {
+                Some(first) => *first = active,
+                None => layers.push(active),
             }
             Published { epoch: current.epoch, layers, position: position.max(current.position) }
         });

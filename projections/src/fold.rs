@@ -171,6 +171,7 @@ impl<S: StoreRead> ChatFold<'_, S> {
             Event::MuteSet(mute) => {
                 let user = UserId(mute.user_id);
                 self.member_mut(user)?.muted = mute.muted;
+                self.state.recipients_changed(self.chat); // recipients carry the mute
                 self.tell_conversation(user)
             }
             Event::PermissionOverridesSet(set) => self.permission_overrides_set(set),

@@ -22,11 +22,11 @@ use std::sync::Arc;
 /// One write of a projection table: `Some(value)` puts, `None` deletes.
 pub type KvWrite = (Table, Vec<u8>, Option<Vec<u8>>);
 
-type TableEntries = OrdMap<Box<[u8]>, Option<Arc<[u8]>>>;
+type TableEntries = OrdMap<Arc<[u8]>, Option<Arc<[u8]>>>;
 /// A layer's entries in a range, in scan order: `(key, Some(value) | None)`.
 type Entries<'a> = Box<dyn Iterator<Item = (&'a [u8], Option<&'a [u8]>)> + 'a>;
 /// Entries as the persistent map yields them.
-type RawEntries<'a> = Box<dyn Iterator<Item = (&'a Box<[u8]>, &'a Option<Arc<[u8]>>)> + 'a>;
+type RawEntries<'a> = Box<dyn Iterator<Item = (&'a Arc<[u8]>, &'a Option<Arc<[u8]>>)> + 'a>;
 
 /// The projection writes of some consecutive batches, with the chats whose chat-list
 /// entries they made stale (see [`StoreRead::touched_chats`]).
@@ -46,7 +46,7 @@ impl Layer {
     /// Applies one batch's writes and touched chat-list entries.
     pub fn apply(&mut self, writes: impl IntoIterator<Item = KvWrite>, touched: &[(UserId, ChatId)]) {
         for (table, key, value) in writes {
-            self.tables[table.index()].insert(key.into_boxed_slice(), value.map(Arc::from));
+            self.tables[table.index()].insert(Arc::from(key), value.map(Arc::from));
             self.writes += 1;
         }
         for &(user, chat) in touched {

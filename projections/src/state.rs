@@ -24,7 +24,8 @@ use crate::records::{self, ChatRecord, InviteRecord, MemberRecord, MessageRecord
 use crate::store::{MemStore, ScanRange, Store, StoreRead, collect_prefix};
 use crate::tables::Table;
 use osmium_proto::ids::{ChatId, MessageId, Position, UserId};
-use std::collections::{BTreeSet, HashMap, HashSet};
+use foldhash::{HashMap, HashMapExt as _, HashSet, HashSetExt as _};
+use std::collections::BTreeSet;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
@@ -301,7 +302,6 @@ impl<S: StoreRead> ProjectionState<S> {
         self.change(Changed::Member(chat, user));
         let entry = self.chats.get_mut(&chat).ok_or_else(|| unreachable_entry("chat"))?;
         entry.persist_cut = cut;
-        entry.recipients = None; // mute may change
         Ok(entry.members.get_mut(&user).and_then(Option::as_mut))
     }
 
@@ -368,6 +368,13 @@ impl<S: StoreRead> ProjectionState<S> {
             entry.recipients = Some(recipients.clone());
         }
         Ok(recipients)
+    }
+
+    /// Forgets `chat`'s recipients (after a member's mute changed: they carry it).
+    pub fn recipients_changed(&mut self, chat: ChatId) {
+        if let Some(entry) = self.chats.get_mut(&chat) {
+            entry.recipients = None;
+        }
     }
 
     /// Adds `user` to `chat` (keeps the chat-list and large-chat indexes in step).

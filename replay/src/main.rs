@@ -1,6 +1,12 @@
 //! `osmium-replay`: see `osmium-replay --help`.
 
 use clap::{Parser, Subcommand};
+
+/// mimalloc: the engine allocates records and effects on its state machine thread and
+/// frees many of them on others (the writer, the fan-out), a pattern glibc's allocator
+/// handles poorly (arena locks, consolidation).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use osmium_engine::EngineError;
 use osmium_replay::ReplayError;
 use osmium_engine::maintenance::{DataDirectory, RebuildOptions};
@@ -172,6 +178,10 @@ enum Command {
         /// A tiny plan that prints every row in seconds (for tests; numbers meaningless).
         #[arg(long, hide = true)]
         smoke: bool,
+        /// Only these parts, comma-separated (2,3: appends; 4,5,6: sends, chat lists,
+        /// reads; 7: rebuild), each with the baselines it is compared with.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<u8>,
     },
 }
 
@@ -239,7 +249,7 @@ fn run(cli: &Cli) -> Result<Outcome, ReplayError> {
         Command::Stats => stats(dir, cli.json).map(|()| Outcome::Clean),
         Command::Dump { from, limit, chat, kind } => dump(dir, *from, *limit, *chat, kind.as_deref(), cli.json),
         Command::Chats { user, limit } => chats(dir, UserId(*user), *limit, cli.json),
-        Command::Bench { quick, dir, runs, events, smoke } => {
+        Command::Bench { quick, dir, runs, events, smoke, only } => {
             let mut plan = if *smoke {
                 BenchPlan::smoke()
             } else if *quick {
@@ -253,6 +263,7 @@ fn run(cli: &Cli) -> Result<Outcome, ReplayError> {
             if let Some(events) = events {
                 plan.rebuild_events = *events;
             }
+            plan.only.clone_from(only);
             let parent = dir.clone().unwrap_or_else(std::env::temp_dir);
             bench(&plan, &parent, cli.json).map(|()| Outcome::Clean)
         }

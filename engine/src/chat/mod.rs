@@ -477,6 +477,7 @@ impl ChatEngine {
             flushes_landed: self.inner.core.flushes_landed(),
             unflushed_layers: self.inner.core.views.layers(),
             failure: self.inner.core.failure(),
+            meters: self.inner.core.meters(),
         }
     }
 }
@@ -494,6 +495,8 @@ pub struct EngineStats {
     pub unflushed_layers: usize,
     /// Why the engine refuses writes, if it does.
     pub failure: Option<String>,
+    /// Busy times and counts of the engine's threads.
+    pub meters: crate::meters::MeterReadings,
 }
 
 fn created_chat(output: &Output) -> Result<ChatId, EngineError> {

@@ -229,6 +229,7 @@ impl EventLog {
             config.durability,
             reader.published.clone(),
             config.writer_queue_max.max(GROUP_BATCHES_MAX),
+            Arc::default(),
         )?;
         Ok(EventLog { reader, sequencer: Mutex::new(sequencer), writer, clock: config.clock, dir })
     }

@@ -4,6 +4,7 @@
 
 use super::{CommittedBatch, Durability, LogBatch};
 use crate::error::EngineError;
+use crate::meters::Meters;
 use crossbeam_channel::{Receiver, Sender};
 use osmium_proto::ids::Position;
 use rocksdb::{DB, WriteOptions};
@@ -52,9 +53,10 @@ impl LogWriter {
         durability: Durability,
         published: Published,
         queue_max: usize,
+        meters: Arc<Meters>,
     ) -> Result<LogWriter, EngineError> {
         let (submit, jobs) = crossbeam_channel::bounded(queue_max.max(1));
-        let thread = Thread { db, path: path.clone(), durability, published, failure: None, jobs };
+        let thread = Thread { db, path: path.clone(), durability, published, failure: None, jobs, meters };
         let handle = std::thread::Builder::new()
             .name("osmium-log-writer".into())
             .spawn(move || thread.run())
@@ -91,6 +93,7 @@ struct Thread {
     published: Published,
     failure: Option<String>,
     jobs: Receiver<Job>,
+    meters: Arc<Meters>,
 }
 
 impl Thread {
@@ -122,7 +125,10 @@ impl Thread {
             }
             return;
         }
+        let started = std::time::Instant::now();
         let written = self.write(&mut group);
+        Meters::add_since(&self.meters.write_ns, started);
+        let started = std::time::Instant::now();
         match written {
             Ok(last) => {
                 if let Some(last) = last {
@@ -137,6 +143,7 @@ impl Thread {
                     }
                     (job.done)(Ok(()));
                 }
+                Meters::add_since(&self.meters.complete_ns, started);
                 if last.is_some() {
                     fail::fail_point!("commit::after_ack");
                 }

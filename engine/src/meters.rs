@@ -1,0 +1,66 @@
+//! Where the engine's time goes: busy time of each thread and what it got done, counted
+//! with relaxed atomics (a few nanoseconds per batch). Read through `ChatEngine::stats`;
+//! the gateway exports them as metrics, the bench divides them by the events.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+/// Counters shared by the engine's threads.
+#[derive(Debug, Default)]
+pub(crate) struct Meters {
+    /// Nanoseconds the state machine spent deciding, staging and folding.
+    pub(crate) decide_ns: AtomicU64,
+    /// Nanoseconds the log writer spent in RocksDB writes (syncs included).
+    pub(crate) write_ns: AtomicU64,
+    /// Nanoseconds the log writer spent in completions (publishing to readers, answering).
+    pub(crate) complete_ns: AtomicU64,
+    /// Nanoseconds the flusher spent flushing.
+    pub(crate) flush_ns: AtomicU64,
+    /// Events decided.
+    pub(crate) events: AtomicU64,
+    /// Batches handed to the writer.
+    pub(crate) batches: AtomicU64,
+    /// Projection writes flushed (puts and deletes).
+    pub(crate) flushed_writes: AtomicU64,
+}
+
+impl Meters {
+    /// Adds the time since `started` to `counter`.
+    pub(crate) fn add_since(counter: &AtomicU64, started: Instant) {
+        let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        counter.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    /// A copy of the counters.
+    pub(crate) fn read(&self) -> MeterReadings {
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        MeterReadings {
+            decide_ns: get(&self.decide_ns),
+            write_ns: get(&self.write_ns),
+            complete_ns: get(&self.complete_ns),
+            flush_ns: get(&self.flush_ns),
+            events: get(&self.events),
+            batches: get(&self.batches),
+            flushed_writes: get(&self.flushed_writes),
+        }
+    }
+}
+
+/// The engine's busy times and counts since it opened.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MeterReadings {
+    /// Nanoseconds the state machine spent deciding, staging and folding commands.
+    pub decide_ns: u64,
+    /// Nanoseconds the log writer spent in RocksDB writes (syncs included).
+    pub write_ns: u64,
+    /// Nanoseconds the log writer spent publishing durable batches and answering callers.
+    pub complete_ns: u64,
+    /// Nanoseconds the flusher spent writing projection flushes.
+    pub flush_ns: u64,
+    /// Events decided.
+    pub events: u64,
+    /// Batches handed to the log writer.
+    pub batches: u64,
+    /// Projection writes flushed.
+    pub flushed_writes: u64,
+}
