@@ -22,6 +22,8 @@ pub(crate) struct Meters {
     pub(crate) batches: AtomicU64,
     /// Projection writes flushed (puts and deletes).
     pub(crate) flushed_writes: AtomicU64,
+    /// Bytes of records the state machine holds, after its last batch (a gauge).
+    pub(crate) state_bytes: AtomicU64,
 }
 
 impl Meters {
@@ -42,6 +44,7 @@ impl Meters {
             events: get(&self.events),
             batches: get(&self.batches),
             flushed_writes: get(&self.flushed_writes),
+            state_bytes: get(&self.state_bytes),
         }
     }
 }
@@ -63,4 +66,7 @@ pub struct MeterReadings {
     pub batches: u64,
     /// Projection writes flushed.
     pub flushed_writes: u64,
+    /// Bytes of records the state machine holds (approximate footprints), after its last
+    /// batch: at most `state_bytes_max` once every change is flushed.
+    pub state_bytes: u64,
 }

@@ -274,6 +274,7 @@ impl StateMachine {
             *events_since_cut = 0;
         }
         self.state.evict();
+        self.meters.state_bytes.store(self.state.bytes() as u64, Ordering::Relaxed);
         cut
     }
 

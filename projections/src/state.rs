@@ -984,3 +984,86 @@ fn unreachable_entry(what: &str) -> ProjectionError {
     // instead of panicking.
     ProjectionError::Store(format!("{what} entry missing right after it was loaded"))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::records::{ChatKind, GroupInfo};
+
+    fn group(owner: UserId) -> ChatRecord {
+        let info = GroupInfo { name: "g".into(), owner, photo: None, highlighted: None, closed: false };
+        ChatRecord { kind: ChatKind::Group(info), last_seq: 0, last_message_id: MessageId(1), member_count: 0, joins: 0, large: false }
+    }
+
+    fn member() -> MemberRecord {
+        MemberRecord { join_order: 0, read_seq: 0, read_message_id: MessageId(0), draft: None, muted: false, overrides: None }
+    }
+
+    /// A state with a tiny budget over an empty source, holding `chats` groups of one member.
+    fn state_with_chats(chats: u64) -> ProjectionState<MemStore> {
+        let mut state = ProjectionState::new(MemStore::new(), 1_024);
+        for chat in 1..=chats {
+            state.insert_chat(ChatId(chat), group(UserId(7))).unwrap();
+            state.insert_member(ChatId(chat), UserId(7), member()).unwrap();
+        }
+        state
+    }
+
+    #[test]
+    fn records_changed_since_the_last_persisted_cut_are_never_evicted() {
+        let mut state = state_with_chats(50);
+        assert!(state.bytes() > state.bytes_max());
+        state.take_writes(true).unwrap(); // cut 1, not yet persisted
+        assert_eq!(state.evict(), 0, "nothing is clean before cut 1 lands");
+        assert_eq!(state.chats.len(), 50);
+        assert!(state.over_budget(), "over budget with dirty records only: the engine must flush");
+    }
+
+    #[test]
+    fn clean_records_are_evicted_least_recently_used_first_down_to_three_quarters_of_the_budget() {
+        let mut state = state_with_chats(50);
+        state.take_writes(true).unwrap();
+        state.mark_persisted(1);
+        state.chat(ChatId(50)).unwrap(); // the most recently used
+        state.take_writes(false).unwrap();
+        assert!(state.evict() > 0);
+        assert!(state.bytes() <= state.bytes_max() / 4 * 3, "{} bytes left", state.bytes());
+        assert!(state.chats.contains_key(&ChatId(50)), "the most recently used chat stays");
+        assert!(!state.chats.contains_key(&ChatId(1)), "the least recently used goes");
+    }
+
+    #[test]
+    fn an_evicted_record_is_read_again_from_the_source() {
+        let mut source = MemStore::new();
+        let mut state = ProjectionState::new(MemStore::new(), 1_024);
+        state.insert_chat(ChatId(1), group(UserId(7))).unwrap();
+        for (table, key, value) in state.take_writes(true).unwrap().writes {
+            if let Some(value) = value {
+                crate::store::Store::put(&mut source, table, key, value);
+            }
+        }
+        let mut state = ProjectionState::new(source, 0); // every clean record goes at once
+        assert_eq!(state.chat(ChatId(1)).unwrap().map(|chat| chat.joins), Some(0));
+        state.take_writes(false).unwrap();
+        state.evict();
+        assert!(state.chats.is_empty());
+        assert!(state.chat(ChatId(1)).unwrap().is_some(), "loaded again");
+    }
+
+    #[test]
+    fn a_record_changed_after_a_cut_stays_until_the_next_cut_lands() {
+        let mut state = state_with_chats(1);
+        state.take_writes(true).unwrap(); // cut 1
+        state.mark_persisted(1);
+        state.member_mut(ChatId(1), UserId(7)).unwrap().unwrap().draft = Some("d".into()); // for cut 2
+        state.take_writes(false).unwrap();
+        let mut state = ProjectionState { bytes_max: 0, ..state };
+        state.evict();
+        assert!(state.chats.contains_key(&ChatId(1)), "the draft is not persisted yet");
+        state.take_writes(true).unwrap();
+        state.mark_persisted(2);
+        state.evict();
+        assert!(state.chats.is_empty());
+    }
+}
