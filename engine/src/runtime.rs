@@ -124,7 +124,8 @@ impl Core {
             tracing::info!(events = recovered, "folded the log's tail into the projections at open");
         }
         let reader = LogReader::new(dir.db.clone(), dir.last_position, log.tail_buffer_max);
-        let views = Arc::new(Views::new(dir.db.clone(), dir.slot, state.cuts(), dir.last_position));
+        let active = Arc::new(osmium_projections::Layer::new());
+        let views = Arc::new(Views::new(dir.db.clone(), dir.slot, state.cuts(), dir.last_position, active.clone()));
         let flush_state = Arc::new(FlushState::default());
         flush_state.landed.store(state.cuts(), std::sync::atomic::Ordering::Release);
         flush_state.landed_watch.send_replace(state.cuts());
@@ -157,7 +158,8 @@ impl Core {
             batch_max: log.commit_batch_max,
             failure: failure.clone(),
             meters,
-            active: osmium_projections::Layer::new(),
+            active,
+            batch_seq: 0,
         };
         let (commands, queue) = crossbeam_channel::bounded(log.commit_queue_max.max(1));
         let state_machine = std::thread::Builder::new()

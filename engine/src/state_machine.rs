@@ -119,10 +119,11 @@ pub(crate) struct StateMachine {
     /// Set by a failed commit (on the writer thread) or a fold error: refuse everything.
     pub(crate) failure: Arc<std::sync::Mutex<Option<String>>>,
     pub(crate) meters: Arc<crate::meters::Meters>,
-    /// What readers will see of the writes since the last cut, built here (a persistent
-    /// map: the version handed to a completion shares all but the changed paths) so that
-    /// publishing a durable batch only swaps an `Arc` on the writer thread.
-    pub(crate) active: osmium_projections::Layer,
+    /// Where the writes since the last cut go, each batch's under its sequence number:
+    /// readers see them once the engine publishes that number (the batch is durable).
+    pub(crate) active: Arc<osmium_projections::Layer>,
+    /// The sequence number of the last batch with projection writes.
+    pub(crate) batch_seq: u64,
 }
 
 /// Outcome of one command inside a batch.
@@ -252,21 +253,26 @@ impl StateMachine {
             }
             return false;
         }
-        let active = if batch_writes.writes.is_empty() && batch_writes.touched.is_empty() {
+        let visible = if batch_writes.writes.is_empty() && batch_writes.touched.is_empty() {
             None
         } else {
-            self.active.apply(batch_writes.writes, &batch_writes.touched);
-            Some(Arc::new(self.active.clone()))
+            self.batch_seq += 1;
+            self.active.insert(self.batch_seq, batch_writes.writes, &batch_writes.touched);
+            Some(self.batch_seq)
         };
-        if cut {
-            self.active = osmium_projections::Layer::new(); // the completion freezes the one published
-        }
+        // At a cut the writes of later batches go to a new layer; the completion freezes
+        // this one for the flusher.
+        let next = cut.then(|| {
+            let next = Arc::new(osmium_projections::Layer::new());
+            self.active = next.clone();
+            next
+        });
         let flush_number = self.state.cuts();
         self.meters.events.fetch_add(log_batch.events().len() as u64, Ordering::Relaxed);
         self.meters.batches.fetch_add(1, Ordering::Relaxed);
         crate::meters::Meters::add_since(&self.meters.decide_ns, started);
         let flushed = Flushed { number: flush_number, replies: flushes };
-        let completion = self.completion(&log_batch, active, cut.then_some(flush_number), outcomes, effects, flushed);
+        let completion = self.completion(&log_batch, visible, next.map(|next| (flush_number, next)), outcomes, effects, flushed);
         if let Err(err) = self.writer.submit(log_batch, completion) {
             self.fail(err.to_string());
         }
@@ -318,8 +324,8 @@ impl StateMachine {
     fn completion(
         &self,
         log_batch: &LogBatch,
-        active: Option<Arc<osmium_projections::Layer>>,
-        flush: Option<u64>,
+        visible: Option<u64>,
+        flush: Option<(u64, Arc<osmium_projections::Layer>)>,
         outcomes: Vec<Outcome>,
         effects: EffectBatch,
         flushed: Flushed,
@@ -331,11 +337,11 @@ impl StateMachine {
         let position = if log_batch.is_empty() { None } else { Some(log_batch.last_position()) };
         Box::new(move |written| match written {
             Ok(()) => {
-                if let Some(active) = active {
-                    views.publish_active(active, position.unwrap_or(Position::ZERO));
+                if let Some(visible) = visible {
+                    views.publish_batch(visible, position.unwrap_or(Position::ZERO));
                 }
-                if let Some(number) = flush {
-                    flusher.submit(number, views.freeze());
+                if let Some((number, next)) = flush {
+                    flusher.submit(number, views.freeze(next));
                 }
                 for (reply, outcome) in outcomes {
                     let _ = reply.send(outcome);

@@ -127,12 +127,14 @@ impl StoreRead for RocksSource {
 }
 
 /// One published version of what is not flushed yet.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Published {
     /// Flushes whose layers this version no longer holds.
     epoch: u64,
     /// Newest first: the active layer, then frozen layers waiting for their flush.
     layers: Vec<Arc<Layer>>,
+    /// The last durable batch: readers see the layers' versions up to it.
+    visible: u64,
     /// The last position folded into this version.
     position: Position,
 }
@@ -154,15 +156,16 @@ impl std::fmt::Debug for Views {
         f.debug_struct("Views")
             .field("epoch", &current.epoch)
             .field("layers", &current.layers.len())
+            .field("visible", &current.visible)
             .field("position", &current.position)
             .finish_non_exhaustive()
     }
 }
 
 impl Views {
-    /// Views of `slot` with nothing unflushed, `landed` flushes done, at `position`.
-    pub(crate) fn new(db: Arc<DB>, slot: ProjectionSlot, landed: u64, position: Position) -> Views {
-        let published = Published { epoch: landed, layers: vec![Arc::new(Layer::new())], position };
+    /// Views of `slot` with `active` (empty) as the only layer, `landed` flushes done, at `position`.
+    pub(crate) fn new(db: Arc<DB>, slot: ProjectionSlot, landed: u64, position: Position, active: Arc<Layer>) -> Views {
+        let published = Published { epoch: landed, layers: vec![active], visible: 0, position };
         Views {
             db,
             slot,
@@ -179,7 +182,7 @@ impl Views {
             let base = RocksView::snapshot(&self.db, self.slot);
             let published = self.current.load_full();
             if published.epoch <= landed {
-                return read(&LayeredView::new(&base, &published.layers));
+                return read(&LayeredView::new(&base, &published.layers, published.visible));
             }
         }
     }
@@ -200,29 +203,28 @@ impl Views {
         self.current.store(Arc::new(change(&current)));
     }
 
-    /// Publishes the active layer as it is after one durable batch, folded up to
-    /// `position` (the state machine built it; this only swaps it in).
-    pub(crate) fn publish_active(&self, active: Arc<Layer>, position: Position) {
-        self.publish(|current| {
-            let mut layers = current.layers.clone();
-            match layers.first_mut() {
-                Some(first) => *first = active,
-                None => layers.push(active),
-            }
-            Published { epoch: current.epoch, layers, position: position.max(current.position) }
+    /// Batch `visible` is durable: readers see the layers' versions up to it, folded up to
+    /// `position`.
+    pub(crate) fn publish_batch(&self, visible: u64, position: Position) {
+        self.publish(|current| Published {
+            epoch: current.epoch,
+            layers: current.layers.clone(),
+            visible: visible.max(current.visible),
+            position: position.max(current.position),
         });
     }
 
     /// Freezes the active layer for a flush (readers keep it until the flush landed) and
-    /// starts a new one. Returns the frozen layer.
-    pub(crate) fn freeze(&self) -> Arc<Layer> {
+    /// puts `next` (where the state machine writes from now on) in front. Returns the
+    /// frozen layer.
+    pub(crate) fn freeze(&self, next: Arc<Layer>) -> Arc<Layer> {
         let mut frozen = Arc::new(Layer::new());
         self.publish(|current| {
             let mut layers = Vec::with_capacity(current.layers.len() + 1);
-            layers.push(Arc::new(Layer::new()));
+            layers.push(next);
             layers.extend(current.layers.iter().cloned());
             frozen = layers[1].clone();
-            Published { epoch: current.epoch, layers, position: current.position }
+            Published { epoch: current.epoch, layers, visible: current.visible, position: current.position }
         });
         frozen
     }
@@ -235,7 +237,7 @@ impl Views {
             if layers.len() > 1 {
                 layers.pop();
             }
-            Published { epoch: flush, layers, position: current.position }
+            Published { epoch: flush, layers, visible: current.visible, position: current.position }
         });
     }
 }

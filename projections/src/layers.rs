@@ -1,40 +1,77 @@
-//! What readers see of the state that is not flushed yet: immutable layers of projection
-//! writes over a base store (the flushed tables).
+//! What readers see of the state that is not flushed yet: layers of projection writes
+//! over a base store (the flushed tables).
 //!
-//! The engine publishes after every durable batch a new version of the newest layer (a
-//! persistent map: the new version shares everything but the changed paths with the old
-//! one, so publishing costs O(writes · log n) and a reader keeps the version it took for
-//! as long as it needs it). At a flush the newest layer is frozen and a new empty one
-//! started; the frozen layer is dropped once its writes are in the base. A reader sees
-//! `layers` (newest first) over `base`: exactly the state at the batch its layers were
-//! published after, provided that the base holds every flush older than its oldest layer
-//! and nothing newer than its newest (the engine's read path checks this, see
+//! A layer is a multi-version memtable: a concurrent skip list of `(table, key, batch)`
+//! -> value, newest batch first for each key. The state machine inserts each batch's
+//! writes under the batch's sequence number as soon as it decided the batch; readers read
+//! at the sequence number of the last **durable** batch (published by the engine), so they
+//! never see a batch before it is durable, and a reader keeps its sequence number for as
+//! long as it reads (inserts do not disturb it). Nothing is copied to publish a batch
+//! (an earlier version used persistent B-trees: copying their paths cost about 5 µs per
+//! write). At a flush the active layer is frozen (no more inserts) and a new one started;
+//! the frozen layer is dropped once its writes are in the base.
+//!
+//! A reader sees `layers` (newest first) over `base` at sequence `visible`: exactly the
+//! state after that batch, provided the base holds every flush older than its oldest
+//! layer and nothing newer than its newest (the engine's read path checks this, see
 //! `engine/src/view.rs`).
 
 use crate::error::ProjectionError;
-use crate::store::{Direction, ScanRange, StoreRead, Visit, prefix_successor};
+use crate::store::{Direction, ScanRange, StoreRead, Visit};
 use crate::tables::Table;
-use imbl::{HashMap as SharedHashMap, HashSet as SharedHashSet, OrdMap};
+use crossbeam_skiplist::{SkipMap, SkipSet};
 use osmium_proto::ids::{ChatId, UserId};
 use std::ops::{Bound, ControlFlow};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// One write of a projection table: `Some(value)` puts, `None` deletes.
 pub type KvWrite = (Table, Vec<u8>, Option<Vec<u8>>);
 
-type TableEntries = OrdMap<Arc<[u8]>, Option<Arc<[u8]>>>;
-/// A layer's entries in a range, in scan order: `(key, Some(value) | None)`.
-type Entries<'a> = Box<dyn Iterator<Item = (&'a [u8], Option<&'a [u8]>)> + 'a>;
-/// Entries as the persistent map yields them.
-type RawEntries<'a> = Box<dyn Iterator<Item = (&'a Arc<[u8]>, &'a Option<Arc<[u8]>>)> + 'a>;
+/// A write as a layer keeps it: the raw key (the skip list's key is encoded) and the value.
+#[derive(Debug)]
+struct Version {
+    key: Arc<[u8]>,
+    value: Option<Arc<[u8]>>,
+}
 
-/// The projection writes of some consecutive batches, with the chats whose chat-list
-/// entries they made stale (see [`StoreRead::touched_chats`]).
-#[derive(Clone, Default, Debug)]
+/// Encodes `(table, key)` so that byte order is `(table, key)` order and no encoded key is
+/// a prefix of another: a zero byte becomes `00 ff`, and a complete key ends with `00 01`.
+fn encode_key(buf: &mut Vec<u8>, table: Table, key: &[u8]) {
+    buf.push(table.index() as u8);
+    for &byte in key {
+        if byte == 0 {
+            buf.extend_from_slice(&[0, 0xff]);
+        } else {
+            buf.push(byte);
+        }
+    }
+}
+
+/// The skip-list key of `key`'s version written by batch `seq` (newer batches sort first).
+fn versioned(table: Table, key: &[u8], seq: u64) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(key.len() + 11);
+    encode_key(&mut buf, table, key);
+    buf.extend_from_slice(&[0, 1]);
+    buf.extend_from_slice(&(!seq).to_be_bytes());
+    buf
+}
+
+/// The batch sequence number of a skip-list key.
+fn seq_of(versioned: &[u8]) -> u64 {
+    let tail = versioned.len().saturating_sub(8);
+    let bytes: [u8; 8] = versioned.get(tail..).and_then(|bytes| bytes.try_into().ok()).unwrap_or([0xff; 8]);
+    !u64::from_be_bytes(bytes)
+}
+
+/// Projection writes of some consecutive batches, each version under its batch's sequence
+/// number, with the chats whose chat-list entries they made stale (see
+/// [`StoreRead::touched_chats`]).
+#[derive(Debug, Default)]
 pub struct Layer {
-    tables: [TableEntries; Table::ALL.len()],
-    touched: SharedHashMap<UserId, SharedHashSet<ChatId>>,
-    writes: usize,
+    versions: SkipMap<Box<[u8]>, Version>,
+    touched: SkipSet<(UserId, ChatId)>,
+    writes: AtomicUsize,
 }
 
 impl Layer {
@@ -43,117 +80,171 @@ impl Layer {
         Self::default()
     }
 
-    /// Applies one batch's writes and touched chat-list entries.
-    pub fn apply(&mut self, writes: impl IntoIterator<Item = KvWrite>, touched: &[(UserId, ChatId)]) {
+    /// Inserts one batch's writes as batch `seq` (greater than every batch inserted
+    /// before), with the chat-list entries it made stale. Readers at an earlier sequence
+    /// number do not see them.
+    pub fn insert(&self, seq: u64, writes: impl IntoIterator<Item = KvWrite>, touched: &[(UserId, ChatId)]) {
         for (table, key, value) in writes {
-            self.tables[table.index()].insert(Arc::from(key), value.map(Arc::from));
-            self.writes += 1;
+            let versioned = versioned(table, &key, seq).into_boxed_slice();
+            self.versions.insert(versioned, Version { key: Arc::from(key), value: value.map(Arc::from) });
+            self.writes.fetch_add(1, Ordering::Relaxed);
         }
-        for &(user, chat) in touched {
-            self.touched.entry(user).or_default().insert(chat);
+        for &entry in touched {
+            self.touched.insert(entry);
         }
     }
 
-    /// Writes applied so far (a key written twice counts twice): what the layer costs to flush.
+    /// Writes inserted so far (a key written twice counts twice): what the layer costs to flush.
     pub fn writes(&self) -> usize {
-        self.writes
+        self.writes.load(Ordering::Relaxed)
     }
 
-    /// Whether nothing was applied.
+    /// Whether nothing was inserted.
     pub fn is_empty(&self) -> bool {
-        self.writes == 0 && self.touched.is_empty()
+        self.versions.is_empty() && self.touched.is_empty()
     }
 
-    /// Every distinct key's final write, table by table in key order (what a flush writes).
-    pub fn entries(&self) -> impl Iterator<Item = (Table, &[u8], Option<&[u8]>)> {
-        Table::ALL.into_iter().flat_map(move |table| {
-            self.tables[table.index()].iter().map(move |(key, value)| (table, &key[..], value.as_deref()))
+    /// Every key's newest write, in table and key order (what a flush writes).
+    pub fn entries(&self) -> impl Iterator<Item = (Table, Arc<[u8]>, Option<Arc<[u8]>>)> + '_ {
+        let mut previous: Option<(u8, Arc<[u8]>)> = None;
+        self.versions.iter().filter_map(move |entry| {
+            let table_byte = entry.key().first().copied()?;
+            let version = entry.value();
+            if previous.as_ref().is_some_and(|(table, key)| *table == table_byte && *key == version.key) {
+                return None; // an older version of the key just emitted
+            }
+            previous = Some((table_byte, version.key.clone()));
+            let table = Table::ALL.get(usize::from(table_byte)).copied()?;
+            Some((table, version.key.clone(), version.value.clone()))
         })
     }
 
-    fn lookup(&self, table: Table, key: &[u8]) -> Option<Option<&Arc<[u8]>>> {
-        self.tables[table.index()].get(key).map(Option::as_ref)
+    /// The newest version of `key` at `visible`: `Some(None)` when deleted there.
+    fn lookup_owned(&self, table: Table, key: &[u8], visible: u64) -> Option<Option<Arc<[u8]>>> {
+        let bound = versioned(table, key, visible);
+        let entry = self.versions.lower_bound(Bound::Included(&bound[..]))?;
+        let version = entry.value();
+        if entry.key().first() != Some(&(table.index() as u8)) || *version.key != *key {
+            return None;
+        }
+        Some(version.value.clone())
     }
 
-    fn range<'a>(&'a self, table: Table, range: ScanRange<'a>) -> Entries<'a> {
-        let entries = &self.tables[table.index()];
-        let prefix = range.prefix;
-        let items = |iter: RawEntries<'a>| {
-            iter.take_while(move |(key, _)| key.starts_with(prefix)).map(|(key, value)| (&key[..], value.as_deref()))
-        };
+    /// The visible versions in `range`, newest per key, in scan order.
+    fn range<'a>(&'a self, table: Table, range: ScanRange<'a>, visible: u64) -> Vec<(Arc<[u8]>, Option<Arc<[u8]>>)> {
+        let mut prefix = Vec::with_capacity(range.prefix.len() + 2);
+        encode_key(&mut prefix, table, range.prefix);
+        let mut found = Vec::new();
+        let within = |encoded: &[u8]| encoded.starts_with(&prefix);
         match range.direction {
             Direction::Forward => {
-                let lower: &[u8] = range.start.map_or(prefix, |start| start.max(prefix));
-                Box::new(items(Box::new(entries.range::<_, [u8]>((Bound::Included(lower), Bound::Unbounded)))))
+                let mut lower = Vec::new();
+                encode_key(&mut lower, table, range.start.map_or(range.prefix, |start| start.max(range.prefix)));
+                let mut current: Option<Arc<[u8]>> = None;
+                let mut taken = false;
+                for entry in self.versions.range::<[u8], _>((Bound::Included(&lower[..]), Bound::Unbounded)) {
+                    if !within(entry.key()) {
+                        break;
+                    }
+                    let version = entry.value();
+                    if current.as_ref() != Some(&version.key) {
+                        current = Some(version.key.clone());
+                        taken = false;
+                    }
+                    if !taken && seq_of(entry.key()) <= visible {
+                        found.push((version.key.clone(), version.value.clone()));
+                        taken = true;
+                    }
+                }
             }
             Direction::Reverse => {
-                let successor = prefix_successor(prefix);
-                let iter: Box<dyn Iterator<Item = _>> = match (range.start, successor) {
-                    (Some(start), _) => Box::new(entries.range::<_, [u8]>((Bound::Unbounded, Bound::Included(start))).rev()),
-                    (None, Some(successor)) => {
-                        Box::new(entries.range::<_, [u8]>((Bound::Unbounded, Bound::Excluded(&successor[..]))).rev())
+                let upper: Vec<u8> = match range.start {
+                    Some(start) => {
+                        let mut upper = Vec::new();
+                        encode_key(&mut upper, table, start);
+                        upper.extend_from_slice(&[0, 1]);
+                        upper.extend_from_slice(&[0xff; 8]);
+                        upper
                     }
-                    (None, None) => Box::new(entries.iter().rev()),
+                    None => {
+                        let mut upper = prefix.clone();
+                        upper.extend_from_slice(&[0xff; 9]); // above every key under the prefix
+                        upper
+                    }
                 };
-                Box::new(items(iter))
+                // Going backwards a key's versions come oldest first: keep the newest visible one.
+                let mut pending: Option<(Arc<[u8]>, Option<Arc<[u8]>>)> = None;
+                let mut current: Option<Arc<[u8]>> = None;
+                for entry in self.versions.range::<[u8], _>((Bound::Included(&prefix[..]), Bound::Included(&upper[..]))).rev() {
+                    if !within(entry.key()) {
+                        break;
+                    }
+                    let version = entry.value();
+                    if current.as_ref() != Some(&version.key) {
+                        found.extend(pending.take());
+                        current = Some(version.key.clone());
+                    }
+                    if seq_of(entry.key()) <= visible {
+                        pending = Some((version.key.clone(), version.value.clone()));
+                    }
+                }
+                found.extend(pending);
             }
         }
+        found
     }
 }
 
-/// Layers (newest first) over a base store, read as one store.
+/// Layers (newest first) over a base store, read at batch `visible`, as one store.
 #[derive(Debug)]
 pub struct LayeredView<'a, B: StoreRead + ?Sized> {
     base: &'a B,
     layers: &'a [Arc<Layer>],
+    visible: u64,
 }
 
 impl<'a, B: StoreRead + ?Sized> LayeredView<'a, B> {
-    /// `layers`, newest first, over `base`.
-    pub fn new(base: &'a B, layers: &'a [Arc<Layer>]) -> Self {
-        LayeredView { base, layers }
+    /// `layers`, newest first, over `base`, as of batch `visible` (`u64::MAX`: every batch).
+    pub fn new(base: &'a B, layers: &'a [Arc<Layer>], visible: u64) -> Self {
+        LayeredView { base, layers, visible }
     }
 
-    /// The newest write of `key` in any layer: `Some(None)` when deleted there.
-    fn layered(&self, table: Table, key: &[u8]) -> Option<Option<&'a Arc<[u8]>>> {
-        self.layers.iter().find_map(|layer| layer.lookup(table, key))
+    /// The newest visible write of `key` in any layer: `Some(None)` when deleted there.
+    fn layered(&self, table: Table, key: &[u8]) -> Option<Option<Arc<[u8]>>> {
+        self.layers.iter().find_map(|layer| layer.lookup_owned(table, key, self.visible))
     }
 }
 
-/// The layers' entries in `range`, merged in scan order, the newest layer winning on equal
-/// keys (deletions included, as `None`).
-fn merged_layers<'a>(
-    layers: &'a [Arc<Layer>],
-    table: Table,
-    range: ScanRange<'a>,
-) -> impl Iterator<Item = (&'a [u8], Option<&'a [u8]>)> + 'a {
-    let mut iters: Vec<_> = layers.iter().map(|layer| layer.range(table, range).peekable()).collect();
-    let before = move |a: &[u8], b: &[u8]| match range.direction {
+/// The layers' visible entries in `range`, merged in scan order, the newest layer winning
+/// on equal keys (deletions included, as `None`).
+fn merged_layers(layers: &[Arc<Layer>], table: Table, range: ScanRange<'_>, visible: u64) -> Vec<(Arc<[u8]>, Option<Arc<[u8]>>)> {
+    let mut lists: Vec<std::iter::Peekable<std::vec::IntoIter<(Arc<[u8]>, Option<Arc<[u8]>>)>>> =
+        layers.iter().map(|layer| layer.range(table, range, visible).into_iter().peekable()).collect();
+    let before = |a: &[u8], b: &[u8]| match range.direction {
         Direction::Forward => a < b,
         Direction::Reverse => a > b,
     };
-    std::iter::from_fn(move || {
+    let mut merged = Vec::new();
+    loop {
         // The first key in scan order among the layers; the newest layer (lowest index) wins ties.
-        let mut best: Option<(usize, &'a [u8])> = None;
-        for (index, iter) in iters.iter_mut().enumerate() {
-            if let Some(&(key, _)) = iter.peek()
-                && best.is_none_or(|(_, best_key)| before(key, best_key))
+        let mut best: Option<(usize, Arc<[u8]>)> = None;
+        for (index, list) in lists.iter_mut().enumerate() {
+            if let Some((key, _)) = list.peek()
+                && best.as_ref().is_none_or(|(_, best_key)| before(key, best_key))
             {
-                best = Some((index, key));
+                best = Some((index, key.clone()));
             }
         }
-        let (winner, key) = best?;
-        let mut found = None;
-        for (index, iter) in iters.iter_mut().enumerate() {
-            if iter.peek().is_some_and(|&(other, _)| other == key) {
-                let entry = iter.next();
+        let Some((winner, key)) = best else { return merged };
+        for (index, list) in lists.iter_mut().enumerate() {
+            if list.peek().is_some_and(|(other, _)| *other == key) {
+                let entry = list.next();
                 if index == winner {
-                    found = entry;
+                    merged.extend(entry);
                 }
             }
         }
-        found
-    })
+    }
 }
 
 impl<B: StoreRead + ?Sized> StoreRead for LayeredView<'_, B> {
@@ -170,11 +261,12 @@ impl<B: StoreRead + ?Sized> StoreRead for LayeredView<'_, B> {
         range: ScanRange<'_>,
         visit: &mut dyn FnMut(&[u8], &[u8]) -> Visit,
     ) -> Result<(), ProjectionError> {
-        if self.layers.iter().all(|layer| layer.tables[table.index()].is_empty()) {
+        if self.layers.iter().all(|layer| layer.versions.is_empty()) {
             return self.base.scan(table, range, visit);
         }
-        let layers: &[Arc<Layer>] = self.layers;
-        let mut pending = merged_layers(layers, table, range).peekable();
+        let layered = merged_layers(self.layers, table, range, self.visible);
+        let shadowed: std::collections::HashSet<&[u8]> = layered.iter().map(|(key, _)| &key[..]).collect();
+        let mut pending = layered.iter().map(|(key, value)| (&key[..], value.as_deref())).peekable();
         let before = |a: &[u8], b: &[u8]| match range.direction {
             Direction::Forward => a < b,
             Direction::Reverse => a > b,
@@ -199,8 +291,8 @@ impl<B: StoreRead + ?Sized> StoreRead for LayeredView<'_, B> {
             if stopped {
                 return ControlFlow::Break(());
             }
-            if layers.iter().any(|layer| layer.lookup(table, key).is_some()) {
-                return ControlFlow::Continue(()); // shadowed: emitted (or deleted) by a layer
+            if shadowed.contains(key) {
+                return ControlFlow::Continue(()); // emitted (or deleted) by a layer
             }
             if visit(key, value).is_break() {
                 stopped = true;
@@ -216,8 +308,13 @@ impl<B: StoreRead + ?Sized> StoreRead for LayeredView<'_, B> {
         let mut chats: Vec<ChatId> = self
             .layers
             .iter()
-            .filter_map(|layer| layer.touched.get(&user))
-            .flat_map(|touched| touched.iter().copied())
+            .flat_map(|layer| {
+                layer
+                    .touched
+                    .range((user, ChatId(0))..=(user, ChatId(u64::MAX)))
+                    .map(|entry| entry.value().1)
+                    .collect::<Vec<_>>()
+            })
             .collect();
         chats.extend(self.base.touched_chats(user));
         chats.sort_unstable();
@@ -226,11 +323,8 @@ impl<B: StoreRead + ?Sized> StoreRead for LayeredView<'_, B> {
     }
 
     fn touched_entries(&self) -> Vec<(UserId, ChatId)> {
-        let mut entries: Vec<(UserId, ChatId)> = self
-            .layers
-            .iter()
-            .flat_map(|layer| layer.touched.iter().flat_map(|(user, chats)| chats.iter().map(move |chat| (*user, *chat))))
-            .collect();
+        let mut entries: Vec<(UserId, ChatId)> =
+            self.layers.iter().flat_map(|layer| layer.touched.iter().map(|entry| *entry.value()).collect::<Vec<_>>()).collect();
         entries.extend(self.base.touched_entries());
         entries.sort_unstable();
         entries.dedup();

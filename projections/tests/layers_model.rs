@@ -1,6 +1,7 @@
 //! Layers of not yet flushed writes over a base store must read exactly like a `BTreeMap`
-//! with the same writes applied in order (the newest layer winning): checked against
-//! `MemStore` on random operations, with one to three layers.
+//! with the same writes applied in order (the newest batch winning), and batches after
+//! the visible one must not show: checked against `MemStore` on random operations, with
+//! one to three layers of one to three batches each, plus an invisible batch.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -47,21 +48,21 @@ fn scan(store: &impl StoreRead, range: ScanRange<'_>, limit: usize) -> Vec<(Vec<
     seen
 }
 
-fn layer(ops: &[Op]) -> Layer {
-    let mut layer = Layer::new();
-    let writes = ops.iter().map(|op| match op {
-        Op::Put(key, value) => (Table::ChatidChat, key.clone(), Some(value.clone())),
-        Op::Delete(key) => (Table::ChatidChat, key.clone(), None),
-    });
-    layer.apply(writes, &[]);
-    layer
+fn writes(ops: &[Op]) -> Vec<osmium_projections::KvWrite> {
+    ops.iter()
+        .map(|op| match op {
+            Op::Put(key, value) => (Table::ChatidChat, key.clone(), Some(value.clone())),
+            Op::Delete(key) => (Table::ChatidChat, key.clone(), None),
+        })
+        .collect()
 }
 
 proptest! {
     #[test]
     fn layers_read_like_their_writes_applied_to_the_base_in_order(
         base_ops in proptest::collection::vec(op(), 0..20),
-        layer_ops in proptest::collection::vec(proptest::collection::vec(op(), 0..12), 1..4),
+        layer_batches in proptest::collection::vec(proptest::collection::vec(proptest::collection::vec(op(), 0..8), 1..4), 1..4),
+        invisible_ops in proptest::collection::vec(op(), 0..8),
         prefix in proptest::collection::vec(0u8..4, 0..2),
         start in proptest::option::of(key()),
         reverse in any::<bool>(),
@@ -70,11 +71,22 @@ proptest! {
         let mut base = MemStore::new();
         apply(&mut base, &base_ops);
         let mut model = base.clone();
-        for ops in &layer_ops {
-            apply(&mut model, ops); // oldest layer first
+        let mut layers: Vec<Arc<Layer>> = Vec::new(); // oldest first while building
+        let mut seq = 0;
+        for batches in &layer_batches {
+            let layer = Layer::new();
+            for ops in batches {
+                seq += 1;
+                layer.insert(seq, writes(ops), &[]);
+                apply(&mut model, ops);
+            }
+            layers.push(Arc::new(layer));
         }
-        let layers: Vec<Arc<Layer>> = layer_ops.iter().rev().map(|ops| Arc::new(layer(ops))).collect(); // newest first
-        let view = LayeredView::new(&base, &layers);
+        let visible = seq;
+        // A batch decided but not durable yet: in the newest layer, past `visible`.
+        layers.last().unwrap().insert(seq + 1, writes(&invisible_ops), &[]);
+        layers.reverse(); // newest first
+        let view = LayeredView::new(&base, &layers, visible);
 
         let start = start.filter(|start| start.starts_with(&prefix));
         let direction = if reverse { Direction::Reverse } else { Direction::Forward };
