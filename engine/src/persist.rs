@@ -144,7 +144,7 @@ fn run(db: &DB, slot: ProjectionSlot, views: &Views, state: &FlushState, flushes
 fn flush_one(db: &DB, slot: ProjectionSlot, views: &Views, state: &FlushState, flush: Flush) -> Result<(), EngineError> {
     let started = std::time::Instant::now();
     let entries: Vec<_> = flush.layer.entries().collect();
-    let batch = write_batch(db, slot, entries.iter().map(|(table, key, value)| (*table, &key[..], value.as_deref())))?;
+    let batch = write_batch(db, slot, entries.iter().map(|(table, (key, value))| (*table, &key[..], value.as_deref())))?;
     let writes = batch.len() as u64;
     fail::fail_point!("flush::before_write", |_| Err(EngineError::Io {
         path: PathBuf::from("<flush>"),

@@ -28,6 +28,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 /// One write of a projection table: `Some(value)` puts, `None` deletes.
 pub type KvWrite = (Table, Vec<u8>, Option<Vec<u8>>);
 
+/// A key's version as readers get it: the raw key and `Some(value)`, or `None` (deleted).
+pub type Entry = (Arc<[u8]>, Option<Arc<[u8]>>);
+
 /// A write as a layer keeps it: the raw key (the skip list's key is encoded) and the value.
 #[derive(Debug)]
 struct Version {
@@ -105,7 +108,7 @@ impl Layer {
     }
 
     /// Every key's newest write, in table and key order (what a flush writes).
-    pub fn entries(&self) -> impl Iterator<Item = (Table, Arc<[u8]>, Option<Arc<[u8]>>)> + '_ {
+    pub fn entries(&self) -> impl Iterator<Item = (Table, Entry)> + '_ {
         let mut previous: Option<(u8, Arc<[u8]>)> = None;
         self.versions.iter().filter_map(move |entry| {
             let table_byte = entry.key().first().copied()?;
@@ -115,7 +118,7 @@ impl Layer {
             }
             previous = Some((table_byte, version.key.clone()));
             let table = Table::ALL.get(usize::from(table_byte)).copied()?;
-            Some((table, version.key.clone(), version.value.clone()))
+            Some((table, (version.key.clone(), version.value.clone())))
         })
     }
 
@@ -131,7 +134,7 @@ impl Layer {
     }
 
     /// The visible versions in `range`, newest per key, in scan order.
-    fn range<'a>(&'a self, table: Table, range: ScanRange<'a>, visible: u64) -> Vec<(Arc<[u8]>, Option<Arc<[u8]>>)> {
+    fn range(&self, table: Table, range: ScanRange<'_>, visible: u64) -> Vec<Entry> {
         let mut prefix = Vec::with_capacity(range.prefix.len() + 2);
         encode_key(&mut prefix, table, range.prefix);
         let mut found = Vec::new();
@@ -173,7 +176,7 @@ impl Layer {
                     }
                 };
                 // Going backwards a key's versions come oldest first: keep the newest visible one.
-                let mut pending: Option<(Arc<[u8]>, Option<Arc<[u8]>>)> = None;
+                let mut pending: Option<Entry> = None;
                 let mut current: Option<Arc<[u8]>> = None;
                 for entry in self.versions.range::<[u8], _>((Bound::Included(&prefix[..]), Bound::Included(&upper[..]))).rev() {
                     if !within(entry.key()) {
@@ -217,8 +220,8 @@ impl<'a, B: StoreRead + ?Sized> LayeredView<'a, B> {
 
 /// The layers' visible entries in `range`, merged in scan order, the newest layer winning
 /// on equal keys (deletions included, as `None`).
-fn merged_layers(layers: &[Arc<Layer>], table: Table, range: ScanRange<'_>, visible: u64) -> Vec<(Arc<[u8]>, Option<Arc<[u8]>>)> {
-    let mut lists: Vec<std::iter::Peekable<std::vec::IntoIter<(Arc<[u8]>, Option<Arc<[u8]>>)>>> =
+fn merged_layers(layers: &[Arc<Layer>], table: Table, range: ScanRange<'_>, visible: u64) -> Vec<Entry> {
+    let mut lists: Vec<std::iter::Peekable<std::vec::IntoIter<Entry>>> =
         layers.iter().map(|layer| layer.range(table, range, visible).into_iter().peekable()).collect();
     let before = |a: &[u8], b: &[u8]| match range.direction {
         Direction::Forward => a < b,
