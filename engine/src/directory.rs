@@ -16,14 +16,33 @@ use std::sync::Arc;
 /// Name of the lock file that keeps a second engine out of a data directory.
 pub const LOCK_FILE_NAME: &str = "osmium.lock";
 
+/// RocksDB's memtables of one database, all column families together, in bytes: past it
+/// RocksDB flushes the largest (without a bound, each of the 26 column families could hold
+/// 64 MiB, and a rebuild fills all the projection families at once).
+pub const MEMTABLES_BYTES_MAX: usize = 128 * 1024 * 1024;
+/// RocksDB's block cache, shared by every column family of every database the process
+/// opens, in bytes (without it each family had a cache of its own).
+pub const BLOCK_CACHE_BYTES: usize = 64 * 1024 * 1024;
+
+/// The one block cache of the process.
+fn block_cache() -> &'static rocksdb::Cache {
+    static CACHE: std::sync::OnceLock<rocksdb::Cache> = std::sync::OnceLock::new();
+    CACHE.get_or_init(|| rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES))
+}
+
 /// The RocksDB options every data directory and each of its column families is opened
 /// with (public so that benchmarks can open a raw baseline database the same way).
+/// RocksDB's own memory is bounded by [`MEMTABLES_BYTES_MAX`] and [`BLOCK_CACHE_BYTES`].
 pub fn db_options() -> Options {
     let mut options = Options::default();
     options.create_if_missing(true);
     options.create_missing_column_families(true);
     options.set_compression_type(rocksdb::DBCompressionType::Lz4);
     options.set_max_background_jobs(2);
+    options.set_db_write_buffer_size(MEMTABLES_BYTES_MAX);
+    let mut table = rocksdb::BlockBasedOptions::default();
+    table.set_block_cache(block_cache());
+    options.set_block_based_table_factory(&table);
     crate::storage_error::refuse_damaged_write_ahead_logs(&mut options);
     options
 }

@@ -45,6 +45,11 @@ pub const CHAT_COUNTS: [u64; 3] = [10, 1_000, 10_000];
 pub const GET_CHATS_LIMIT: u32 = 50;
 /// Events per append when generating the log for the rebuild (part 7).
 pub const GENERATE_APPEND_EVENTS: usize = 256;
+/// Events the crashed process of part 8 leaves unflushed: one short of the default
+/// `flush_events_max`, the most a crash leaves to fold at the next open.
+const CRASH_EVENTS: u64 = 19_999;
+/// Concurrent senders of the crashed process.
+const CRASH_SENDERS: u64 = 16;
 /// Commands in flight when setting up users, DMs and the generated log.
 const SETUP_CONCURRENCY: usize = 32;
 /// How long to wait for the live tail to report a run's last batch.
@@ -75,6 +80,8 @@ pub struct BenchPlan {
     pub rebuild_events: u64,
     /// Rebuilds (and raw iterations) of that log; the median is printed.
     pub rebuild_runs: usize,
+    /// Events in the log, none of them flushed, when the crashed process of part 8 aborts.
+    pub crash_events: u64,
     /// Only these parts (and the baselines they are compared with); all when empty.
     pub only: Vec<u8>,
 }
@@ -93,6 +100,7 @@ impl BenchPlan {
             mark_read_sync_calls: 200,
             rebuild_events: 1_000_000,
             rebuild_runs: 1,
+            crash_events: CRASH_EVENTS,
             only: Vec::new(),
         }
     }
@@ -110,6 +118,7 @@ impl BenchPlan {
             mark_read_sync_calls: 1_000,
             rebuild_events: 10_000_000,
             rebuild_runs: 1,
+            crash_events: CRASH_EVENTS,
             only: Vec::new(),
         }
     }
@@ -127,6 +136,7 @@ impl BenchPlan {
             mark_read_sync_calls: 5,
             rebuild_events: 5_000,
             rebuild_runs: 1,
+            crash_events: 500,
             only: Vec::new(),
         }
     }
@@ -165,6 +175,8 @@ pub enum Unit {
     EventsPerSecond,
     /// Microseconds.
     Micros,
+    /// Milliseconds.
+    Millis,
     /// Mebibytes.
     MiB,
     /// Bytes per event.
@@ -180,6 +192,7 @@ impl Unit {
         match self {
             Unit::EventsPerSecond => "events/s",
             Unit::Micros => "µs",
+            Unit::Millis => "ms",
             Unit::MiB => "MiB",
             Unit::BytesPerEvent => "B/event",
             Unit::Bytes => "B",
@@ -190,7 +203,7 @@ impl Unit {
     fn format(self, value: f64) -> String {
         match self {
             Unit::EventsPerSecond | Unit::BytesPerEvent | Unit::Bytes => format!("{} {}", thousands(value), self.suffix()),
-            Unit::Micros | Unit::EventsPerBatch => format!("{value:.1} {}", self.suffix()),
+            Unit::Micros | Unit::Millis | Unit::EventsPerBatch => format!("{value:.1} {}", self.suffix()),
             Unit::MiB => format!("{value:.0} {}", self.suffix()),
         }
     }
@@ -894,6 +907,9 @@ async fn get_chats_part(engine: &ChatEngine, plan: &BenchPlan, say: &(dyn Fn(Str
         say(format!("get_chats: opening {count} DMs for user {hub}"));
         let peers: Vec<u64> = (PEERS_FIRST..PEERS_FIRST + count).collect();
         open_dms(engine, hub, &peers).await?;
+        // Steady state: the setup's chat-list changes flushed (a user whose chats all moved
+        // within the last flush interval pays for each such chat; see BENCHMARKS.md).
+        engine.flush().await?;
         say(format!("get_chats: user in {count} chats, {} runs", plan.runs));
         let (p50, p99) = latency_runs(plan.runs, plan.get_chats_calls, |_| {
             let request = chats::GetChats { limit: Some(GET_CHATS_LIMIT), ..Default::default() };
@@ -903,6 +919,66 @@ async fn get_chats_part(engine: &ChatEngine, plan: &BenchPlan, say: &(dyn Fn(Str
         results.push((count, p50, p99));
     }
     Ok(results)
+}
+
+/// Members of each large group of part 5: above `CHAT_LIST_FANOUT_MAX`, so the groups are
+/// listed through the large-chat index and placed by their chat record at query time.
+const LARGE_GROUP_MEMBERS: u64 = 258;
+/// First user id of the large groups' members.
+const LARGE_MEMBERS_FIRST: u64 = 200_001;
+
+/// Part 5: (p50 µs, p99 µs) of `get_chats` for a user in [`CHAT_COUNTS`]`[1]` groups of
+/// [`LARGE_GROUP_MEMBERS`] members (the same members in each).
+async fn large_groups_part(engine: &ChatEngine, plan: &BenchPlan, say: &(dyn Fn(String) + Sync)) -> Result<(f64, f64), EngineError> {
+    let hub = UserId(HUB_FIRST + CHAT_COUNTS.len() as u64);
+    let groups = CHAT_COUNTS[1];
+    say(format!("get_chats: user in {groups} groups of {LARGE_GROUP_MEMBERS} members"));
+    upsert_users(engine, LARGE_MEMBERS_FIRST..=LARGE_MEMBERS_FIRST + LARGE_GROUP_MEMBERS).await?;
+    let users: Vec<UserRef> = (LARGE_MEMBERS_FIRST..LARGE_MEMBERS_FIRST + LARGE_GROUP_MEMBERS - 1).map(|user_id| UserRef { user_id }).collect();
+    let mut tasks = Vec::new();
+    for chunk in 0..SETUP_CONCURRENCY as u64 {
+        let (engine, users) = (engine.clone(), users.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut created = chunk;
+            while created < groups {
+                let request = chats::CreateChat { users: users.clone(), name: format!("large {created}") };
+                let group = engine.create_chat(hub, request).await?;
+                let text = messages::SendMessage { chat_ref: Some(group_ref(group.id)), message: "hello".into(), ..Default::default() };
+                engine.send_message(hub, text).await?;
+                created += SETUP_CONCURRENCY as u64;
+            }
+            Ok::<(), EngineError>(())
+        }));
+    }
+    for task in tasks {
+        joined(task.await)?;
+    }
+    engine.flush().await?;
+    latency_runs(plan.runs, plan.get_chats_calls, |_| {
+        let request = chats::GetChats { limit: Some(GET_CHATS_LIMIT), ..Default::default() };
+        async move { engine.get_chats(hub, request).await.map(drop) }
+    })
+    .await
+}
+
+/// Part 8: bytes the process wrote (`wchar` of `/proc/self/io`: WAL, flushes, table files)
+/// per `message_sent`, over `sends` sends to a DM followed by a projection flush.
+async fn bytes_per_send(engine: &ChatEngine, sends: u64) -> Result<Option<f64>, EngineError> {
+    let (sender, peer) = (UserId(PEERS_FIRST), UserId(PEERS_FIRST + 1));
+    engine.flush().await?;
+    let before = written_bytes();
+    for n in 0..sends {
+        let request = messages::SendMessage { chat_ref: Some(user_ref(peer)), message: message_text(n), ..Default::default() };
+        engine.send_message(sender, request).await?;
+    }
+    engine.flush().await?;
+    Ok(before.zip(written_bytes()).map(|(before, after)| (after - before) as f64 / sends.max(1) as f64))
+}
+
+/// `wchar` of `/proc/self/io`: bytes this process passed to write calls so far.
+fn written_bytes() -> Option<u64> {
+    let io = std::fs::read_to_string("/proc/self/io").ok()?;
+    io.lines().find_map(|line| line.strip_prefix("wchar:")).and_then(|value| value.trim().parse().ok())
 }
 
 /// Part 6: (p50, p99) of `mark_chat_read` by the user of 1,000 chats, round-robin over them.
@@ -918,6 +994,69 @@ async fn mark_read_part(engine: &ChatEngine, runs: usize, calls: u64) -> Result<
         async move { engine.mark_chat_read(reader, request).await }
     })
     .await
+}
+
+// ---- recovery after a crash ------------------------------------------------------
+
+/// The crashed process: an engine that never flushes by time (by count only, at the
+/// default `flush_events_max`), `events` events in its log, then `abort()` (no destructor
+/// runs, as after `kill -9`).
+pub fn crash_child(dir: &Path, events: u64) -> Result<(), ReplayError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| EngineError::Io { path: PathBuf::from("<tokio runtime>"), source })?;
+    runtime.block_on(async {
+        let mut config = EngineConfig { log: LogConfig { durability: Durability::Buffered, ..LogConfig::default() }, ..EngineConfig::default() };
+        config.state.flush_interval_ms = 3_600_000;
+        let engine = ChatEngine::open(dir, config).await?;
+        upsert_users(&engine, 1..=2 * CRASH_SENDERS).await?;
+        let sent = Arc::new(AtomicU64::new(engine.last_position().get()));
+        let mut tasks = Vec::new();
+        for sender in 0..CRASH_SENDERS {
+            let (engine, sent) = (engine.clone(), sent.clone());
+            tasks.push(tokio::spawn(async move {
+                let (author, peer) = (UserId(1 + 2 * sender), UserId(2 + 2 * sender));
+                while sent.fetch_add(1, Ordering::Relaxed) < events.saturating_sub(CRASH_SENDERS) {
+                    let request = messages::SendMessage { chat_ref: Some(user_ref(peer)), message: "before the crash".into(), ..Default::default() };
+                    engine.send_message(author, request).await?;
+                }
+                Ok::<(), EngineError>(())
+            }));
+        }
+        for task in tasks {
+            joined(task.await)?;
+        }
+        // With the engine still open: no flush, no close, what a crash leaves.
+        std::process::abort();
+    })
+}
+
+/// Part 8: seconds from opening a directory a crash left with `events` unflushed events
+/// until the engine serves, and the events it folded.
+fn recovery_after_crash(root: &Path, runtime: &tokio::runtime::Runtime, events: u64) -> Result<(f64, u64), ReplayError> {
+    let dir = root.join("crash");
+    let exe = std::env::current_exe().map_err(io_error(root))?;
+    let status = std::process::Command::new(exe)
+        .arg("--data-dir")
+        .arg(&dir)
+        .args(["bench-crash-child", "--events", &events.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .map_err(io_error(&dir))?;
+    if status.success() {
+        return Err(EngineError::Corrupt { what: "the crashed process".into(), expected: "an abort".into(), found: "a clean exit".into() }.into());
+    }
+    let unflushed = {
+        let directory = DataDirectory::open_read_only(&dir)?;
+        directory.last_position().get() - directory.checkpoint()?.get()
+    };
+    let started = Instant::now();
+    let engine = runtime.block_on(ChatEngine::open(&dir, EngineConfig::default()))?;
+    let seconds = started.elapsed().as_secs_f64();
+    drop(engine);
+    Ok((seconds, unflushed))
 }
 
 // ---- the run ----------------------------------------------------------------------
@@ -1040,16 +1179,18 @@ fn chat_section(plan: &BenchPlan, root: &Path, runtime: &tokio::runtime::Runtime
     let chat_dir = root.join("chat");
     let meter = PartRss::start();
     let buffered = EngineConfig { log: LogConfig { durability: Durability::Buffered, ..LogConfig::default() }, ..EngineConfig::default() };
-    let (sends, lists, marks) = runtime.block_on(async {
+    let (sends, lists, marks, large, written) = runtime.block_on(async {
         let engine = ChatEngine::open(&chat_dir, buffered.clone()).await?;
         progress(format!("creating {} users", GROUP_SIZES[3]));
         upsert_users(&engine, PEERS_FIRST..=PEERS_FIRST + GROUP_SIZES[3]).await?;
         upsert_users(&engine, HUB_FIRST..=HUB_FIRST + CHAT_COUNTS.len() as u64).await?;
         let sends = send_part(&engine, plan, progress).await?;
         let lists = get_chats_part(&engine, plan, progress).await?;
+        let large = large_groups_part(&engine, plan, progress).await?;
+        let written = bytes_per_send(&engine, plan.sends).await?;
         progress("mark_chat_read (Buffered)".into());
         let marks = mark_read_part(&engine, plan.runs, plan.mark_read_calls).await?;
-        Ok::<_, ReplayError>((sends, lists, marks))
+        Ok::<_, ReplayError>((sends, lists, marks, large, written))
     })?;
     let marks_sync = runtime.block_on(async {
         progress("mark_chat_read (Sync)".into());
@@ -1089,6 +1230,18 @@ fn chat_section(plan: &BenchPlan, root: &Path, runtime: &tokio::runtime::Runtime
         let p99_row = Row::new(5, format!("get_chats p99, user in {label} chats"), p99, Unit::Micros, note).against("p99 at 10 chats", p99_small);
         list_rows.push(if count == CHAT_COUNTS[2] { p99_row.with_target(Target::AtMost(1.5)) } else { p99_row });
     }
+    let dms_p99 = lists.get(1).map_or(f64::NAN, |(_, _, p99)| *p99);
+    list_rows.push(
+        Row::new(
+            5,
+            format!("get_chats p99, user in {} groups of {LARGE_GROUP_MEMBERS} members", thousands(CHAT_COUNTS[1] as f64)),
+            large.1,
+            Unit::Micros,
+            format!("{} calls per run; groups above the fan-out limit (placed by their chat record at query time); page of 50; p50 {:.1} µs", plan.get_chats_calls, large.0),
+        )
+        .against("p99, user in 1,000 DMs", dms_p99)
+        .with_target(Target::AtMost(1.5)),
+    );
     let mark_note = |calls: u64| format!("{calls} calls per run, user in 1,000 chats, round-robin");
     let mark_rows = vec![
         Row::new(6, "mark_chat_read p50 (Buffered)", marks.0, Unit::Micros, mark_note(plan.mark_read_calls)),
@@ -1100,6 +1253,26 @@ fn chat_section(plan: &BenchPlan, root: &Path, runtime: &tokio::runtime::Runtime
     section.rows.extend(send_rows);
     section.rows.extend(list_rows);
     section.rows.extend(mark_rows);
+    progress("recovery after a crash".into());
+    let (recovery_seconds, unflushed) = recovery_after_crash(root, runtime, plan.crash_events)?;
+    section.rows.push(
+        Row::new(
+            8,
+            "recovery after a crash at the default flush limits (open until serving)",
+            recovery_seconds * 1_000.0,
+            Unit::Millis,
+            format!("a process aborted with {unflushed} events past the flushed checkpoint (default flush_events_max: 20,000); ChatEngine::open folds and flushes them"),
+        )
+        .against("1 s", 1_000.0)
+        .with_target(Target::AtMost(1.0)),
+    );
+    section.rows.push(Row::new(
+        8,
+        "bytes written per message_sent",
+        written.unwrap_or(f64::NAN),
+        Unit::Bytes,
+        format!("wchar of /proc/self/io over {} sends to a DM and a projection flush (WAL of the log and of the flush; table files if RocksDB wrote any)", plan.sends),
+    ));
     Ok(section)
 }
 

@@ -183,6 +183,14 @@ enum Command {
         #[arg(long, value_delimiter = ',')]
         only: Vec<u8>,
     },
+    /// (For `bench`: the process it crashes.) Sends `events` messages into the data
+    /// directory without flushing the projections, then aborts.
+    #[command(hide = true)]
+    BenchCrashChild {
+        /// Events in the log when the process aborts.
+        #[arg(long)]
+        events: u64,
+    },
 }
 
 /// For a damaged table file of `dir`: its column family and what to do about it. `None`
@@ -267,6 +275,7 @@ fn run(cli: &Cli) -> Result<Outcome, ReplayError> {
             let parent = dir.clone().unwrap_or_else(std::env::temp_dir);
             bench(&plan, &parent, cli.json).map(|()| Outcome::Clean)
         }
+        Command::BenchCrashChild { events } => bench::crash_child(dir, *events).map(|()| Outcome::Clean),
         Command::Demo { seed, users, messages, workers } => {
             let plan = DemoPlan { seed: *seed, users: *users, messages: *messages, workers: *workers };
             demo(dir, &plan, cli.json)
