@@ -23,8 +23,9 @@ use std::path::Path;
 pub const REBUILD_BATCH_EVENTS: usize = 200_000;
 /// Events read per step.
 const READ_EVENTS: usize = 10_000;
-/// Memory for the records a rebuild holds (clean ones are evicted past it), in bytes.
-pub const REBUILD_STATE_BYTES_MAX: usize = 1024 * 1024 * 1024;
+/// Memory for the records a rebuild holds (clean ones are evicted past it), in bytes: the
+/// engine's default budget.
+pub const REBUILD_STATE_BYTES_MAX: usize = 256 * 1024 * 1024;
 
 /// A data directory opened for maintenance.
 #[derive(Debug)]

@@ -17,6 +17,7 @@
 //! Every figure is measured in the run that prints it; throughputs and latencies are the
 //! median of `runs` runs. Nothing is asserted: targets are reported as met or missed.
 
+use osmium_engine::StateConfig;
 use osmium_engine::chat::{ChatEngine, EngineConfig};
 use osmium_engine::directory::db_options;
 use osmium_engine::log::{Durability, EventLog, ExpectedVersion, LogConfig};
@@ -43,6 +44,8 @@ pub const GROUP_SIZES: [u64; 4] = [2, 100, 1_000, 10_000];
 pub const CHAT_COUNTS: [u64; 3] = [10, 1_000, 10_000];
 /// `get_chats` page size measured.
 pub const GET_CHATS_LIMIT: u32 = 50;
+/// Events of the generated log per user in its directory (part 7: 1M users in 10M events).
+pub const GENERATE_EVENTS_PER_USER: u64 = 10;
 /// Events per append when generating the log for the rebuild (part 7).
 pub const GENERATE_APPEND_EVENTS: usize = 256;
 /// Events the crashed process of part 8 leaves unflushed: one short of the default
@@ -1295,6 +1298,20 @@ fn rebuild_section(plan: &BenchPlan, root: &Path, runtime: tokio::runtime::Runti
         iterate_rates.push(events as f64 / seconds.max(1e-9));
     }
     section.rss.push(("raw iteration + decode (part 1)".into(), meter.finish()));
+    // The generated log was written around an engine: its projections are empty, so an
+    // engine opening it folds every event, with the default memory budget.
+    let meter = PartRss::start();
+    progress(format!("opening an engine on it (folds all {} events)", thousands(plan.rebuild_events as f64)));
+    let open_runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| EngineError::Io { path: PathBuf::from("<tokio runtime>"), source })?;
+    let opening = Instant::now();
+    drop(open_runtime.block_on(ChatEngine::open(&rebuild_dir, EngineConfig::default()))?);
+    let open_seconds = opening.elapsed().as_secs_f64();
+    drop(open_runtime);
+    let open_rss = meter.finish();
+    let budget_mib = StateConfig::default().state_bytes_max as f64 / (1u64 << 20) as f64;
     let meter = PartRss::start();
     let mut rebuild_rates = Vec::new();
     let mut rebuilt_events = 0;
@@ -1335,6 +1352,24 @@ fn rebuild_section(plan: &BenchPlan, root: &Path, runtime: tokio::runtime::Runti
 
     section.rows.extend(rebuild_rows);
     section.rows.push(Row::new(
+        7,
+        format!("opening an engine on the {events_label} events (all folded at open)"),
+        rebuilt_events as f64 / open_seconds.max(1e-9),
+        Unit::EventsPerSecond,
+        format!("{open_seconds:.1} s; the recovery path (fold, flush every 200,000 events) with the default budget"),
+    ));
+    section.rows.push(Row::new(
+        8,
+        format!("peak RSS: opening the {events_label}-event directory of part 7 ({} users), default budget", thousands((rebuilt_events / GENERATE_EVENTS_PER_USER) as f64)),
+        open_rss.map_or(f64::NAN, |bytes| bytes as f64 / (1u64 << 20) as f64),
+        Unit::MiB,
+        format!(
+            "state_bytes_max {budget_mib:.0} MiB + RocksDB (memtables {} MiB, block cache {} MiB) + the unflushed records of one recovery flush",
+            osmium_engine::directory::MEMTABLES_BYTES_MAX >> 20,
+            osmium_engine::directory::BLOCK_CACHE_BYTES >> 20
+        ),
+    ));
+    section.rows.push(Row::new(
         8,
         "bytes on disk per event",
         disk_bytes as f64 / rebuilt_events.max(1) as f64,
@@ -1361,19 +1396,31 @@ async fn generate_log(dir: &Path, events: u64) -> Result<Generated, ReplayError>
     let config = LogConfig { durability: Durability::Buffered, ..LogConfig::default() };
     let log = Arc::new(EventLog::open(dir, config)?);
     let started = Instant::now();
+    // One user per GENERATE_EVENTS_PER_USER events (1M users in a 10M-event log), in
+    // appends of GENERATE_APPEND_EVENTS directory entries.
+    let users = (events / GENERATE_EVENTS_PER_USER).max(10);
+    for first in (1..=users).step_by(GENERATE_APPEND_EVENTS) {
+        let last = (first + GENERATE_APPEND_EVENTS as u64 - 1).min(users);
+        for user in first..=last {
+            let upserted = Event::UserUpserted(events::UserUpserted {
+                user: Some(types::User { id: user, name: format!("user {user}"), ..Default::default() }),
+            });
+            log.append(StreamId::User(UserId(user)), ExpectedVersion::Any, UserId(user), vec![upserted], None).await?;
+        }
+    }
     let chat_count = (events / 1_000).clamp(1, 10_000);
     // Chat and message ids from one counter above every user id: increasing in each chat,
     // because each chat is appended to by one task only.
-    let ids = Arc::new(AtomicU64::new(1_000_000));
+    let ids = Arc::new(AtomicU64::new(users + 1_000_000));
     let mut chats = Vec::with_capacity(chat_count as usize);
     for index in 0..chat_count {
-        let owner = UserId(1 + (index * 13) % 10_000);
-        let members = (1..2 + index % 7).map(|offset| 1 + (owner.get() + offset) % 10_000).collect();
+        let owner = UserId(1 + (index * 13) % users);
+        let members = (1..2 + index % 7).map(|offset| 1 + (owner.get() + offset) % users).collect();
         let chat = ChatId(ids.fetch_add(1, Ordering::Relaxed));
         create_group_event(&log, chat, owner, members).await?;
         chats.push((chat, owner));
     }
-    let messages = events.saturating_sub(chat_count);
+    let messages = events.saturating_sub(chat_count + users);
     let appends = messages.div_ceil(GENERATE_APPEND_EVENTS as u64);
     let chats = Arc::new(chats);
     const TASKS: u64 = 4;
