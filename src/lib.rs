@@ -24,6 +24,7 @@ pub use osmium_engine::{
     ChatEngine, Clock, CommittedBatch, Durability, EngineConfig, EngineError, EngineStats, LogConfig, LogReader,
     ManualClock, OpenError, StateConfig, SystemClock,
 };
+pub use osmium_engine::log::IDEMPOTENCY_WINDOW_MS_DEFAULT;
 pub use osmium_proto as proto;
 
 /// Offline work on a data directory: rebuild the projections from the log (into the

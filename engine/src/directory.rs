@@ -47,6 +47,27 @@ pub fn db_options() -> Options {
     options
 }
 
+/// Idempotency keys older than this (by the wall clock) are dropped by compactions: the
+/// engine's `idempotency_window_ms` may not exceed it.
+pub const IDEMPOTENCY_KEYS_KEPT_MS: u64 = 7 * 24 * 60 * 60 * 1_000;
+
+/// Makes compactions of the idempotency-key family drop entries recorded more than
+/// [`IDEMPOTENCY_KEYS_KEPT_MS`] ago, so that the keys of a day's sends cost disk for a
+/// week, not forever. Entries without a time (format 1) and unreadable ones are kept.
+fn forget_expired_idempotency_keys(options: &mut Options) {
+    options.set_compaction_filter("osmium-expired-idempotency-keys", |_level: u32, _key: &[u8], value: &[u8]| {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX));
+        match schema::parse_idempotency_value(value).and_then(|entry| entry.recorded_at_ms) {
+            Some(recorded_at_ms) if recorded_at_ms.saturating_add(IDEMPOTENCY_KEYS_KEPT_MS) < now_ms => {
+                rocksdb::compaction_filter::Decision::Remove
+            }
+            _ => rocksdb::compaction_filter::Decision::Keep,
+        }
+    });
+}
+
 /// An open data directory.
 pub struct DataDir {
     /// The database (shared by the log, the projections and their readers).
@@ -198,7 +219,13 @@ pub(crate) fn open_database(path: &Path) -> Result<(DB, File), OpenError> {
             }
         }
     }
-    let descriptors = names.into_iter().map(|name| ColumnFamilyDescriptor::new(name, db_options()));
+    let descriptors = names.into_iter().map(|name| {
+        let mut family_options = db_options();
+        if name == schema::CF_IDEMKEY_POSITION {
+            forget_expired_idempotency_keys(&mut family_options);
+        }
+        ColumnFamilyDescriptor::new(name, family_options)
+    });
     let db = DB::open_cf_descriptors(&options, path, descriptors)
         .map_err(|err| OpenError::Engine(crate::storage_error::opening(path, "opening the database")(err)))?;
     Ok((db, lock))
@@ -279,4 +306,31 @@ pub(crate) fn check_format(db: &DB, path: &Path, writable: bool) -> Result<(Proj
             .ok_or_else(|| OpenError::corrupt("projection slot", "a or b", format!("{tag:?}")))?,
     };
     Ok((slot, last_in_log))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::schema::{CF_IDEMKEY_POSITION, IdempotencyEntry, idempotency_value};
+
+    fn entry(recorded_at_ms: Option<u64>) -> Vec<u8> {
+        idempotency_value(&IdempotencyEntry { first: Position(1), count: 1, recorded_at_ms, fingerprint: Some([1; 16]) })
+    }
+
+    #[test]
+    fn compactions_drop_idempotency_keys_recorded_more_than_a_week_ago() {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = DataDir::open(temp.path()).unwrap();
+        let family = column_family(&dir.db, CF_IDEMKEY_POSITION).unwrap();
+        let now_ms = u64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()).unwrap();
+        dir.db.put_cf(family, b"expired", entry(Some(now_ms - IDEMPOTENCY_KEYS_KEPT_MS - 60_000))).unwrap();
+        dir.db.put_cf(family, b"recent", entry(Some(now_ms - IDEMPOTENCY_KEYS_KEPT_MS + 60_000))).unwrap();
+        dir.db.put_cf(family, b"undated", entry(None)).unwrap();
+        dir.db.flush_cf(family).unwrap();
+        dir.db.compact_range_cf(family, None::<&[u8]>, None::<&[u8]>);
+        assert_eq!(dir.db.get_cf(family, b"expired").unwrap(), None);
+        assert!(dir.db.get_cf(family, b"recent").unwrap().is_some());
+        assert!(dir.db.get_cf(family, b"undated").unwrap().is_some());
+    }
 }

@@ -133,6 +133,15 @@ pub enum EngineError {
     /// The user is already a member of the chat.
     #[error("already a member")]
     AlreadyMember,
+    /// The idempotency key (`client_id`) was used for another request within the window:
+    /// retries must repeat the request exactly; a new request needs a new key.
+    #[error("idempotency key reused: client_id {client_id} was used for a different request {age_ms} ms ago")]
+    IdempotencyKeyReused {
+        /// The reused client id.
+        client_id: u64,
+        /// How long ago the key's first request was recorded.
+        age_ms: u64,
+    },
     /// The command queue is full; retry later.
     #[error("engine overloaded: {queue_max} commands already queued")]
     Overloaded {
@@ -241,6 +250,7 @@ impl EngineError {
             EngineError::InviteNotFound => 404,
             EngineError::Conflict { .. } => 409,
             EngineError::AlreadyMember => 409,
+            EngineError::IdempotencyKeyReused { .. } => 409,
             EngineError::InviteExpired => 410,
             EngineError::InviteUsedUp => 410,
             EngineError::Overloaded { .. } => 429,

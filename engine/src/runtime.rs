@@ -118,6 +118,16 @@ impl Core {
                 reason: "must be at least 1".into(),
             });
         }
+        if log.idempotency_window_ms == 0 || log.idempotency_window_ms > crate::directory::IDEMPOTENCY_KEYS_KEPT_MS {
+            return Err(OpenError::InvalidConfig {
+                setting: "log.idempotency_window_ms",
+                reason: format!(
+                    "must be between 1 and {} (keys are kept on disk for 7 days), got {}",
+                    crate::directory::IDEMPOTENCY_KEYS_KEPT_MS,
+                    log.idempotency_window_ms
+                ),
+            });
+        }
         let dir = DataDir::open(path)?;
         let (state, recovered) = recover(&dir, state_config.state_bytes_max)?;
         if recovered > 0 {
@@ -156,6 +166,7 @@ impl Core {
             effects: effects_tx,
             policy: FlushPolicy { interval_ms: state_config.flush_interval_ms, events_max: state_config.flush_events_max },
             batch_max: log.commit_batch_max,
+            idempotency_window_ms: log.idempotency_window_ms,
             failure: failure.clone(),
             meters,
             active,

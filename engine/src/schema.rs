@@ -12,7 +12,9 @@ pub const FORMAT_VERSION: u32 = 1;
 pub const CF_POSITION_EVENT: &str = "position_event";
 /// `stream tag (1) | stream id (u64 BE) | stream version (u64 BE)` -> `position (u64 BE)`.
 pub const CF_STREAMID_VERSION_POSITION: &str = "streamid_version_position";
-/// `idempotency key bytes` -> `first position (u64 BE) | event count (u32 BE)`.
+/// `idempotency key bytes` -> `first position (u64 BE) | event count (u32 BE) |
+/// recorded at (unix ms, u64 BE) | request fingerprint (16 bytes)`; entries written before
+/// fingerprints existed are the first 12 bytes only.
 pub const CF_IDEMKEY_POSITION: &str = "idemkey_position";
 /// Fixed keys: format version, last position, active projection slot.
 pub const CF_META: &str = "meta";
@@ -119,19 +121,46 @@ pub fn stream_index_key(stream: StreamId, version: StreamVersion) -> [u8; 17] {
     key
 }
 
-/// `idemkey_position` value.
-pub fn idempotency_value(first: Position, count: u32) -> [u8; 12] {
-    let mut value = [0u8; 12];
-    value[..8].copy_from_slice(&first.to_be_bytes());
-    value[8..].copy_from_slice(&count.to_be_bytes());
+/// An idempotency entry: where the original append's events are, when it was recorded,
+/// and the fingerprint of the request that made it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IdempotencyEntry {
+    /// Position of the original append's first event.
+    pub first: Position,
+    /// Its events.
+    pub count: u32,
+    /// When it was recorded (unix ms); `None` for entries of format 1 engines.
+    pub recorded_at_ms: Option<u64>,
+    /// The request's fingerprint; `None` for entries of format 1 engines (any retry matches).
+    pub fingerprint: Option<[u8; 16]>,
+}
+
+/// `idemkey_position` value (36 bytes).
+pub fn idempotency_value(entry: &IdempotencyEntry) -> Vec<u8> {
+    let mut value = Vec::with_capacity(36);
+    value.extend_from_slice(&entry.first.to_be_bytes());
+    value.extend_from_slice(&entry.count.to_be_bytes());
+    if let (Some(recorded_at_ms), Some(fingerprint)) = (entry.recorded_at_ms, entry.fingerprint) {
+        value.extend_from_slice(&recorded_at_ms.to_be_bytes());
+        value.extend_from_slice(&fingerprint);
+    }
     value
 }
 
-/// Inverse of [`idempotency_value`].
-pub fn parse_idempotency_value(value: &[u8]) -> Option<(Position, u32)> {
-    let first = u64::from_be_bytes(value.get(..8)?.try_into().ok()?);
+/// Inverse of [`idempotency_value`] (also reads the 12-byte entries of format 1 engines).
+pub fn parse_idempotency_value(value: &[u8]) -> Option<IdempotencyEntry> {
+    let first = Position(u64::from_be_bytes(value.get(..8)?.try_into().ok()?));
     let count = u32::from_be_bytes(value.get(8..12)?.try_into().ok()?);
-    (value.len() == 12).then_some((Position(first), count))
+    match value.len() {
+        12 => Some(IdempotencyEntry { first, count, recorded_at_ms: None, fingerprint: None }),
+        36 => Some(IdempotencyEntry {
+            first,
+            count,
+            recorded_at_ms: Some(u64::from_be_bytes(value.get(12..20)?.try_into().ok()?)),
+            fingerprint: Some(value.get(20..36)?.try_into().ok()?),
+        }),
+        _ => None,
+    }
 }
 
 /// Reads a big-endian u64 value, or says what it found instead.
@@ -167,10 +196,19 @@ mod tests {
     }
 
     #[test]
-    fn idempotency_value_is_first_position_then_count() {
-        let value = idempotency_value(Position(7), 3);
-        assert_eq!(value, [0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 3]);
-        assert_eq!(parse_idempotency_value(&value), Some((Position(7), 3)));
+    fn idempotency_value_is_first_position_count_recorded_at_then_fingerprint() {
+        let entry = IdempotencyEntry { first: Position(7), count: 3, recorded_at_ms: Some(258), fingerprint: Some([9; 16]) };
+        let value = idempotency_value(&entry);
+        let mut expected = vec![0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 1, 2];
+        expected.extend([9; 16]);
+        assert_eq!(value, expected);
+        assert_eq!(parse_idempotency_value(&value), Some(entry));
         assert_eq!(parse_idempotency_value(&value[..11]), None);
+    }
+
+    #[test]
+    fn a_format_one_idempotency_value_has_no_fingerprint() {
+        let parsed = parse_idempotency_value(&[0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 3]).unwrap();
+        assert_eq!(parsed, IdempotencyEntry { first: Position(7), count: 3, recorded_at_ms: None, fingerprint: None });
     }
 }

@@ -77,9 +77,20 @@ pub(crate) type Decide = Box<dyn FnOnce(&mut DecideContext<'_>) -> Result<Decisi
 /// The output of an earlier append with the same idempotency key, from its events.
 pub(crate) type Replay = fn(&[EventEnvelope]) -> Result<Output, EngineError>;
 
+/// A command's idempotency key and what binds it to the request.
+#[derive(Clone, Debug)]
+pub(crate) struct Idempotency {
+    /// The key (for sends: the sender and their `client_id`).
+    pub(crate) key: Vec<u8>,
+    /// The client's id, for errors.
+    pub(crate) client_id: u64,
+    /// A digest of the request (kind, chat, content): a retry must repeat it.
+    pub(crate) fingerprint: [u8; 16],
+}
+
 /// One queued command.
 pub(crate) struct Command {
-    pub(crate) idempotency_key: Option<Vec<u8>>,
+    pub(crate) idempotency: Option<Idempotency>,
     pub(crate) decide: Decide,
     pub(crate) replay: Replay,
     pub(crate) reply: oneshot::Sender<Result<Output, EngineError>>,
@@ -116,6 +127,8 @@ pub(crate) struct StateMachine {
     pub(crate) effects: mpsc::UnboundedSender<EffectBatch>,
     pub(crate) policy: FlushPolicy,
     pub(crate) batch_max: usize,
+    /// How long an idempotency key is remembered, in milliseconds.
+    pub(crate) idempotency_window_ms: u64,
     /// Set by a failed commit (on the writer thread) or a fold error: refuse everything.
     pub(crate) failure: Arc<std::sync::Mutex<Option<String>>>,
     pub(crate) meters: Arc<crate::meters::Meters>,
@@ -215,8 +228,8 @@ impl StateMachine {
         let mut outcomes: Vec<Outcome> = Vec::with_capacity(commands.len());
         let mut effects: EffectBatch = Vec::new();
         let mut commands = commands.into_iter();
-        while let Some(Command { idempotency_key, decide, replay, reply }) = commands.next() {
-            match self.run_command(idempotency_key, decide, replay, &mut log_batch, &mut effects) {
+        while let Some(Command { idempotency, decide, replay, reply }) = commands.next() {
+            match self.run_command(idempotency, decide, replay, &mut log_batch, &mut effects) {
                 Ok(outcome) => outcomes.push((reply, outcome)),
                 Err(fatal) => {
                     // The batch is dropped unwritten: answer everyone, refuse from now on.
@@ -287,27 +300,40 @@ impl StateMachine {
     /// Runs one command: `Ok(outcome)` for its caller, `Err` for a fold error (fatal).
     fn run_command(
         &mut self,
-        idempotency_key: Option<Vec<u8>>,
+        idempotency: Option<Idempotency>,
         decide: Decide,
         replay: Replay,
         log_batch: &mut LogBatch,
         effects: &mut EffectBatch,
     ) -> Result<Result<Output, EngineError>, EngineError> {
-        if let Some(key) = &idempotency_key {
-            match self.sequencer.earlier(key) {
-                Ok(Some(events)) => return Ok(replay(&events)),
+        let now_ms = self.clock.now_ms();
+        // Checked before the decision: a retry gets its original result whatever changed since.
+        if let Some(idempotency) = &idempotency {
+            match self.sequencer.earlier(&idempotency.key) {
+                Ok(Some(earlier)) => {
+                    let age_ms = earlier.recorded_at_ms.map_or(0, |recorded| now_ms.saturating_sub(recorded));
+                    if age_ms < self.idempotency_window_ms {
+                        if earlier.fingerprint.is_some_and(|fingerprint| fingerprint != idempotency.fingerprint) {
+                            return Ok(Err(EngineError::IdempotencyKeyReused { client_id: idempotency.client_id, age_ms }));
+                        }
+                        return Ok(replay(&earlier.events));
+                    }
+                    // Past the window: the key is forgotten, the request runs again.
+                }
                 Ok(None) => {}
                 Err(err) => return Ok(Err(err)),
             }
         }
-        let now_ms = self.clock.now_ms();
         let mut context = DecideContext { state: &mut self.state, now_ms, ids: &mut self.ids };
         let decision = match decide(&mut context) {
             Ok(decision) => decision,
             Err(refused) => return Ok(Err(refused)),
         };
         let mut append = decision.append;
-        append.idempotency_key = idempotency_key;
+        if let Some(idempotency) = idempotency {
+            append.idempotency_key = Some(idempotency.key);
+            append.fingerprint = Some(idempotency.fingerprint);
+        }
         let envelopes = match self.sequencer.stage(append, now_ms, log_batch) {
             Ok(envelopes) => envelopes,
             Err(refused) => return Ok(Err(refused)),

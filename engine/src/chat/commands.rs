@@ -7,12 +7,13 @@ use super::limits::Limits;
 use super::resolve::{MemberChat, Records, Resolved, Tables, resolve, resolve_group, resolve_member, resolve_owned_group};
 use crate::error::EngineError;
 use crate::log::{Append, ExpectedVersion};
-use crate::state_machine::{DecideContext, Decision, LiveState, Output};
+use crate::state_machine::{DecideContext, Decision, Idempotency, LiveState, Output};
 use osmium_projections::limits::{MEMBER_DEFAULT_PERMISSIONS, PERMISSION_SEND_MEDIA, PERMISSION_SEND_MESSAGES};
 use osmium_projections::records::InviteRecord;
 use osmium_projections::{ProjectionState, StoreRead};
 use osmium_proto::events::{self, event_envelope::Event, EventEnvelope};
 use osmium_proto::ids::{ChatId, MessageId, StreamId, UserId};
+use osmium_proto::prost::Message as _;
 use osmium_proto::{auth, chats, media, messages, types};
 
 fn chars_within(field: &'static str, text: &str, min: usize, max: usize) -> Result<(), EngineError> {
@@ -37,7 +38,8 @@ fn bytes_within(limits: &Limits, request: &impl osmium_proto::prost::Message) ->
 
 /// A decision appending `events` to `chat`'s stream.
 fn decision(chat: ChatId, actor: UserId, events: Vec<Event>, output: Output) -> Decision {
-    let append = Append { stream: StreamId::Chat(chat), expected_version: ExpectedVersion::Any, actor, events, idempotency_key: None };
+    let append =
+        Append { stream: StreamId::Chat(chat), expected_version: ExpectedVersion::Any, actor, events, idempotency_key: None, fingerprint: None };
     Decision { append, output }
 }
 
@@ -81,6 +83,7 @@ pub(crate) fn upsert_user(limits: &Limits, user: types::User) -> Result<Decision
         actor: UserId(user.id),
         events: vec![Event::UserUpserted(events::UserUpserted { user: Some(user) })],
         idempotency_key: None,
+        fingerprint: None,
     };
     Ok(Decision { append, output: Output::Done })
 }
@@ -235,6 +238,19 @@ pub(crate) fn send_idempotency_key(actor: UserId, client_id: u64) -> Vec<u8> {
     key.extend_from_slice(&actor.to_be_bytes());
     key.extend_from_slice(&client_id.to_be_bytes());
     key
+}
+
+/// A send's idempotency: its key, and the fingerprint of the request (SHA-256, first 16
+/// bytes, of `send:` and the request's protobuf encoding without `client_id`: the chat, the
+/// text, media, entities, reply).
+pub(crate) fn send_idempotency(actor: UserId, client_id: u64, request: &messages::SendMessage) -> Idempotency {
+    use sha2::Digest as _;
+    let mut unkeyed = request.clone();
+    unkeyed.client_id = None;
+    let digest = sha2::Sha256::new().chain_update(b"send:").chain_update(unkeyed.encode_to_vec()).finalize();
+    let mut fingerprint = [0u8; 16];
+    fingerprint.copy_from_slice(&digest[..16]);
+    Idempotency { key: send_idempotency_key(actor, client_id), client_id, fingerprint }
 }
 
 /// `send_message`: a new message; the first message of a DM creates the DM.

@@ -47,7 +47,7 @@ mod views;
 use crate::error::{EngineError, OpenError};
 use crate::log::{LogConfig, LogReader};
 use crate::runtime::{Core, StateConfig};
-use crate::state_machine::{Command, Decide, DecideContext, Decision, Output, Replay};
+use crate::state_machine::{Command, Decide, DecideContext, Decision, Idempotency, Output, Replay};
 use commands::{replay_done, replay_message};
 use limits::Limits;
 use osmium_projections::query::ChatListPage;
@@ -163,14 +163,14 @@ impl ChatEngine {
 
     async fn command(
         &self,
-        idempotency_key: Option<Vec<u8>>,
+        idempotency: Option<Idempotency>,
         replay: Replay,
         decide: impl FnOnce(&mut DecideContext<'_>, &Limits) -> Result<Decision, EngineError> + Send + 'static,
     ) -> Result<Output, EngineError> {
         let limits = self.inner.limits.clone();
         let decide: Decide = Box::new(move |ctx| decide(ctx, &limits));
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.inner.core.submit(Command { idempotency_key, decide, replay, reply })?;
+        self.inner.core.submit(Command { idempotency, decide, replay, reply })?;
         answer.await.map_err(|_| EngineError::Closed)?
     }
 
@@ -251,8 +251,9 @@ impl ChatEngine {
         actor: UserId,
         request: messages::SendMessage,
     ) -> Result<messages::SentMessage, EngineError> {
-        let key = request.client_id.map(|client_id| commands::send_idempotency_key(actor, client_id));
-        let output = self.command(key, replay_message, move |ctx, limits| commands::send_message(ctx, limits, actor, &request)).await?;
+        let idempotency = request.client_id.map(|client_id| commands::send_idempotency(actor, client_id, &request));
+        let output =
+            self.command(idempotency, replay_message, move |ctx, limits| commands::send_message(ctx, limits, actor, &request)).await?;
         match output {
             Output::Message(message) => Ok(messages::SentMessage { message_id: message.get() }),
             other => Err(unexpected_output("a sent message", &other)),

@@ -49,6 +49,9 @@ use tokio::sync::{broadcast, oneshot, watch};
 pub const APPEND_EVENTS_MAX: usize = 1_024;
 /// Largest idempotency key, in bytes.
 pub const IDEMPOTENCY_KEY_MAX_BYTES: usize = 256;
+/// How long idempotency keys are remembered by default: 24 hours (a client retries within
+/// seconds or minutes; a day covers a device that was offline overnight).
+pub const IDEMPOTENCY_WINDOW_MS_DEFAULT: u64 = 24 * 60 * 60 * 1_000;
 /// Largest encoded event, in bytes (client-provided bytes are bounded far below it by
 /// the engine's `request_bytes_max`).
 pub const EVENT_BYTES_MAX: usize = 8 * 1024 * 1024;
@@ -81,6 +84,10 @@ pub struct LogConfig {
     pub writer_queue_max: usize,
     /// Committed batches kept for slow subscribers of [`LogReader::subscribe`].
     pub tail_buffer_max: usize,
+    /// How long an idempotency key is remembered, in milliseconds: a retry within it gets
+    /// the original result; after it the key is forgotten (and removed from disk by
+    /// RocksDB's compactions) and the request runs again.
+    pub idempotency_window_ms: u64,
     /// Worker id of the snowflake generator (0..=1023).
     pub snowflake_worker: u16,
     /// The clock for timestamps and ids.
@@ -95,6 +102,7 @@ impl Default for LogConfig {
             commit_batch_max: 1_024,
             writer_queue_max: 2,
             tail_buffer_max: 4_096,
+            idempotency_window_ms: IDEMPOTENCY_WINDOW_MS_DEFAULT,
             snowflake_worker: 0,
             clock: Arc::new(SystemClock),
         }
@@ -114,6 +122,20 @@ pub struct Append {
     pub events: Vec<Event>,
     /// A retry with the same key returns the original events and writes nothing.
     pub idempotency_key: Option<Vec<u8>>,
+    /// The fingerprint of the request, stored with the key (a retry with another
+    /// fingerprint is another request reusing the key; the engine refuses it).
+    pub fingerprint: Option<[u8; 16]>,
+}
+
+/// What the log knows of an earlier append with an idempotency key.
+#[derive(Clone, Debug)]
+pub struct Earlier {
+    /// Its events.
+    pub events: Vec<EventEnvelope>,
+    /// When it was recorded (unix ms), when known.
+    pub recorded_at_ms: Option<u64>,
+    /// The request's fingerprint, when one was stored.
+    pub fingerprint: Option<[u8; 16]>,
 }
 
 /// The outcome of an append.
@@ -253,12 +275,12 @@ impl EventLog {
         {
             let mut sequencer = self.sequencer.lock().map_err(|_| EngineError::Closed)?;
             if let Some(key) = &idempotency_key
-                && let Some(events) = sequencer.earlier(key)?
+                && let Some(earlier) = sequencer.earlier(key)?
             {
-                return Ok(Appended { events, deduplicated: true });
+                return Ok(Appended { events: earlier.events, deduplicated: true });
             }
             let mut batch = sequencer.batch();
-            let append = Append { stream, expected_version, actor, events, idempotency_key };
+            let append = Append { stream, expected_version, actor, events, idempotency_key, fingerprint: None };
             let events = sequencer.stage(append, self.clock.now_ms(), &mut batch)?;
             sequencer.seal(&mut batch, None)?;
             // Submitted under the lock, so that batches reach the writer in position order.

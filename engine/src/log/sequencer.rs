@@ -3,7 +3,7 @@
 //! for the writer thread. Synchronous, so that whoever appends (the engine's state
 //! machine) knows the positions at once and can fold the events before they are durable.
 
-use super::{APPEND_EVENTS_MAX, Append, EVENT_BYTES_MAX, IDEMPOTENCY_KEY_MAX_BYTES, STREAM_VERSIONS_CACHED_MAX, read};
+use super::{APPEND_EVENTS_MAX, Append, EVENT_BYTES_MAX, Earlier, IDEMPOTENCY_KEY_MAX_BYTES, STREAM_VERSIONS_CACHED_MAX, read};
 use crate::directory::column_family;
 use crate::error::EngineError;
 use crate::schema::{self, CF_IDEMKEY_POSITION, CF_META, CF_POSITION_EVENT, CF_STREAMID_VERSION_POSITION};
@@ -62,7 +62,7 @@ pub struct Sequencer {
     /// Newest version of recently appended streams (reloaded from the index on a miss).
     stream_versions: HashMap<StreamId, StreamVersion>,
     /// Idempotency keys of staged appends not yet known durable, with their events.
-    in_flight: HashMap<Vec<u8>, Vec<EventEnvelope>>,
+    in_flight: HashMap<Vec<u8>, Earlier>,
 }
 
 impl std::fmt::Debug for Sequencer {
@@ -88,24 +88,25 @@ impl Sequencer {
         LogBatch { write_batch: WriteBatch::default(), events: Vec::new(), first_position: self.next_position }
     }
 
-    /// The events of an earlier append with idempotency key `key`, if any (staged in a
-    /// batch not yet durable, or in the log).
-    pub fn earlier(&mut self, key: &[u8]) -> Result<Option<Vec<EventEnvelope>>, EngineError> {
+    /// The earlier append with idempotency key `key`, if any (staged in a batch not yet
+    /// durable, or in the log).
+    pub fn earlier(&mut self, key: &[u8]) -> Result<Option<Earlier>, EngineError> {
         let durable = Position(self.durable.load(Ordering::Acquire));
-        self.in_flight.retain(|_, events| events.last().is_some_and(|event| event.position > durable.get()));
-        if let Some(events) = self.in_flight.get(key) {
-            return Ok(Some(events.clone()));
+        self.in_flight.retain(|_, earlier| earlier.events.last().is_some_and(|event| event.position > durable.get()));
+        if let Some(earlier) = self.in_flight.get(key) {
+            return Ok(Some(earlier.clone()));
         }
         let stored = self
             .db
             .get_cf(column_family(&self.db, CF_IDEMKEY_POSITION)?, key)
             .map_err(EngineError::storage("reading an idempotency key"))?;
         let Some(value) = stored else { return Ok(None) };
-        let (first, count) = schema::parse_idempotency_value(&value).ok_or_else(|| EngineError::Corrupt {
+        let entry = schema::parse_idempotency_value(&value).ok_or_else(|| EngineError::Corrupt {
             what: "idempotency entry".into(),
-            expected: "12 bytes".into(),
+            expected: "12 or 36 bytes".into(),
             found: format!("{} bytes", value.len()),
         })?;
+        let (first, count) = (entry.first, entry.count);
         let events = read::read_events(&self.db, first, durable, count as usize)?;
         if events.len() != count as usize {
             return Err(EngineError::Corrupt {
@@ -114,7 +115,9 @@ impl Sequencer {
                 found: format!("{} events", events.len()),
             });
         }
-        Ok(Some(events))
+        // An all-zero fingerprint was stored for an append that had none.
+        let fingerprint = entry.fingerprint.filter(|fingerprint| *fingerprint != [0; 16]);
+        Ok(Some(Earlier { events, recorded_at_ms: entry.recorded_at_ms, fingerprint }))
     }
 
     fn stream_version(&mut self, stream: StreamId) -> Result<StreamVersion, EngineError> {
@@ -181,9 +184,15 @@ impl Sequencer {
         }
         let count = envelopes.len() as u32;
         if let Some(key) = append.idempotency_key {
-            let value = schema::idempotency_value(first, count);
-            batch.write_batch.put_cf(column_family(&self.db, CF_IDEMKEY_POSITION)?, &key, value);
-            self.in_flight.insert(key, envelopes.clone());
+            let entry = schema::IdempotencyEntry {
+                first,
+                count,
+                recorded_at_ms: Some(now_ms),
+                fingerprint: Some(append.fingerprint.unwrap_or_default()),
+            };
+            batch.write_batch.put_cf(column_family(&self.db, CF_IDEMKEY_POSITION)?, &key, schema::idempotency_value(&entry));
+            let earlier = Earlier { events: envelopes.clone(), recorded_at_ms: Some(now_ms), fingerprint: append.fingerprint };
+            self.in_flight.insert(key, earlier);
         }
         self.stream_versions.insert(append.stream, StreamVersion(found.get() + u64::from(count)));
         self.next_position = Position(first.get() + u64::from(count));
