@@ -34,6 +34,37 @@ impl Appended {
     }
 }
 
+/// The replication of the log's stream, as its leader sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Replication {
+    /// The server name of the stream's leader (`None` during an election).
+    pub leader: Option<String>,
+    /// The other replicas.
+    pub followers: Vec<Follower>,
+    /// The log's last position.
+    pub last_position: Position,
+}
+
+impl Replication {
+    /// Whether there is a leader and every follower is online and current.
+    pub fn all_current(&self) -> bool {
+        self.leader.is_some() && self.followers.iter().all(|follower| follower.current && !follower.offline)
+    }
+}
+
+/// One follower of the log's stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Follower {
+    /// Its server name.
+    pub name: String,
+    /// Whether it has every committed record.
+    pub current: bool,
+    /// Whether the group considers it offline.
+    pub offline: bool,
+    /// Operations it is behind the leader.
+    pub lag: u64,
+}
+
 /// An idempotency record: the messages of `<prefix>.idem.<sha256 of key>` in the
 /// `<stream>_IDEM` stream. The claim is written with expected last subject sequence 0 (the
 /// first writer wins), the outcome with the claim's sequence.
@@ -198,6 +229,21 @@ impl JetStreamLog {
             records.push(self.inner.decode(&message)?);
         }
         Ok(records)
+    }
+
+    /// Who leads the log's stream and how current its followers are (from `STREAM.INFO`,
+    /// answered by the leader; retried while there is none, up to
+    /// `unavailable_retry_max_ms`).
+    pub async fn replication(&self) -> Result<Replication, LogError> {
+        let info = self.inner.js.info(&self.inner.config.stream_name).await?;
+        let info = info.ok_or_else(|| LogError::Config(format!("stream {} is gone", self.inner.config.stream_name)))?;
+        let cluster = info.cluster.unwrap_or_default();
+        let followers = cluster
+            .replicas
+            .into_iter()
+            .map(|peer| Follower { name: peer.name, current: peer.current, offline: peer.offline, lag: peer.lag.unwrap_or(0) })
+            .collect();
+        Ok(Replication { leader: cluster.leader, followers, last_position: Position(info.state.last_sequence) })
     }
 
     /// Every record from position `from` (inclusive) on, in position order, then each new
