@@ -111,6 +111,7 @@ for i in $(seq 1 $NODES); do
 server_name: n$i
 listen: 127.0.0.1:$((client_port + i - 1))
 http: 127.0.0.1:$((client_port + 4000 + i - 1))
+max_payload: 8388608
 jetstream {
   store_dir: "$dir/n$i"
 }

@@ -74,7 +74,10 @@ impl Default for JetStreamLogConfig {
 impl JetStreamLogConfig {
     /// The default settings on these servers.
     pub fn with_servers(servers: Vec<String>) -> Self {
-        JetStreamLogConfig { servers, ..JetStreamLogConfig::default() }
+        JetStreamLogConfig {
+            servers,
+            ..JetStreamLogConfig::default()
+        }
     }
 
     /// The idempotency records' stream.
@@ -87,26 +90,86 @@ impl JetStreamLogConfig {
         if self.servers.is_empty() {
             return fail("no server given".to_owned());
         }
-        let name_ok = |name: &str| !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        let name_ok = |name: &str| {
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        };
         if !name_ok(&self.stream_name) {
-            return fail(format!("stream_name {:?}: use letters, digits, '_' and '-'", self.stream_name));
+            return fail(format!(
+                "stream_name {:?}: use letters, digits, '_' and '-'",
+                self.stream_name
+            ));
         }
         if !name_ok(&self.subject_prefix) {
-            return fail(format!("subject_prefix {:?}: use one token of letters, digits, '_' and '-'", self.subject_prefix));
+            return fail(format!(
+                "subject_prefix {:?}: use one token of letters, digits, '_' and '-'",
+                self.subject_prefix
+            ));
         }
         if self.replicas == 0 || self.replicas > 5 {
-            return fail(format!("replicas {}: JetStream allows 1 to 5", self.replicas));
+            return fail(format!(
+                "replicas {}: JetStream allows 1 to 5",
+                self.replicas
+            ));
         }
-        if self.request_timeout_ms == 0 || self.acks_in_flight_max == 0 || self.read_gets_in_flight_max == 0 || self.tail_buffer_records_max == 0 {
+        if self.request_timeout_ms == 0
+            || self.acks_in_flight_max == 0
+            || self.read_gets_in_flight_max == 0
+            || self.tail_buffer_records_max == 0
+        {
             return fail("request_timeout_ms, acks_in_flight_max, read_gets_in_flight_max and tail_buffer_records_max must be above 0".to_owned());
         }
-        if self.duplicate_window_ms <= self.unavailable_retry_max_ms.saturating_add(self.request_timeout_ms) {
+        if self.duplicate_window_ms
+            <= self
+                .unavailable_retry_max_ms
+                .saturating_add(self.request_timeout_ms)
+        {
             return fail(format!(
                 "duplicate_window_ms ({}) must exceed unavailable_retry_max_ms + request_timeout_ms ({}): every retry of one append must fall inside the window",
                 self.duplicate_window_ms,
-                self.unavailable_retry_max_ms.saturating_add(self.request_timeout_ms)
+                self.unavailable_retry_max_ms
+                    .saturating_add(self.request_timeout_ms)
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_duplicate_window_must_cover_every_retry_of_one_append() {
+        let mut config = JetStreamLogConfig::default();
+        assert!(config.validate().is_ok());
+        config.duplicate_window_ms = config.unavailable_retry_max_ms + config.request_timeout_ms;
+        let error = config.validate().unwrap_err();
+        assert!(
+            matches!(&error, LogError::Config(reason) if reason.contains("duplicate_window_ms")),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn names_that_are_not_one_subject_token_are_refused() {
+        for (stream_name, subject_prefix) in [
+            ("OSMIUM.LOG", "osmium"),
+            ("OSMIUM_LOG", "osmium.chat"),
+            ("", "osmium"),
+            ("OSMIUM_LOG", "a*"),
+        ] {
+            let config = JetStreamLogConfig {
+                stream_name: stream_name.to_owned(),
+                subject_prefix: subject_prefix.to_owned(),
+                ..JetStreamLogConfig::default()
+            };
+            assert!(
+                matches!(config.validate(), Err(LogError::Config(_))),
+                "{stream_name:?} {subject_prefix:?}"
+            );
+        }
     }
 }

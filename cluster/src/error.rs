@@ -30,7 +30,9 @@ pub enum LogError {
     },
     /// The idempotency key was first used for an append to another stream: a caller's bug
     /// (a key names one append). Nothing was written.
-    #[error("idempotency key already used for an append to {original_stream} (at position {original_position})")]
+    #[error(
+        "idempotency key already used for an append to {original_stream} (at position {original_position})"
+    )]
     Duplicate {
         /// The stream of the append that used the key first.
         original_stream: StreamId,

@@ -27,9 +27,12 @@ mod nats;
 mod record;
 mod tail;
 
-pub use config::{APPEND_EVENTS_MAX, IDEMPOTENCY_KEY_MAX_BYTES, IDEMPOTENCY_SCAN_RECORDS_MAX, JetStreamLogConfig, READ_RECORDS_MAX, RETRY_BACKOFF_MIN_MS};
+pub use config::{
+    APPEND_EVENTS_MAX, IDEMPOTENCY_KEY_MAX_BYTES, IDEMPOTENCY_SCAN_RECORDS_MAX, JetStreamLogConfig,
+    READ_RECORDS_MAX, RETRY_BACKOFF_MIN_MS,
+};
 pub use error::LogError;
-pub use local::{ClusterError, LocalCluster, NATS_READY_TIMEOUT_MS};
+pub use local::{ClusterError, LocalCluster, MAX_PAYLOAD_BYTES, NATS_READY_TIMEOUT_MS};
 pub use log::{Appended, Follower, JetStreamLog, Replication};
 pub use record::{EventBatch, ExpectedLast, Record};
 pub use tail::{TAIL_PULL_EXPIRES_MS, Tail};

@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 
 /// Longest wait for a started node to accept connections, in milliseconds.
 pub const NATS_READY_TIMEOUT_MS: u64 = 20_000;
+/// NATS' largest message, in bytes (its default is 1 MiB): a record holds a whole append,
+/// and the engine bounds one event at 8 MiB (`EVENT_BYTES_MAX`).
+pub const MAX_PAYLOAD_BYTES: usize = 8 * 1024 * 1024;
 /// Bytes of a node's log quoted in an error.
 const LOG_QUOTE_BYTES_MAX: u64 = 4_096;
 
@@ -19,9 +22,12 @@ const LOG_QUOTE_BYTES_MAX: u64 = 4_096;
 pub enum ClusterError {
     /// No `nats-server` binary.
     #[error(
-        "nats-server not found (looked at $NATS_SERVER, PATH, /usr/sbin and /usr/local/bin). Install it: `bash scripts/ensure-nats-server.sh` (as root or with password-less sudo), or `sudo apt-get install nats-server`, or set NATS_SERVER to its path"
+        "nats-server not found ({looked}). Install it: `bash scripts/ensure-nats-server.sh` (as root or with password-less sudo), or `sudo apt-get install nats-server`, or set NATS_SERVER to its path"
     )]
-    NotInstalled,
+    NotInstalled {
+        /// Where it was looked for.
+        looked: String,
+    },
     /// A file or process operation failed.
     #[error("{what}: {source}")]
     Io {
@@ -68,14 +74,25 @@ impl LocalCluster {
     /// `/usr/local/bin` (Debian installs it in `/usr/sbin`, not on a user's `PATH`).
     pub fn nats_server_binary() -> Result<PathBuf, ClusterError> {
         if let Some(path) = std::env::var_os("NATS_SERVER") {
-            return Ok(PathBuf::from(path));
+            let path = PathBuf::from(path);
+            return if path.is_file() {
+                Ok(path)
+            } else {
+                Err(ClusterError::NotInstalled {
+                    looked: format!("NATS_SERVER={} is not a file", path.display()),
+                })
+            };
         }
-        let on_path = std::env::var_os("PATH").into_iter().flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>());
+        let on_path = std::env::var_os("PATH")
+            .into_iter()
+            .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>());
         on_path
             .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/bin")])
             .map(|dir| dir.join("nats-server"))
             .find(|candidate| candidate.is_file())
-            .ok_or(ClusterError::NotInstalled)
+            .ok_or_else(|| ClusterError::NotInstalled {
+                looked: "looked on PATH, in /usr/sbin and /usr/local/bin".to_owned(),
+            })
     }
 
     /// Starts `nodes` clustered nodes (named `n1`, `n2`, ...) on free loopback ports, each
@@ -84,7 +101,10 @@ impl LocalCluster {
     /// waits for that.
     pub fn start(nodes: usize) -> Result<LocalCluster, ClusterError> {
         let binary = Self::nats_server_binary()?;
-        let dir = tempfile::Builder::new().prefix("osmium-nats-").tempdir().map_err(io_error("create a temporary directory"))?;
+        let dir = tempfile::Builder::new()
+            .prefix("osmium-nats-")
+            .tempdir()
+            .map_err(io_error("create a temporary directory"))?;
         // Hold every listener until all ports are chosen, so that no two are the same.
         let mut listeners = Vec::with_capacity(nodes * 2);
         for _ in 0..nodes * 2 {
@@ -92,27 +112,48 @@ impl LocalCluster {
         }
         let mut ports = Vec::with_capacity(listeners.len());
         for listener in &listeners {
-            ports.push(listener.local_addr().map_err(io_error("find a free port"))?.port());
+            ports.push(
+                listener
+                    .local_addr()
+                    .map_err(io_error("find a free port"))?
+                    .port(),
+            );
         }
         drop(listeners);
         let cluster_ports: Vec<u16> = ports[nodes..].to_vec();
-        let mut cluster = LocalCluster { binary, nodes: Vec::with_capacity(nodes), dir };
+        let mut cluster = LocalCluster {
+            binary,
+            nodes: Vec::with_capacity(nodes),
+            dir,
+        };
         for index in 0..nodes {
             let name = format!("n{}", index + 1);
-            let routes: Vec<String> =
-                cluster_ports.iter().enumerate().filter(|(other, _)| *other != index).map(|(_, port)| format!("nats-route://127.0.0.1:{port}")).collect();
+            let routes: Vec<String> = cluster_ports
+                .iter()
+                .enumerate()
+                .filter(|(other, _)| *other != index)
+                .map(|(_, port)| format!("nats-route://127.0.0.1:{port}"))
+                .collect();
             let store = cluster.dir.path().join(&name);
             let config = format!(
-                "server_name: {name}\nlisten: 127.0.0.1:{client}\njetstream {{\n  store_dir: \"{store}\"\n  max_memory_store: 268435456\n  max_file_store: 4294967296\n}}\ncluster {{\n  name: osmium-local\n  listen: 127.0.0.1:{cluster_port}\n  routes: [{routes}]\n}}\n",
+                "server_name: {name}\nlisten: 127.0.0.1:{client}\nmax_payload: {max_payload}\njetstream {{\n  store_dir: \"{store}\"\n  max_memory_store: 268435456\n  max_file_store: 4294967296\n}}\ncluster {{\n  name: osmium-local\n  listen: 127.0.0.1:{cluster_port}\n  routes: [{routes}]\n}}\n",
                 client = ports[index],
+                max_payload = MAX_PAYLOAD_BYTES,
                 store = store.display(),
                 cluster_port = cluster_ports[index],
                 routes = routes.join(", "),
             );
             let config_path = cluster.dir.path().join(format!("{name}.conf"));
-            fs::write(&config_path, config).map_err(io_error(format!("write {}", config_path.display())))?;
+            fs::write(&config_path, config)
+                .map_err(io_error(format!("write {}", config_path.display())))?;
             let log = cluster.dir.path().join(format!("{name}.log"));
-            cluster.nodes.push(Node { name, client_port: ports[index], config: config_path, log, child: None });
+            cluster.nodes.push(Node {
+                name,
+                client_port: ports[index],
+                config: config_path,
+                log,
+                child: None,
+            });
         }
         for index in 0..nodes {
             cluster.spawn(index)?;
@@ -125,7 +166,10 @@ impl LocalCluster {
 
     /// Every node's client URL (`nats://127.0.0.1:PORT`), in node order.
     pub fn urls(&self) -> Vec<String> {
-        self.nodes.iter().map(|node| format!("nats://127.0.0.1:{}", node.client_port)).collect()
+        self.nodes
+            .iter()
+            .map(|node| format!("nats://127.0.0.1:{}", node.client_port))
+            .collect()
     }
 
     /// Node names (`n1`, ...), in node order: the server names JetStream reports.
@@ -163,27 +207,40 @@ impl LocalCluster {
 
     /// Whether node `index` runs (was started and not killed).
     pub fn is_running(&self, index: usize) -> bool {
-        self.nodes.get(index).is_some_and(|node| node.child.is_some())
+        self.nodes
+            .get(index)
+            .is_some_and(|node| node.child.is_some())
     }
 
     /// The end of node `index`'s log (for failure messages).
     pub fn log_tail(&self, index: usize) -> String {
-        self.nodes.get(index).map_or_else(String::new, |node| quote_log(&node.log))
+        self.nodes
+            .get(index)
+            .map_or_else(String::new, |node| quote_log(&node.log))
     }
 
     fn node_mut(&mut self, index: usize) -> Result<&mut Node, ClusterError> {
         let nodes = self.nodes.len();
         self.nodes.get_mut(index).ok_or_else(|| ClusterError::Io {
             what: format!("node {index}"),
-            source: io::Error::new(io::ErrorKind::NotFound, format!("the cluster has {nodes} nodes")),
+            source: io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("the cluster has {nodes} nodes"),
+            ),
         })
     }
 
     fn spawn(&mut self, index: usize) -> Result<(), ClusterError> {
         let binary = self.binary.clone();
         let node = self.node_mut(index)?;
-        let log = OpenOptions::new().create(true).append(true).open(&node.log).map_err(io_error(format!("open {}", node.log.display())))?;
-        let log_err = log.try_clone().map_err(io_error("duplicate a log handle"))?;
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)
+            .map_err(io_error(format!("open {}", node.log.display())))?;
+        let log_err = log
+            .try_clone()
+            .map_err(io_error("duplicate a log handle"))?;
         let child = Command::new(&binary)
             .arg("--config")
             .arg(&node.config)
@@ -191,7 +248,11 @@ impl LocalCluster {
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log_err))
             .spawn()
-            .map_err(io_error(format!("start {} ({})", node.name, binary.display())))?;
+            .map_err(io_error(format!(
+                "start {} ({})",
+                node.name,
+                binary.display()
+            )))?;
         node.child = Some(child);
         Ok(())
     }
@@ -205,7 +266,10 @@ impl LocalCluster {
                 && let Ok(Some(status)) = child.try_wait()
             {
                 node.child = None;
-                return Err(ClusterError::NotReady { node: node.name.clone(), detail: format!("exited ({status}):\n{}", quote_log(&node.log)) });
+                return Err(ClusterError::NotReady {
+                    node: node.name.clone(),
+                    detail: format!("exited ({status}):\n{}", quote_log(&node.log)),
+                });
             }
             if TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_ok() {
                 return Ok(());
@@ -213,7 +277,10 @@ impl LocalCluster {
             if Instant::now() >= deadline {
                 return Err(ClusterError::NotReady {
                     node: node.name.clone(),
-                    detail: format!("not listening on {address} after {NATS_READY_TIMEOUT_MS} ms:\n{}", quote_log(&node.log)),
+                    detail: format!(
+                        "not listening on {address} after {NATS_READY_TIMEOUT_MS} ms:\n{}",
+                        quote_log(&node.log)
+                    ),
                 });
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -233,7 +300,9 @@ impl Drop for LocalCluster {
 }
 
 fn quote_log(path: &Path) -> String {
-    let Ok(mut file) = File::open(path) else { return format!("(no log at {})", path.display()) };
+    let Ok(mut file) = File::open(path) else {
+        return format!("(no log at {})", path.display());
+    };
     let length = file.metadata().map_or(0, |metadata| metadata.len());
     let _ = file.seek(SeekFrom::Start(length.saturating_sub(LOG_QUOTE_BYTES_MAX)));
     let mut text = String::new();

@@ -80,12 +80,18 @@ impl Js {
         Js {
             context,
             retry_max: Duration::from_millis(config.unavailable_retry_max_ms),
-            backoff_max: Duration::from_millis(config.retry_backoff_max_ms.max(RETRY_BACKOFF_MIN_MS)),
+            backoff_max: Duration::from_millis(
+                config.retry_backoff_max_ms.max(RETRY_BACKOFF_MIN_MS),
+            ),
         }
     }
 
     /// Runs `attempt` until it succeeds or fails, retrying for at most `retry_max` in all.
-    pub(crate) async fn retrying<T, E, F, Fut>(&self, operation: &'static str, mut attempt: F) -> Result<T, E>
+    pub(crate) async fn retrying<T, E, F, Fut>(
+        &self,
+        operation: &'static str,
+        mut attempt: F,
+    ) -> Result<T, E>
     where
         E: From<LogError>,
         F: FnMut() -> Fut,
@@ -112,9 +118,17 @@ impl Js {
     /// Publishes `payload` to `subject` with `Nats-Msg-Id: msg_id` and, when given,
     /// `Nats-Expected-Last-Subject-Sequence`; retried with the same headers (so stored
     /// once, inside the duplicate window) while the stream has no leader or no answer comes.
-    pub(crate) async fn publish(&self, subject: &str, msg_id: &str, expected_last: Option<u64>, payload: Bytes) -> Result<Stored, Refused> {
+    pub(crate) async fn publish(
+        &self,
+        subject: &str,
+        msg_id: &str,
+        expected_last: Option<u64>,
+        payload: Bytes,
+    ) -> Result<Stored, Refused> {
         self.retrying("publish", || {
-            let mut message = PublishMessage::build().payload(payload.clone()).message_id(msg_id);
+            let mut message = PublishMessage::build()
+                .payload(payload.clone())
+                .message_id(msg_id);
             if let Some(sequence) = expected_last {
                 message = message.expected_last_subject_sequence(sequence);
             }
@@ -125,7 +139,10 @@ impl Js {
                     Err(error) => Err(error),
                 };
                 match ack {
-                    Ok(ack) => Ok(Stored { sequence: ack.sequence, duplicate: ack.duplicate }),
+                    Ok(ack) => Ok(Stored {
+                        sequence: ack.sequence,
+                        duplicate: ack.duplicate,
+                    }),
                     Err(error) => Err(classify_publish(&error)),
                 }
             }
@@ -135,15 +152,32 @@ impl Js {
 
     /// `STREAM.MSG.GET` (answered by the stream's leader, so it sees every acknowledged
     /// publish): `None` when there is no such message.
-    pub(crate) async fn get(&self, stream_name: &str, request: serde_json::Value) -> Result<Option<StreamMessage>, LogError> {
+    pub(crate) async fn get(
+        &self,
+        stream_name: &str,
+        request: serde_json::Value,
+    ) -> Result<Option<StreamMessage>, LogError> {
         let subject = format!("STREAM.MSG.GET.{stream_name}");
         self.retrying("get a record", || async {
-            let response: Response<GetResponse> = self.context.request(subject.clone(), &request).await.map_err(|error| classify_request(&error))?;
+            let response: Response<GetResponse> = self
+                .context
+                .request(subject.clone(), &request)
+                .await
+                .map_err(|error| classify_request(&error))?;
             match response {
-                Response::Ok(found) => StreamMessage::try_from(found.message)
-                    .map(Some)
-                    .map_err(|error| Attempt::Fail(LogError::Server { operation: "get a record", detail: format!("undecodable answer: {error}") })),
-                Response::Err { error } if error.error_code().0 == NO_MESSAGE_FOUND_ERROR_CODE => Ok(None),
+                Response::Ok(found) => {
+                    StreamMessage::try_from(found.message)
+                        .map(Some)
+                        .map_err(|error| {
+                            Attempt::Fail(LogError::Server {
+                                operation: "get a record",
+                                detail: format!("undecodable answer: {error}"),
+                            })
+                        })
+                }
+                Response::Err { error } if error.error_code().0 == NO_MESSAGE_FOUND_ERROR_CODE => {
+                    Ok(None)
+                }
                 Response::Err { error } => Err(classify_api("get a record", &error)),
             }
         })
@@ -152,22 +186,41 @@ impl Js {
 
     /// `STREAM.INFO`; `None` when the stream does not exist.
     pub(crate) async fn info(&self, stream_name: &str) -> Result<Option<Info>, LogError> {
+        self.retrying("stream info", || self.info_once(stream_name))
+            .await
+    }
+
+    /// `STREAM.INFO` once.
+    pub(crate) async fn info_once(
+        &self,
+        stream_name: &str,
+    ) -> Result<Option<Info>, Attempt<LogError>> {
         let subject = format!("STREAM.INFO.{stream_name}");
-        self.retrying("stream info", || async {
-            let response: Response<Info> = self.context.request(subject.clone(), &()).await.map_err(|error| classify_request(&error))?;
-            match response {
-                Response::Ok(info) => Ok(Some(info)),
-                Response::Err { error } if error.error_code().0 == STREAM_NOT_FOUND_ERROR_CODE => Ok(None),
-                Response::Err { error } => Err(classify_api("stream info", &error)),
+        let response: Response<Info> = self
+            .context
+            .request(subject, &())
+            .await
+            .map_err(|error| classify_request(&error))?;
+        match response {
+            Response::Ok(info) => Ok(Some(info)),
+            Response::Err { error } if error.error_code().0 == STREAM_NOT_FOUND_ERROR_CODE => {
+                Ok(None)
             }
-        })
-        .await
+            Response::Err { error } => Err(classify_api("stream info", &error)),
+        }
     }
 
     /// `STREAM.CREATE` once (no retry: the caller looks again and decides).
-    pub(crate) async fn create(&self, config: &jetstream::stream::Config) -> Result<Info, Attempt<LogError>> {
+    pub(crate) async fn create(
+        &self,
+        config: &jetstream::stream::Config,
+    ) -> Result<Info, Attempt<LogError>> {
         let subject = format!("STREAM.CREATE.{}", config.name);
-        let response: Response<Info> = self.context.request(subject, config).await.map_err(|error| classify_request(&error))?;
+        let response: Response<Info> = self
+            .context
+            .request(subject, config)
+            .await
+            .map_err(|error| classify_request(&error))?;
         match response {
             Response::Ok(info) => Ok(info),
             Response::Err { error } => Err(classify_api("create the stream", &error)),
@@ -177,19 +230,36 @@ impl Js {
 
 /// The `Nats-Msg-Id` of a stored message.
 pub(crate) fn msg_id(headers: &HeaderMap) -> Option<&str> {
-    headers.get(async_nats::header::NATS_MESSAGE_ID).map(|value| value.as_str())
+    headers
+        .get(async_nats::header::NATS_MESSAGE_ID)
+        .map(|value| value.as_str())
 }
 
 fn classify_publish(error: &jetstream::context::PublishError) -> Attempt<Refused> {
     match error.kind() {
-        PublishErrorKind::WrongLastSequence => Attempt::Fail(Refused::WrongLast { found: found_sequence(&error.to_string()) }),
+        PublishErrorKind::WrongLastSequence => Attempt::Fail(Refused::WrongLast {
+            found: found_sequence(&error.to_string()),
+        }),
         // No responders: nobody listens on the subject, which in a cluster means the
         // stream has no leader right now (the stream exists: `open` made sure).
-        PublishErrorKind::StreamNotFound => Attempt::Retry("no responders (no stream leader)".to_owned()),
-        PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe | PublishErrorKind::MaxAckPending => Attempt::Retry(error.to_string()),
-        PublishErrorKind::MaxPayloadExceeded => Attempt::Fail(Refused::Failed(LogError::InvalidAppend(format!("record too large: {error}")))),
-        PublishErrorKind::WrongLastMessageId | PublishErrorKind::Other => match error.source().and_then(|source| source.downcast_ref::<jetstream::Error>()) {
-            Some(api) if api.error_code().0 == WRONG_LAST_SEQUENCE_ERROR_CODE => Attempt::Fail(Refused::WrongLast { found: found_sequence(&api.to_string()) }),
+        PublishErrorKind::StreamNotFound => {
+            Attempt::Retry("no responders (no stream leader)".to_owned())
+        }
+        PublishErrorKind::TimedOut
+        | PublishErrorKind::BrokenPipe
+        | PublishErrorKind::MaxAckPending => Attempt::Retry(error.to_string()),
+        PublishErrorKind::MaxPayloadExceeded => Attempt::Fail(Refused::Failed(
+            LogError::InvalidAppend(format!("record too large: {error}")),
+        )),
+        PublishErrorKind::WrongLastMessageId | PublishErrorKind::Other => match error
+            .source()
+            .and_then(|source| source.downcast_ref::<jetstream::Error>())
+        {
+            Some(api) if api.error_code().0 == WRONG_LAST_SEQUENCE_ERROR_CODE => {
+                Attempt::Fail(Refused::WrongLast {
+                    found: found_sequence(&api.to_string()),
+                })
+            }
             Some(api) => match classify_api("publish", api) {
                 Attempt::Retry(detail) => Attempt::Retry(detail),
                 Attempt::Fail(failure) => Attempt::Fail(Refused::Failed(failure)),
@@ -203,22 +273,32 @@ fn classify_publish(error: &jetstream::context::PublishError) -> Attempt<Refused
 fn classify_request(error: &jetstream::context::RequestError) -> Attempt<LogError> {
     match error.kind() {
         // No answer, nobody listening (no leader), or the connection went away under the request.
-        RequestErrorKind::TimedOut | RequestErrorKind::NoResponders | RequestErrorKind::Other => Attempt::Retry(error.to_string()),
-        RequestErrorKind::InvalidSubject => Attempt::Fail(LogError::Server { operation: "request", detail: error.to_string() }),
+        RequestErrorKind::TimedOut | RequestErrorKind::NoResponders | RequestErrorKind::Other => {
+            Attempt::Retry(error.to_string())
+        }
+        RequestErrorKind::InvalidSubject => Attempt::Fail(LogError::Server {
+            operation: "request",
+            detail: error.to_string(),
+        }),
     }
 }
 
 fn classify_api(operation: &'static str, error: &jetstream::Error) -> Attempt<LogError> {
-    if error.code() == UNAVAILABLE_STATUS || error.error_code().0 == CLUSTER_NOT_AVAILABLE_ERROR_CODE {
+    if error.code() == UNAVAILABLE_STATUS
+        || error.error_code().0 == CLUSTER_NOT_AVAILABLE_ERROR_CODE
+    {
         Attempt::Retry(error.to_string())
     } else {
-        Attempt::Fail(LogError::Server { operation, detail: error.to_string() })
+        Attempt::Fail(LogError::Server {
+            operation,
+            detail: error.to_string(),
+        })
     }
 }
 
 /// The sequence in JetStream's "wrong last sequence: N" (error 10071).
 fn found_sequence(message: &str) -> Option<u64> {
-    let (_, rest) = message.split_once("wrong last sequence: ")?;
+    let (_, rest) = message.rsplit_once("wrong last sequence: ")?;
     let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
     digits.parse().ok()
 }
@@ -229,7 +309,12 @@ mod tests {
 
     #[test]
     fn the_found_sequence_is_read_from_the_servers_message() {
-        assert_eq!(found_sequence("wrong last sequence: wrong last sequence: 17 (code 400, error code 10071)"), Some(17));
+        assert_eq!(
+            found_sequence(
+                "wrong last sequence: wrong last sequence: 17 (code 400, error code 10071)"
+            ),
+            Some(17)
+        );
         assert_eq!(found_sequence("wrong last sequence: 0"), Some(0));
         assert_eq!(found_sequence("wrong last sequence"), None);
     }

@@ -36,7 +36,11 @@ impl ExpectedLast {
     /// The expectation that a stream whose last record is at `last` meets
     /// (`NoStream` for [`Position::ZERO`]).
     pub fn at(last: Position) -> ExpectedLast {
-        if last == Position::ZERO { ExpectedLast::NoStream } else { ExpectedLast::At(last) }
+        if last == Position::ZERO {
+            ExpectedLast::NoStream
+        } else {
+            ExpectedLast::At(last)
+        }
     }
 }
 
@@ -84,7 +88,9 @@ pub(crate) struct Subjects {
 
 impl Subjects {
     pub(crate) fn new(prefix: &str) -> Subjects {
-        Subjects { prefix: prefix.to_owned() }
+        Subjects {
+            prefix: prefix.to_owned(),
+        }
     }
 
     /// `<prefix>.chat.<id>` or `<prefix>.user.<id>`.
@@ -97,7 +103,10 @@ impl Subjects {
 
     /// The log stream's subjects.
     pub(crate) fn log_filters(&self) -> Vec<String> {
-        vec![format!("{}.chat.*", self.prefix), format!("{}.user.*", self.prefix)]
+        vec![
+            format!("{}.chat.*", self.prefix),
+            format!("{}.user.*", self.prefix),
+        ]
     }
 
     /// The idempotency stream's subjects.
@@ -112,7 +121,9 @@ impl Subjects {
 
     /// Inverse of [`Self::stream`]; `None` for any other subject.
     pub(crate) fn parse_stream(&self, subject: &str) -> Option<StreamId> {
-        let rest = subject.strip_prefix(self.prefix.as_str())?.strip_prefix('.')?;
+        let rest = subject
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix('.')?;
         let (kind, id) = rest.split_once('.')?;
         let id: u64 = id.parse().ok()?;
         match kind {
@@ -143,19 +154,30 @@ pub(crate) fn stream_ref(stream: StreamId) -> StreamRef {
         StreamId::Chat(chat) => stream_ref::Stream::ChatId(chat.get()),
         StreamId::User(user) => stream_ref::Stream::UserId(user.get()),
     };
-    StreamRef { stream: Some(stream) }
+    StreamRef {
+        stream: Some(stream),
+    }
 }
 
 /// The message body of an append.
 pub(crate) fn encode(events: &[EventEnvelope]) -> Bytes {
-    let batch = EventBatch { events: events.to_vec() };
+    let batch = EventBatch {
+        events: events.to_vec(),
+    };
     Bytes::from(batch.encode_to_vec())
 }
 
 /// The record stored at `position` on `subject` with body `payload`.
-pub(crate) fn decode(subjects: &Subjects, position: Position, subject: &str, payload: &[u8]) -> Result<Record, LogError> {
+pub(crate) fn decode(
+    subjects: &Subjects,
+    position: Position,
+    subject: &str,
+    payload: &[u8],
+) -> Result<Record, LogError> {
     let fail = |detail: String| LogError::Decode { position, detail };
-    let stream = subjects.parse_stream(subject).ok_or_else(|| fail(format!("subject {subject:?} names no chat or user stream")))?;
+    let stream = subjects
+        .parse_stream(subject)
+        .ok_or_else(|| fail(format!("subject {subject:?} names no chat or user stream")))?;
     let batch = EventBatch::decode(payload).map_err(|err| fail(format!("protobuf: {err}")))?;
     if batch.events.is_empty() {
         return Err(fail("no event".to_owned()));
@@ -164,14 +186,23 @@ pub(crate) fn decode(subjects: &Subjects, position: Position, subject: &str, pay
     let mut events = batch.events;
     for (index, event) in events.iter_mut().enumerate() {
         if event.stream.as_ref() != Some(&expected_ref) {
-            return Err(fail(format!("event {index} names stream {:?}, the subject {subject}", event.stream)));
+            return Err(fail(format!(
+                "event {index} names stream {:?}, the subject {subject}",
+                event.stream
+            )));
         }
         if event.event.is_none() {
-            return Err(fail(format!("event {index} has no kind (written by a newer version?)")));
+            return Err(fail(format!(
+                "event {index} has no kind (written by a newer version?)"
+            )));
         }
         event.position = position.get();
     }
-    Ok(Record { position, stream, events })
+    Ok(Record {
+        position,
+        stream,
+        events,
+    })
 }
 
 #[cfg(test)]
@@ -215,13 +246,34 @@ mod tests {
         assert_eq!(record.events.len(), 2);
         assert!(record.events.iter().all(|event| event.position == 12));
         let wrong_subject = decode(&subjects, Position(12), "osm.chat.4", &bytes).unwrap_err();
-        assert!(matches!(wrong_subject, LogError::Decode { position: Position(12), .. }), "{wrong_subject}");
+        assert!(
+            matches!(
+                wrong_subject,
+                LogError::Decode {
+                    position: Position(12),
+                    ..
+                }
+            ),
+            "{wrong_subject}"
+        );
         let garbage = decode(&subjects, Position(13), "osm.chat.3", &[0xff, 0xff]).unwrap_err();
-        assert!(matches!(garbage, LogError::Decode { position: Position(13), .. }), "{garbage}");
+        assert!(
+            matches!(
+                garbage,
+                LogError::Decode {
+                    position: Position(13),
+                    ..
+                }
+            ),
+            "{garbage}"
+        );
     }
 
     #[test]
     fn key_hash_is_sha256_hex() {
-        assert_eq!(key_hash(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            key_hash(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 }

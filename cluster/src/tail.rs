@@ -53,17 +53,29 @@ impl Stream for Tail {
 /// Follows the stream from `next` with an ordered consumer (no acknowledgements, one
 /// replica, in memory: recreated by the client when it sees a gap or misses heartbeats),
 /// and recreates it from the next undelivered position whenever it fails or ends.
-async fn follow(inner: Arc<Inner>, mut next: Position, sender: mpsc::Sender<Result<Record, LogError>>) {
+async fn follow(
+    inner: Arc<Inner>,
+    mut next: Position,
+    sender: mpsc::Sender<Result<Record, LogError>>,
+) {
     let stream_name = inner.config.stream_name.clone();
-    let backoff_max = Duration::from_millis(inner.config.retry_backoff_max_ms.max(RETRY_BACKOFF_MIN_MS));
+    let backoff_max =
+        Duration::from_millis(inner.config.retry_backoff_max_ms.max(RETRY_BACKOFF_MIN_MS));
     let mut backoff = Duration::from_millis(RETRY_BACKOFF_MIN_MS);
     loop {
         let config = pull::OrderedConfig {
-            deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: next.get() },
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: next.get(),
+            },
             max_expires: Duration::from_millis(TAIL_PULL_EXPIRES_MS),
             ..pull::OrderedConfig::default()
         };
-        let messages = match inner.js.context.create_consumer_on_stream(config, stream_name.as_str()).await {
+        let messages = match inner
+            .js
+            .context
+            .create_consumer_on_stream(config, stream_name.as_str())
+            .await
+        {
             Ok(consumer) => consumer.messages().await.map_err(|err| err.to_string()),
             Err(err) => Err(err.to_string()),
         };
@@ -96,7 +108,12 @@ async fn follow(inner: Arc<Inner>, mut next: Position, sender: mpsc::Sender<Resu
                     tracing::warn!(%next, sequence, "tail: position skipped by the consumer; recreating from the missing one");
                     break;
                 }
-                let record = crate::record::decode(&inner.subjects, next, message.subject.as_str(), &message.payload);
+                let record = crate::record::decode(
+                    &inner.subjects,
+                    next,
+                    message.subject.as_str(),
+                    &message.payload,
+                );
                 if sender.send(record).await.is_err() {
                     return;
                 }

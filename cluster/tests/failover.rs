@@ -1,5 +1,6 @@
 //! Nodes killed under load: nothing acknowledged is lost or doubled, positions stay
 //! gapless, and appends are unavailable only while the stream elects a new leader.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
@@ -38,7 +39,12 @@ struct Acknowledged {
 /// unavailable are retried by this caller with the same key (bounded by
 /// [`LEADER_FAILOVER_MAX_MS`]); an unkeyed append must never fail (the log retries it with
 /// the same `Nats-Msg-Id`).
-async fn appender(log: JetStreamLog, task: u64, keyed: bool, stop: Arc<AtomicBool>) -> Acknowledged {
+async fn appender(
+    log: JetStreamLog,
+    task: u64,
+    keyed: bool,
+    stop: Arc<AtomicBool>,
+) -> Acknowledged {
     let mut acknowledged = Acknowledged::default();
     let mut last_ack = Instant::now();
     for index in 0.. {
@@ -50,7 +56,16 @@ async fn appender(log: JetStreamLog, task: u64, keyed: bool, stop: Arc<AtomicBoo
         let started = Instant::now();
         let mut first_failure: Option<Instant> = None;
         let position = loop {
-            match log.append(chat(task), ExpectedLast::Any, ACTOR, vec![message(id)], key.clone()).await {
+            match log
+                .append(
+                    chat(task),
+                    ExpectedLast::Any,
+                    ACTOR,
+                    vec![message(id)],
+                    key.clone(),
+                )
+                .await
+            {
                 Ok(appended) => break appended.position(),
                 Err(error @ LogError::Unavailable { .. }) if keyed => {
                     acknowledged.failures += 1;
@@ -64,7 +79,8 @@ async fn appender(log: JetStreamLog, task: u64, keyed: bool, stop: Arc<AtomicBoo
             }
         };
         if let Some(failed_at) = first_failure {
-            acknowledged.longest_unavailable = acknowledged.longest_unavailable.max(failed_at.elapsed());
+            acknowledged.longest_unavailable =
+                acknowledged.longest_unavailable.max(failed_at.elapsed());
         }
         acknowledged.longest_gap = acknowledged.longest_gap.max(last_ack.elapsed());
         last_ack = Instant::now();
@@ -82,27 +98,50 @@ async fn check_log(log: &JetStreamLog, acknowledged: &[&Acknowledged]) {
             found.entry(id).or_default().push(record.position);
         }
     }
-    let doubled: Vec<_> = found.iter().filter(|(_, positions)| positions.len() > 1).collect();
+    let doubled: Vec<_> = found
+        .iter()
+        .filter(|(_, positions)| positions.len() > 1)
+        .collect();
     assert!(doubled.is_empty(), "doubled: {doubled:?}");
     let mut total = 0;
     for appender in acknowledged {
         for (id, position) in &appender.positions {
-            assert_eq!(found.get(id), Some(&vec![*position]), "acknowledged append {id} at {position}");
+            assert_eq!(
+                found.get(id),
+                Some(&vec![*position]),
+                "acknowledged append {id} at {position}"
+            );
             total += 1;
         }
     }
-    assert_eq!(records.len(), total, "nothing stored beyond the acknowledged appends");
+    assert_eq!(
+        records.len(),
+        total,
+        "nothing stored beyond the acknowledged appends"
+    );
 }
 
-fn spawn_appenders(harness: &Harness, logs: &[(JetStreamLog, bool)], stop: &Arc<AtomicBool>) -> Vec<tokio::task::JoinHandle<Acknowledged>> {
+fn spawn_appenders(
+    harness: &Harness,
+    logs: &[(JetStreamLog, bool)],
+    stop: &Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<Acknowledged>> {
     let _ = harness;
-    logs.iter().enumerate().map(|(task, (log, keyed))| tokio::spawn(appender(log.clone(), task as u64 + 1, *keyed, stop.clone()))).collect()
+    logs.iter()
+        .enumerate()
+        .map(|(task, (log, keyed))| {
+            tokio::spawn(appender(log.clone(), task as u64 + 1, *keyed, stop.clone()))
+        })
+        .collect()
 }
 
 async fn leader_index(harness: &Harness) -> usize {
     let replication = harness.log.replication().await.unwrap();
     let leader = replication.leader.expect("a leader");
-    harness.cluster.index_of(&leader).expect("the leader is one of the nodes")
+    harness
+        .cluster
+        .index_of(&leader)
+        .expect("the leader is one of the nodes")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -112,7 +151,12 @@ async fn a_follower_killed_mid_load_and_restarted_loses_and_doubles_nothing() {
         wait_all_current(&harness.log).await;
         let follower = (leader_index(&harness).await + 1) % 3;
         let stop = Arc::new(AtomicBool::new(false));
-        let logs = [(harness.log.clone(), false), (harness.log.clone(), true), (harness.log.clone(), false), (harness.log.clone(), true)];
+        let logs = [
+            (harness.log.clone(), false),
+            (harness.log.clone(), true),
+            (harness.log.clone(), false),
+            (harness.log.clone(), true),
+        ];
         let appenders = spawn_appenders(&harness, &logs, &stop);
         tokio::time::sleep(Duration::from_millis(LOAD_BEFORE_KILL_MS)).await;
         harness.cluster.kill(follower).unwrap();
@@ -125,9 +169,15 @@ async fn a_follower_killed_mid_load_and_restarted_loses_and_doubles_nothing() {
             results.push(appender.await.unwrap());
         }
         wait_all_current(&harness.log).await;
-        let counts: Vec<usize> = results.iter().map(|result| result.positions.len()).collect();
+        let counts: Vec<usize> = results
+            .iter()
+            .map(|result| result.positions.len())
+            .collect();
         println!("acknowledged per appender: {counts:?}");
-        assert!(counts.iter().all(|count| *count > 0), "every appender made progress: {counts:?}");
+        assert!(
+            counts.iter().all(|count| *count > 0),
+            "every appender made progress: {counts:?}"
+        );
         check_log(&harness.log, &results.iter().collect::<Vec<_>>()).await;
     })
     .await;

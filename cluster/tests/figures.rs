@@ -4,6 +4,7 @@
 //! ```sh
 //! cargo test --release -p osmium-cluster --test figures -- --ignored --nocapture --test-threads 1
 //! ```
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
@@ -28,7 +29,15 @@ const APPENDS_AFTER_KILL_MAX: u64 = 200_000;
 const LOAD_AFTER_KILL_MS: u64 = 10_000;
 
 fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg").map_or_else(|_| "?".to_owned(), |text| text.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+    std::fs::read_to_string("/proc/loadavg").map_or_else(
+        |_| "?".to_owned(),
+        |text| {
+            text.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        },
+    )
 }
 
 async fn pipelined(log: &JetStreamLog, keyed: bool, base: u64) -> f64 {
@@ -37,7 +46,17 @@ async fn pipelined(log: &JetStreamLog, keyed: bool, base: u64) -> f64 {
         .map(|index| {
             let id = base + index;
             let key = keyed.then(|| format!("figure:{id}").into_bytes());
-            async move { log.append(chat(index % CHATS), ExpectedLast::Any, ACTOR, vec![message(id)], key).await.unwrap() }
+            async move {
+                log.append(
+                    chat(index % CHATS),
+                    ExpectedLast::Any,
+                    ACTOR,
+                    vec![message(id)],
+                    key,
+                )
+                .await
+                .unwrap()
+            }
         })
         .buffer_unordered(PIPELINED_IN_FLIGHT_MAX)
         .for_each(|_| async {})
@@ -60,7 +79,16 @@ async fn sequential(log: &JetStreamLog, keyed: bool, expected: bool, base: u64) 
         } else {
             ExpectedLast::Any
         };
-        let appended = log.append(chat(stream as u64), expectation, ACTOR, vec![message(id)], key).await.unwrap();
+        let appended = log
+            .append(
+                chat(stream as u64),
+                expectation,
+                ACTOR,
+                vec![message(id)],
+                key,
+            )
+            .await
+            .unwrap();
         last[stream] = appended.position();
     }
     SEQUENTIAL_APPENDS as f64 / started.elapsed().as_secs_f64()
@@ -74,12 +102,30 @@ async fn figure_appends_per_second() {
     bounded("append figures", async {
         wait_all_current(log).await;
         println!("load average before: {}", load_average());
-        println!("one at a time, no key, Any:        {:>8.0} appends/s", sequential(log, false, false, 1_000_000).await);
-        println!("one at a time, no key, expected:   {:>8.0} appends/s", sequential(log, false, true, 2_000_000).await);
-        println!("one at a time, key, expected:      {:>8.0} appends/s", sequential(log, true, true, 3_000_000).await);
-        println!("one at a time, key, Any:           {:>8.0} appends/s", sequential(log, true, false, 4_000_000).await);
-        println!("pipelined ({PIPELINED_IN_FLIGHT_MAX} in flight), no key: {:>8.0} appends/s", pipelined(log, false, 5_000_000).await);
-        println!("pipelined ({PIPELINED_IN_FLIGHT_MAX} in flight), key:    {:>8.0} appends/s", pipelined(log, true, 6_000_000).await);
+        println!(
+            "one at a time, no key, Any:        {:>8.0} appends/s",
+            sequential(log, false, false, 1_000_000).await
+        );
+        println!(
+            "one at a time, no key, expected:   {:>8.0} appends/s",
+            sequential(log, false, true, 2_000_000).await
+        );
+        println!(
+            "one at a time, key, expected:      {:>8.0} appends/s",
+            sequential(log, true, true, 3_000_000).await
+        );
+        println!(
+            "one at a time, key, Any:           {:>8.0} appends/s",
+            sequential(log, true, false, 4_000_000).await
+        );
+        println!(
+            "pipelined ({PIPELINED_IN_FLIGHT_MAX} in flight), no key: {:>8.0} appends/s",
+            pipelined(log, false, 5_000_000).await
+        );
+        println!(
+            "pipelined ({PIPELINED_IN_FLIGHT_MAX} in flight), key:    {:>8.0} appends/s",
+            pipelined(log, true, 6_000_000).await
+        );
         println!("records: {}", log.last_position().await.unwrap());
         println!("load average after: {}", load_average());
     })

@@ -1,5 +1,6 @@
 //! The log's contract on a three-node cluster: order, expected positions, idempotency
 //! inside and beyond the duplicate window, gapless positions under concurrency.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
@@ -16,25 +17,80 @@ async fn appends_are_read_back_in_order_with_gapless_positions() {
     let harness = start().await;
     let log = &harness.log;
     bounded("appends and reads", async {
-        let first = log.append(chat(1), ExpectedLast::NoStream, ACTOR, vec![message(1)], None).await.unwrap();
-        let second = log.append(chat(2), ExpectedLast::NoStream, ACTOR, vec![message(2), message(3), message(4)], None).await.unwrap();
-        let third = log.append(chat(1), ExpectedLast::At(first.position()), ACTOR, vec![message(5)], None).await.unwrap();
-        assert_eq!([first.position(), second.position(), third.position()], [Position(1), Position(2), Position(3)]);
+        let first = log
+            .append(
+                chat(1),
+                ExpectedLast::NoStream,
+                ACTOR,
+                vec![message(1)],
+                None,
+            )
+            .await
+            .unwrap();
+        let second = log
+            .append(
+                chat(2),
+                ExpectedLast::NoStream,
+                ACTOR,
+                vec![message(2), message(3), message(4)],
+                None,
+            )
+            .await
+            .unwrap();
+        let third = log
+            .append(
+                chat(1),
+                ExpectedLast::At(first.position()),
+                ACTOR,
+                vec![message(5)],
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            [first.position(), second.position(), third.position()],
+            [Position(1), Position(2), Position(3)]
+        );
         assert!(!first.deduplicated && !second.deduplicated && !third.deduplicated);
 
         let records = read_all(log).await;
-        assert_eq!(records, vec![first.record.clone(), second.record.clone(), third.record.clone()]);
-        assert_eq!(message_ids(&records[1]), vec![2, 3, 4], "an append's events stay together, in order");
-        assert!(records[1].events.iter().all(|event| event.position == 2 && event.actor_id == ACTOR.get()));
+        assert_eq!(
+            records,
+            vec![
+                first.record.clone(),
+                second.record.clone(),
+                third.record.clone()
+            ]
+        );
+        assert_eq!(
+            message_ids(&records[1]),
+            vec![2, 3, 4],
+            "an append's events stay together, in order"
+        );
+        assert!(
+            records[1]
+                .events
+                .iter()
+                .all(|event| event.position == 2 && event.actor_id == ACTOR.get())
+        );
         assert_eq!(log.last_position().await.unwrap(), Position(3));
         assert_eq!(log.read(Position(2), 1).await.unwrap(), vec![second.record]);
         assert_eq!(log.read(Position(4), 10).await.unwrap(), vec![]);
 
-        assert_eq!(log.stream_last_position(chat(1)).await.unwrap(), Position(3));
-        assert_eq!(log.stream_last_position(chat(9)).await.unwrap(), Position::ZERO);
+        assert_eq!(
+            log.stream_last_position(chat(1)).await.unwrap(),
+            Position(3)
+        );
+        assert_eq!(
+            log.stream_last_position(chat(9)).await.unwrap(),
+            Position::ZERO
+        );
         let chat_one = log.read_stream(chat(1), Position::ZERO, 10).await.unwrap();
         assert_eq!(chat_one, vec![first.record, third.record.clone()]);
-        assert_eq!(log.read_stream(chat(1), Position(1), 10).await.unwrap(), vec![third.record]);
+        assert_eq!(
+            log.read_stream(chat(1), Position(1), 10).await.unwrap(),
+            vec![third.record]
+        );
     })
     .await;
 }
@@ -71,15 +127,39 @@ async fn a_retried_idempotency_key_is_stored_once_inside_the_duplicate_window() 
     let log = &harness.log;
     bounded("retries inside the window", async {
         let key = Some(b"send:1:42".to_vec());
-        let original = log.append(chat(1), ExpectedLast::NoStream, ACTOR, vec![message(1)], key.clone()).await.unwrap();
+        let original = log
+            .append(
+                chat(1),
+                ExpectedLast::NoStream,
+                ACTOR,
+                vec![message(1)],
+                key.clone(),
+            )
+            .await
+            .unwrap();
         assert!(!original.deduplicated);
         // The retry carries the same expectation, which the stored original no longer meets:
         // the key answers first, with the original record.
-        let retry = log.append(chat(1), ExpectedLast::NoStream, ACTOR, vec![message(1)], key.clone()).await.unwrap();
+        let retry = log
+            .append(
+                chat(1),
+                ExpectedLast::NoStream,
+                ACTOR,
+                vec![message(1)],
+                key.clone(),
+            )
+            .await
+            .unwrap();
         assert!(retry.deduplicated);
         assert_eq!(retry.record, original.record);
-        let any = log.append(chat(1), ExpectedLast::Any, ACTOR, vec![message(1)], key).await.unwrap();
-        assert_eq!((any.deduplicated, any.position()), (true, original.position()));
+        let any = log
+            .append(chat(1), ExpectedLast::Any, ACTOR, vec![message(1)], key)
+            .await
+            .unwrap();
+        assert_eq!(
+            (any.deduplicated, any.position()),
+            (true, original.position())
+        );
         assert_eq!(read_all(log).await.len(), 1, "stored once");
     })
     .await;
@@ -100,10 +180,30 @@ async fn a_retried_idempotency_key_is_stored_once_beyond_the_duplicate_window() 
     let log = &harness.log;
     bounded("retries beyond the window", async {
         let key = Some(b"send:1:43".to_vec());
-        let original = log.append(chat(1), ExpectedLast::Any, ACTOR, vec![message(1), message(2)], key.clone()).await.unwrap();
-        log.append(chat(1), ExpectedLast::Any, ACTOR, vec![message(3)], None).await.unwrap();
+        let original = log
+            .append(
+                chat(1),
+                ExpectedLast::Any,
+                ACTOR,
+                vec![message(1), message(2)],
+                key.clone(),
+            )
+            .await
+            .unwrap();
+        log.append(chat(1), ExpectedLast::Any, ACTOR, vec![message(3)], None)
+            .await
+            .unwrap();
         tokio::time::sleep(Duration::from_millis(SHORT_DUPLICATE_WINDOW_MS * 2)).await;
-        let retry = log.append(chat(1), ExpectedLast::Any, ACTOR, vec![message(1), message(2)], key).await.unwrap();
+        let retry = log
+            .append(
+                chat(1),
+                ExpectedLast::Any,
+                ACTOR,
+                vec![message(1), message(2)],
+                key,
+            )
+            .await
+            .unwrap();
         assert!(retry.deduplicated);
         assert_eq!(retry.record, original.record);
         assert_eq!(read_all(log).await.len(), 2, "stored once");
@@ -148,15 +248,35 @@ async fn concurrent_appenders_get_gapless_positions() {
                     // catching up after each conflict; the others append to their own chat.
                     let appended = if task % 2 == 0 {
                         loop {
-                            let last = log.stream_last_position(StreamId::Chat(osmium_proto::ids::ChatId(0))).await.unwrap();
-                            match log.append(chat(0), ExpectedLast::at(last), ACTOR, vec![message(id)], None).await {
+                            let last = log
+                                .stream_last_position(StreamId::Chat(osmium_proto::ids::ChatId(0)))
+                                .await
+                                .unwrap();
+                            match log
+                                .append(
+                                    chat(0),
+                                    ExpectedLast::at(last),
+                                    ACTOR,
+                                    vec![message(id)],
+                                    None,
+                                )
+                                .await
+                            {
                                 Ok(appended) => break appended,
                                 Err(LogError::Conflict { .. }) => continue,
                                 Err(error) => panic!("append: {error}"),
                             }
                         }
                     } else {
-                        log.append(chat(100 + task), ExpectedLast::Any, ACTOR, vec![message(id)], None).await.unwrap()
+                        log.append(
+                            chat(100 + task),
+                            ExpectedLast::Any,
+                            ACTOR,
+                            vec![message(id)],
+                            None,
+                        )
+                        .await
+                        .unwrap()
                     };
                     positions.push((appended.position(), id));
                 }
@@ -168,12 +288,25 @@ async fn concurrent_appenders_get_gapless_positions() {
             acknowledged.extend(task.await.unwrap());
         }
         let total = APPENDER_TASKS * APPENDS_PER_TASK;
-        let positions: BTreeSet<Position> = acknowledged.iter().map(|(position, _)| *position).collect();
-        assert_eq!(positions, (1..=total).map(Position).collect(), "every position once, none missing");
+        let positions: BTreeSet<Position> =
+            acknowledged.iter().map(|(position, _)| *position).collect();
+        assert_eq!(
+            positions,
+            (1..=total).map(Position).collect(),
+            "every position once, none missing"
+        );
         let records = read_all(&log).await;
-        assert_eq!(records.len() as u64, total, "nothing beyond the acknowledged appends");
+        assert_eq!(
+            records.len() as u64,
+            total,
+            "nothing beyond the acknowledged appends"
+        );
         for (position, id) in acknowledged {
-            assert_eq!(message_ids(&records[position.get() as usize - 1]), vec![id], "position {position} holds its append");
+            assert_eq!(
+                message_ids(&records[position.get() as usize - 1]),
+                vec![id],
+                "position {position} holds its append"
+            );
         }
     })
     .await;

@@ -1,4 +1,5 @@
 //! The tail: every record from a position on, in order, live, across node restarts.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
@@ -16,11 +17,16 @@ const TAIL_RECORD_TIMEOUT_MS: u64 = 30_000;
 async fn next_ids(tail: &mut Tail, count: usize) -> Vec<(Position, u64)> {
     let mut seen = Vec::new();
     while seen.len() < count {
-        let record = match tokio::time::timeout(Duration::from_millis(TAIL_RECORD_TIMEOUT_MS), tail.next()).await {
-            Ok(Some(record)) => record.unwrap(),
-            Ok(None) => panic!("the tail ended"),
-            Err(_) => panic!("no record from the tail within {TAIL_RECORD_TIMEOUT_MS} ms after {seen:?}"),
-        };
+        let record =
+            match tokio::time::timeout(Duration::from_millis(TAIL_RECORD_TIMEOUT_MS), tail.next())
+                .await
+            {
+                Ok(Some(record)) => record.unwrap(),
+                Ok(None) => panic!("the tail ended"),
+                Err(_) => panic!(
+                    "no record from the tail within {TAIL_RECORD_TIMEOUT_MS} ms after {seen:?}"
+                ),
+            };
         for id in message_ids(&record) {
             seen.push((record.position, id));
         }
@@ -34,13 +40,29 @@ async fn the_tail_delivers_in_order_from_a_position_then_live() {
     let log = &harness.log;
     bounded("tail", async {
         for id in 1..=20 {
-            log.append(chat(id % 3), ExpectedLast::Any, ACTOR, vec![message(id)], None).await.unwrap();
+            log.append(
+                chat(id % 3),
+                ExpectedLast::Any,
+                ACTOR,
+                vec![message(id)],
+                None,
+            )
+            .await
+            .unwrap();
         }
         let mut tail = log.tail(Position(5));
         let stored: Vec<(Position, u64)> = (5..=20).map(|id| (Position(id), id)).collect();
         assert_eq!(next_ids(&mut tail, 16).await, stored);
         for id in 21..=25 {
-            log.append(chat(id % 3), ExpectedLast::Any, ACTOR, vec![message(id)], None).await.unwrap();
+            log.append(
+                chat(id % 3),
+                ExpectedLast::Any,
+                ACTOR,
+                vec![message(id)],
+                None,
+            )
+            .await
+            .unwrap();
         }
         let live: Vec<(Position, u64)> = (21..=25).map(|id| (Position(id), id)).collect();
         assert_eq!(next_ids(&mut tail, 5).await, live);
@@ -57,22 +79,54 @@ async fn the_tail_resumes_after_each_node_restarts() {
         let mut next_id = 1;
         for node in 0..3 {
             for _ in 0..5 {
-                log.append(chat(1), ExpectedLast::Any, ACTOR, vec![message(next_id)], None).await.unwrap();
+                log.append(
+                    chat(1),
+                    ExpectedLast::Any,
+                    ACTOR,
+                    vec![message(next_id)],
+                    None,
+                )
+                .await
+                .unwrap();
                 next_id += 1;
             }
             harness.cluster.kill(node).unwrap();
             // Appends go on while the node is down (the others are a quorum).
             for _ in 0..5 {
-                log.append(chat(1), ExpectedLast::Any, ACTOR, vec![message(next_id)], None).await.unwrap();
+                log.append(
+                    chat(1),
+                    ExpectedLast::Any,
+                    ACTOR,
+                    vec![message(next_id)],
+                    None,
+                )
+                .await
+                .unwrap();
                 next_id += 1;
             }
             harness.cluster.restart(node).unwrap();
             wait_all_current(&log).await;
         }
         let expected: Vec<(Position, u64)> = (1..next_id).map(|id| (Position(id), id)).collect();
-        assert_eq!(next_ids(&mut tail, expected.len()).await, expected, "every record once, in order");
-        log.append(chat(1), ExpectedLast::Any, ACTOR, vec![message(next_id)], None).await.unwrap();
-        assert_eq!(next_ids(&mut tail, 1).await, vec![(Position(next_id), next_id)], "and live again");
+        assert_eq!(
+            next_ids(&mut tail, expected.len()).await,
+            expected,
+            "every record once, in order"
+        );
+        log.append(
+            chat(1),
+            ExpectedLast::Any,
+            ACTOR,
+            vec![message(next_id)],
+            None,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            next_ids(&mut tail, 1).await,
+            vec![(Position(next_id), next_id)],
+            "and live again"
+        );
     })
     .await;
 }
