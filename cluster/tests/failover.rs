@@ -220,6 +220,11 @@ async fn the_stream_leader_killed_appends_fail_for_a_bounded_time_then_retries_s
             );
             assert!(result.longest_gap < Duration::from_millis(LEADER_FAILOVER_MAX_MS), "appender {task} stalled");
         }
+        let impatient_result = &results[0];
+        assert!(
+            impatient_result.failures > 0,
+            "a caller that gives up after 1 s saw the election (JetStream's raft waits at least 4 s before electing)"
+        );
         harness.cluster.restart(leader).unwrap();
         wait_all_current(&harness.log).await;
         check_log(&harness.log, &results.iter().collect::<Vec<_>>()).await;
