@@ -223,6 +223,7 @@ impl JetStreamLog {
             })
             .collect();
         let append = Pending {
+            append_id: nuid::next().to_string(),
             stream,
             subject: self.inner.subjects.stream(stream),
             expected,
@@ -333,6 +334,8 @@ impl JetStreamLog {
 
 /// One append on its way.
 struct Pending {
+    /// This call's id, in the record's `Osmium-Append-Id` header.
+    append_id: String,
     stream: StreamId,
     subject: String,
     expected: ExpectedLast,
@@ -458,8 +461,8 @@ impl Inner {
         Ok(message.map_or(0, |message| message.sequence))
     }
 
-    /// What was stored at `stored`: ours (`deduplicated: false`) when its bytes are the
-    /// ones this call published, else the earlier append's.
+    /// What was stored at `stored`: ours (`deduplicated: false`) when it carries this
+    /// call's `Osmium-Append-Id`, else the earlier call's record.
     async fn outcome(&self, append: &Pending, stored: Stored) -> Result<crate::Appended, LogError> {
         let position = Position(stored.sequence);
         if !stored.duplicate {
@@ -476,7 +479,7 @@ impl Inner {
             position,
             last: position,
         })?;
-        if message.payload == append.payload {
+        if nats::append_id(&message.headers) == Some(append.append_id.as_str()) {
             return Ok(Appended {
                 record: ours(append, position),
                 deduplicated: false,
@@ -496,7 +499,13 @@ impl Inner {
         let expected = append.expected.subject_sequence();
         match self
             .js
-            .publish(&append.subject, msg_id, expected, append.payload.clone())
+            .publish(
+                &append.subject,
+                msg_id,
+                expected,
+                Some(&append.append_id),
+                append.payload.clone(),
+            )
             .await
         {
             Ok(stored) => self.outcome(append, stored).await,
@@ -733,6 +742,7 @@ impl Inner {
                 key_subject,
                 msg_id,
                 Some(expected_last),
+                None,
                 Bytes::from(payload),
             )
             .await

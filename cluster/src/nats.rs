@@ -15,6 +15,9 @@ use std::error::Error as _;
 use std::future::{Future, IntoFuture};
 use std::time::{Duration, Instant};
 
+/// Header naming the call that published a record (a nuid): tells a call's own record from
+/// an earlier call's with the same idempotency key (same `Nats-Msg-Id`, maybe same bytes).
+pub(crate) const APPEND_ID_HEADER: &str = "Osmium-Append-Id";
 /// JetStream's error code for a wrong expected last (subject) sequence.
 const WRONG_LAST_SEQUENCE_ERROR_CODE: u64 = 10071;
 /// JetStream's error code for "no message found".
@@ -116,13 +119,15 @@ impl Js {
     }
 
     /// Publishes `payload` to `subject` with `Nats-Msg-Id: msg_id` and, when given,
-    /// `Nats-Expected-Last-Subject-Sequence`; retried with the same headers (so stored
-    /// once, inside the duplicate window) while the stream has no leader or no answer comes.
+    /// `Nats-Expected-Last-Subject-Sequence` and [`APPEND_ID_HEADER`]; retried with the
+    /// same headers (so stored once, inside the duplicate window) while the stream has no
+    /// leader or no answer comes.
     pub(crate) async fn publish(
         &self,
         subject: &str,
         msg_id: &str,
         expected_last: Option<u64>,
+        append_id: Option<&str>,
         payload: Bytes,
     ) -> Result<Stored, Refused> {
         self.retrying("publish", || {
@@ -131,6 +136,9 @@ impl Js {
                 .message_id(msg_id);
             if let Some(sequence) = expected_last {
                 message = message.expected_last_subject_sequence(sequence);
+            }
+            if let Some(append_id) = append_id {
+                message = message.header(APPEND_ID_HEADER, append_id);
             }
             let subject = subject.to_owned();
             async move {
@@ -233,6 +241,11 @@ pub(crate) fn msg_id(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(async_nats::header::NATS_MESSAGE_ID)
         .map(|value| value.as_str())
+}
+
+/// The [`APPEND_ID_HEADER`] of a stored message.
+pub(crate) fn append_id(headers: &HeaderMap) -> Option<&str> {
+    headers.get(APPEND_ID_HEADER).map(|value| value.as_str())
 }
 
 fn classify_publish(error: &jetstream::context::PublishError) -> Attempt<Refused> {

@@ -165,6 +165,55 @@ async fn a_retried_idempotency_key_is_stored_once_inside_the_duplicate_window() 
     .await;
 }
 
+/// Calls racing with one key in the test below.
+const RACING_CALLS: usize = 8;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_racing_with_one_key_store_it_once() {
+    let harness = start().await;
+    let log = harness.log.clone();
+    bounded("racing calls", async move {
+        // All claim at once; the losers find the claim and either find the winner's record
+        // or publish theirs with the same Nats-Msg-Id, which JetStream stores once.
+        let calls: Vec<_> = (0..RACING_CALLS)
+            .map(|_| {
+                let log = log.clone();
+                tokio::spawn(async move {
+                    log.append(
+                        chat(1),
+                        ExpectedLast::Any,
+                        ACTOR,
+                        vec![message(1)],
+                        Some(b"send:1:45".to_vec()),
+                    )
+                    .await
+                    .unwrap()
+                })
+            })
+            .collect();
+        let mut outcomes = Vec::new();
+        for call in calls {
+            outcomes.push(call.await.unwrap());
+        }
+        assert!(
+            outcomes
+                .iter()
+                .all(|outcome| outcome.position() == Position(1)),
+            "one position for all"
+        );
+        assert_eq!(
+            outcomes
+                .iter()
+                .filter(|outcome| !outcome.deduplicated)
+                .count(),
+            1,
+            "exactly one call stored it"
+        );
+        assert_eq!(read_all(&log).await.len(), 1);
+    })
+    .await;
+}
+
 /// Duplicate window of the test below, in milliseconds: short so that the test waits it
 /// out, above `unavailable_retry_max_ms + request_timeout_ms` as the log requires.
 const SHORT_DUPLICATE_WINDOW_MS: u64 = 1_500;
