@@ -5,7 +5,7 @@ mod common;
 
 use common::{bounded, chat, message, message_ids, start, wait_all_current};
 use futures_util::StreamExt as _;
-use osmium_cluster::{ExpectedLast, Tail};
+use osmium_cluster::{ExpectedLast, LogError, Tail};
 use osmium_proto::ids::{Position, UserId};
 use std::time::Duration;
 
@@ -70,6 +70,12 @@ async fn the_tail_delivers_in_order_from_a_position_then_live() {
     .await;
 }
 
+async fn next(tail: &mut Tail) -> Result<osmium_cluster::Record, LogError> {
+    let record =
+        tokio::time::timeout(Duration::from_millis(TAIL_RECORD_TIMEOUT_MS), tail.next()).await;
+    record.expect("a record in time").expect("the tail goes on")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_tail_resumes_after_each_node_restarts() {
     let mut harness = start().await;
@@ -127,6 +133,63 @@ async fn the_tail_resumes_after_each_node_restarts() {
             vec![(Position(next_id), next_id)],
             "and live again"
         );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_that_does_not_decode_is_an_error_naming_its_position_and_the_tail_goes_on() {
+    let harness = start().await;
+    let log = &harness.log;
+    bounded("undecodable record", async {
+        log.append(chat(1), ExpectedLast::Any, ACTOR, vec![message(1)], None)
+            .await
+            .unwrap();
+        // Bytes no appender of this crate writes, on a log subject.
+        let servers: Vec<async_nats::ServerAddr> = harness
+            .cluster
+            .urls()
+            .iter()
+            .map(|url| url.parse().unwrap())
+            .collect();
+        let js = async_nats::jetstream::new(async_nats::connect(servers).await.unwrap());
+        js.publish(
+            "osmium.chat.1",
+            bytes::Bytes::from_static(&[0xff, 0xff, 0xff]),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+        log.append(chat(1), ExpectedLast::Any, ACTOR, vec![message(3)], None)
+            .await
+            .unwrap();
+
+        let read = log.read(Position(1), 10).await.unwrap_err();
+        assert!(
+            matches!(
+                read,
+                LogError::Decode {
+                    position: Position(2),
+                    ..
+                }
+            ),
+            "{read}"
+        );
+        let mut tail = log.tail(Position(1));
+        assert_eq!(next(&mut tail).await.unwrap().position, Position(1));
+        let undecodable = next(&mut tail).await.unwrap_err();
+        assert!(
+            matches!(
+                undecodable,
+                LogError::Decode {
+                    position: Position(2),
+                    ..
+                }
+            ),
+            "{undecodable}"
+        );
+        assert_eq!(message_ids(&next(&mut tail).await.unwrap()), vec![3]);
     })
     .await;
 }
