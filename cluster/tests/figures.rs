@@ -126,7 +126,30 @@ async fn figure_appends_per_second() {
             "pipelined ({PIPELINED_IN_FLIGHT_MAX} in flight), key:    {:>8.0} appends/s",
             pipelined(log, true, 6_000_000).await
         );
-        println!("records: {}", log.last_position().await.unwrap());
+        let records = log.last_position().await.unwrap();
+        println!("records: {records}");
+        let started = Instant::now();
+        let mut from = Position(1);
+        while from <= records {
+            let page = log
+                .read(from, osmium_cluster::READ_RECORDS_MAX)
+                .await
+                .unwrap();
+            from = Position(from.get() + page.len() as u64);
+        }
+        println!(
+            "read (STREAM.MSG.GET, 64 in flight):   {:>8.0} records/s",
+            records.get() as f64 / started.elapsed().as_secs_f64()
+        );
+        let started = Instant::now();
+        let mut tail = log.tail(Position(1));
+        for _ in 0..records.get() {
+            tail.next().await.unwrap().unwrap();
+        }
+        println!(
+            "tail from 1 (ordered consumer):     {:>8.0} records/s",
+            records.get() as f64 / started.elapsed().as_secs_f64()
+        );
         println!("load average after: {}", load_average());
     })
     .await;
