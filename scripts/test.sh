@@ -5,4 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/ensure-build-deps.sh
+bash scripts/ensure-nats-server.sh   # osmium-cluster's tests run local NATS clusters
 exec cargo test --release --workspace --locked "$@"
