@@ -5,7 +5,7 @@ mod common;
 use common::*;
 use osmium_state::proto::ids::UserId;
 use osmium_state::proto::updates::update::Update;
-use osmium_state::proto::{auth, chats, media, messages, refs, types};
+use osmium_state::proto::{auth, chats, messages, refs, types};
 use osmium_state::EngineError;
 
 fn add(id: u64, user: UserId) -> chats::AddChatMember {
@@ -96,11 +96,10 @@ async fn permission_overrides_can_deny_sending_and_media_and_show_in_the_viewers
     f.engine.set_permission_overrides(ANN, group(id), BOB, deny_media).await.unwrap();
     assert_eq!(conversation(&f.engine, BOB, &group(id)).await.permissions, Some(deny_media));
     send(&f.engine, BOB, &group(id), "text is fine").await;
-    let file = media::File { file_id: 9, size: 10, mimetype: "image/png".into(), ..Default::default() };
     let with_media = messages::SendMessage {
         chat_ref: Some(group(id)),
         message: "pic".into(),
-        media: vec![media::MediaRef { r#ref: Some(media::media_ref::Ref::Uploaded(media::MediaRefUploadedFile { file: Some(file) })) }],
+        media: vec![uploaded(9, "image/png")],
         ..Default::default()
     };
     assert!(matches!(f.engine.send_message(BOB, with_media.clone()).await, Err(EngineError::PermissionDenied { .. })));
@@ -110,25 +109,6 @@ async fn permission_overrides_can_deny_sending_and_media_and_show_in_the_viewers
     f.engine.send_message(ANN, with_media).await.unwrap();
     let refused = f.engine.set_permission_overrides(BOB, group(id), ANN, types::PermissionOverrides::default()).await;
     assert!(matches!(refused, Err(EngineError::PermissionDenied { .. })));
-}
-
-#[tokio::test]
-async fn media_keeps_its_file_metadata() {
-    let f = fixture().await;
-    let image = media::FileMetadata {
-        metadata: Some(media::file_metadata::Metadata::Image(media::MetadataImage { width: 640, height: 480, preview: Some(vec![1, 2]) })),
-    };
-    let file = media::File { file_id: 9, region: 1, size: 1234, mimetype: "image/png".into(), filename: Some("a.png".into()), metadata: Some(image) };
-    let request = messages::SendMessage {
-        chat_ref: Some(dm(BOB)),
-        message: String::new(),
-        media: vec![media::MediaRef { r#ref: Some(media::media_ref::Ref::Uploaded(media::MediaRefUploadedFile { file: Some(file.clone()) })) }],
-        ..Default::default()
-    };
-    f.engine.send_message(ANN, request).await.unwrap();
-    let history = f.engine.get_history(BOB, messages::GetHistory { chat_ref: Some(dm(ANN)), ..Default::default() }).await.unwrap();
-    let expected = media::MessageMedia { media: Some(media::message_media::Media::File(media::MediaFile { file: Some(file) })) };
-    assert_eq!(history.messages[0].media, [expected]);
 }
 
 #[tokio::test]

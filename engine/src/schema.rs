@@ -89,6 +89,8 @@ macro_rules! slot_names {
             concat!("code_invite", $suffix),
             concat!("chatid_code_invite", $suffix),
             concat!("userid_user", $suffix),
+            concat!("chatid_userid_seq_mention", $suffix),
+            concat!("username_userid", $suffix),
             concat!("projection_meta", $suffix),
         ]
     };

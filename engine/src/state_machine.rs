@@ -299,6 +299,7 @@ impl StateMachine {
             Ok(decision) => decision,
             Err(refused) => return Ok(Err(refused)),
         };
+        if decision.append.events.is_empty() { return Ok(Ok(decision.output)); } // a no-op decision (a DM opened meanwhile) stages nothing
         let mut append = decision.append;
         append.idempotency_key = idempotency_key;
         let envelopes = match self.sequencer.stage(append, now_ms, log_batch) {

@@ -27,13 +27,18 @@ pub enum Table {
     ChatidCodeInvite,
     /// `user_id` -> [`crate::records::UserRecord`]: the user directory.
     UseridUser,
+    /// `chat_id | user_id | seq` -> `message_id`: a member mentioned by a message (removed
+    /// with the message), to derive unread mention counts.
+    ChatidUseridSeqMention,
+    /// `username` (ASCII lowercased) -> `user_id`: resolves `@name` mentions.
+    UsernameUserid,
     /// Fixed keys: checkpoint and schema version of this projection slot.
     ProjectionMeta,
 }
 
 impl Table {
     /// All tables, in a fixed order.
-    pub const ALL: [Table; 11] = [
+    pub const ALL: [Table; 13] = [
         Table::ChatidChat,
         Table::ChatidUseridMember,
         Table::UseridLastmsgidChatidChatlist,
@@ -44,6 +49,8 @@ impl Table {
         Table::CodeInvite,
         Table::ChatidCodeInvite,
         Table::UseridUser,
+        Table::ChatidUseridSeqMention,
+        Table::UsernameUserid,
         Table::ProjectionMeta,
     ];
 
@@ -60,6 +67,8 @@ impl Table {
             Table::CodeInvite => "code_invite",
             Table::ChatidCodeInvite => "chatid_code_invite",
             Table::UseridUser => "userid_user",
+            Table::ChatidUseridSeqMention => "chatid_userid_seq_mention",
+            Table::UsernameUserid => "username_userid",
             Table::ProjectionMeta => "projection_meta",
         }
     }
