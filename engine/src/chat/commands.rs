@@ -80,7 +80,11 @@ pub(crate) fn upsert_user(ctx: &mut DecideContext<'_>, limits: &Limits, user: ty
     bytes_within(limits, &user)?;
     if let Some(username) = user.username.as_deref().filter(|name| !name.is_empty()) {
         chars_within("username", username, 1, limits.username_max_chars)?;
-        if let Some(holder) = ctx.state.user_by_username(username)?.filter(|&holder| holder != UserId(user.id)) {
+        // A user keeping their username is never refused (a sign-in re-upserts the profile),
+        // even where a log written before this check gave it to two users.
+        let current = ctx.state.user(UserId(user.id))?.and_then(|record| record.username.clone());
+        let keeps = current.is_some_and(|current| current.eq_ignore_ascii_case(username));
+        if let Some(holder) = ctx.state.user_by_username(username)?.filter(|&holder| holder != UserId(user.id) && !keeps) {
             return Err(EngineError::UsernameTaken { username: username.to_owned(), user: holder });
         }
     }
