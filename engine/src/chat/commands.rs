@@ -371,8 +371,7 @@ pub(crate) fn send_message(
     if request.message.is_empty() && media.is_empty() {
         return Err(EngineError::invalid("message", "a message needs text or media"));
     }
-    let mut events = Vec::with_capacity(2);
-    let (chat, members) = match resolve(ctx.state, actor, request.chat_ref.as_ref())? {
+    let members = match resolve(ctx.state, actor, request.chat_ref.as_ref())? {
         Resolved::Member(chat) => {
             let permissions = effective_permissions(&chat, actor);
             if permissions & PERMISSION_SEND_MESSAGES == 0 {
@@ -381,17 +380,25 @@ pub(crate) fn send_message(
             if !media.is_empty() && permissions & PERMISSION_SEND_MEDIA == 0 {
                 return Err(EngineError::denied("sending media is not allowed here"));
             }
-            (chat.id, Members::Chat(chat.id))
+            Members::Chat(chat.id)
         }
-        Resolved::NoDirectChatYet { peer } => {
-            reply_of(ctx.state, limits, None, request)?;
+        Resolved::NoDirectChatYet { peer } => Members::NewDirect { actor, peer },
+    };
+    let existing = match members {
+        Members::Chat(chat) => Some(chat),
+        Members::NewDirect { .. } => None,
+    };
+    let reply = reply_of(ctx.state, limits, existing, request)?;
+    let mentioned_user_ids = mentioned_members(ctx.state, members, actor, &request.message, &request.entities)?;
+    let mut events = Vec::with_capacity(2);
+    let chat = match members {
+        Members::Chat(chat) => chat,
+        Members::NewDirect { actor, peer } => {
             let chat = ChatId(ctx.next_id());
             events.push(Event::DirectChatCreated(events::DirectChatCreated { user_a: actor.get(), user_b: peer.get() }));
-            (chat, Members::NewDirect { actor, peer })
+            chat
         }
     };
-    let reply = if matches!(members, Members::Chat(_)) { reply_of(ctx.state, limits, Some(chat), request)? } else { None };
-    let mentioned_user_ids = mentioned_members(ctx.state, members, actor, &request.message, &request.entities)?;
     let message_id = MessageId(ctx.next_id());
     events.push(Event::MessageSent(events::MessageSent {
         message_id: message_id.get(),
