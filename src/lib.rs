@@ -37,7 +37,7 @@ pub mod maintenance {
 /// The fold and the projection tables, for verifying an engine against an independent
 /// fold of its log ([`ProjectionState::in_memory`], [`apply`], `to_memstore`).
 pub mod projections {
-    pub use osmium_projections::records::{ChatRecord, MemberRecord, MessageRecord};
+    pub use osmium_projections::records::{ChatRecord, MemberRecord, MessageRecord, NotifPrefs};
     pub use osmium_projections::{
         Effect, MemStore, ProjectionError, ProjectionState, StoreRead, Table, apply, event_kind, limits, stream_of,
     };

@@ -135,3 +135,70 @@ async fn a_whole_day_in_a_small_group() {
     assert_eq!(details[0].uses, 1);
     assert_projections_equal_a_fold_of_the_log(&f.engine).await;
 }
+
+/// The users of a `get_chats` answer, by id.
+async fn listed_users(engine: &osmium_state::ChatEngine, viewer: UserId) -> Vec<u64> {
+    let list = engine.get_chats(viewer, chats::GetChats::default()).await.unwrap();
+    list.users.iter().map(|user| user.id).collect()
+}
+
+#[tokio::test]
+async fn get_chats_users_are_the_dm_peers_the_group_members_and_the_last_message_authors() {
+    let f = fixture().await;
+    send(&f.engine, BOB, &dm(ANN), "dm").await;
+    create_group(&f.engine, ANN, &[CAT, DAN]).await;
+    let other = create_group(&f.engine, DAN, &[ANN]).await;
+    send(&f.engine, DAN, &group(other), "from dan").await;
+    assert_eq!(listed_users(&f.engine, ANN).await, [1, 2, 3, 4], "seed 001: DM participants, group members, message authors");
+}
+
+#[tokio::test]
+async fn a_page_holding_a_10000_member_group_lists_its_first_members_in_join_order_and_every_peer_and_author() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = osmium_state::ManualClock::new(START_MS);
+    let mut config = config(&clock);
+    config.log.durability = osmium_state::Durability::Buffered;
+    let per_group = config.limits.chats_users_per_group_max;
+    let engine = osmium_state::ChatEngine::open(dir.path(), config).await.unwrap();
+    // Members join in descending id order, so join order is not id order.
+    let members: Vec<u64> = (10_001..=20_000).rev().collect();
+    let upserts: Vec<_> = (1..=3).chain(members.iter().copied()).map(|id| {
+        let engine = engine.clone();
+        tokio::spawn(async move { engine.upsert_user(types::User { id, name: format!("u{id}"), ..Default::default() }).await })
+    }).collect();
+    for upsert in upserts {
+        upsert.await.unwrap().unwrap();
+    }
+    let users = members.iter().map(|&user_id| osmium_state::proto::refs::UserRef { user_id }).collect();
+    let big = engine.create_chat(ANN, chats::CreateChat { users, name: "everyone".into() }).await.unwrap();
+    assert_eq!(big.participant_ids.len(), 10_001);
+    let last_member = UserId(*members.last().unwrap());
+    send(&engine, last_member, &group(big.id), "from the last to join").await;
+    send(&engine, BOB, &dm(ANN), "dm").await;
+    send(&engine, CAT, &dm(ANN), "dm").await;
+
+    let listed = listed_users(&engine, ANN).await;
+    let mut expected: Vec<u64> = big.participant_ids[..per_group].to_vec(); // the owner first, then the first to join
+    expected.extend([BOB.get(), CAT.get(), last_member.get()]);
+    expected.sort_unstable();
+    assert_eq!(listed, expected, "{per_group} members in join order, the DM peers, the last message's author");
+}
+
+#[tokio::test]
+async fn get_chats_lists_group_members_only_while_fewer_than_chats_users_max_users_are_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = osmium_state::ManualClock::new(START_MS);
+    let mut config = config(&clock);
+    config.limits.chats_users_per_group_max = 3;
+    config.limits.chats_users_max = 4;
+    let engine = osmium_state::ChatEngine::open(dir.path(), config).await.unwrap();
+    for id in 1..=6 {
+        engine.upsert_user(types::User { id, name: format!("user{id}"), ..Default::default() }).await.unwrap();
+    }
+    create_group(&engine, ANN, &[BOB, CAT, DAN]).await;
+    send(&engine, EVE, &dm(ANN), "dm").await; // the newest: its peers come first, always
+    let listed = listed_users(&engine, ANN).await;
+    // ANN and EVE from the DM; then the group's first three in join order (ANN, BOB, CAT)
+    // while fewer than 4 users are listed: BOB, CAT.
+    assert_eq!(listed, [1, 2, 3, 5]);
+}

@@ -5,7 +5,7 @@ mod common;
 use common::*;
 use osmium_state::proto::ids::UserId;
 use osmium_state::proto::updates::update::Update;
-use osmium_state::proto::{auth, chats, media, messages, refs, types};
+use osmium_state::proto::{auth, chats, messages, refs, types};
 use osmium_state::EngineError;
 
 fn add(id: u64, user: UserId) -> chats::AddChatMember {
@@ -96,11 +96,10 @@ async fn permission_overrides_can_deny_sending_and_media_and_show_in_the_viewers
     f.engine.set_permission_overrides(ANN, group(id), BOB, deny_media).await.unwrap();
     assert_eq!(conversation(&f.engine, BOB, &group(id)).await.permissions, Some(deny_media));
     send(&f.engine, BOB, &group(id), "text is fine").await;
-    let file = media::File { file_id: 9, size: 10, mimetype: "image/png".into(), ..Default::default() };
     let with_media = messages::SendMessage {
         chat_ref: Some(group(id)),
         message: "pic".into(),
-        media: vec![media::MediaRef { r#ref: Some(media::media_ref::Ref::Uploaded(media::MediaRefUploadedFile { file: Some(file) })) }],
+        media: vec![uploaded(9, "image/png")],
         ..Default::default()
     };
     assert!(matches!(f.engine.send_message(BOB, with_media.clone()).await, Err(EngineError::PermissionDenied { .. })));
@@ -112,23 +111,76 @@ async fn permission_overrides_can_deny_sending_and_media_and_show_in_the_viewers
     assert!(matches!(refused, Err(EngineError::PermissionDenied { .. })));
 }
 
+fn text(id: u64, message: &str) -> messages::SendMessage {
+    messages::SendMessage { chat_ref: Some(group(id)), message: message.into(), ..Default::default() }
+}
+
+const DENY_SEND: types::PermissionOverrides = types::PermissionOverrides { pos: 0, neg: 4 };
+
 #[tokio::test]
-async fn media_keeps_its_file_metadata() {
+async fn a_send_ban_survives_leaving_and_rejoining_through_an_invite() {
     let f = fixture().await;
-    let image = media::FileMetadata {
-        metadata: Some(media::file_metadata::Metadata::Image(media::MetadataImage { width: 640, height: 480, preview: Some(vec![1, 2]) })),
-    };
-    let file = media::File { file_id: 9, region: 1, size: 1234, mimetype: "image/png".into(), filename: Some("a.png".into()), metadata: Some(image) };
-    let request = messages::SendMessage {
-        chat_ref: Some(dm(BOB)),
-        message: String::new(),
-        media: vec![media::MediaRef { r#ref: Some(media::media_ref::Ref::Uploaded(media::MediaRefUploadedFile { file: Some(file.clone()) })) }],
-        ..Default::default()
-    };
-    f.engine.send_message(ANN, request).await.unwrap();
-    let history = f.engine.get_history(BOB, messages::GetHistory { chat_ref: Some(dm(ANN)), ..Default::default() }).await.unwrap();
-    let expected = media::MessageMedia { media: Some(media::message_media::Media::File(media::MediaFile { file: Some(file) })) };
-    assert_eq!(history.messages[0].media, [expected]);
+    let id = create_group(&f.engine, ANN, &[BOB]).await;
+    f.engine.set_permission_overrides(ANN, group(id), BOB, DENY_SEND).await.unwrap();
+    f.engine.remove_chat_member(BOB, remove(id, BOB)).await.unwrap();
+    let code = invite(&f, id, None).await;
+    f.engine.use_invite(BOB, use_code(&code)).await.unwrap();
+    assert_eq!(conversation(&f.engine, BOB, &group(id)).await.permissions, Some(DENY_SEND));
+    assert!(matches!(f.engine.send_message(BOB, text(id, "back")).await, Err(EngineError::PermissionDenied { .. })));
+}
+
+#[tokio::test]
+async fn a_send_ban_survives_removal_by_the_owner_and_being_added_again() {
+    let f = fixture().await;
+    let id = create_group(&f.engine, ANN, &[BOB]).await;
+    f.engine.set_permission_overrides(ANN, group(id), BOB, DENY_SEND).await.unwrap();
+    f.engine.remove_chat_member(ANN, remove(id, BOB)).await.unwrap();
+    f.engine.add_chat_member(ANN, add(id, BOB)).await.unwrap();
+    assert!(matches!(f.engine.send_message(BOB, text(id, "back")).await, Err(EngineError::PermissionDenied { .. })));
+}
+
+#[tokio::test]
+async fn the_owner_clears_a_ban_while_the_user_is_away_and_they_rejoin_free() {
+    let f = fixture().await;
+    let id = create_group(&f.engine, ANN, &[BOB]).await;
+    f.engine.set_permission_overrides(ANN, group(id), BOB, DENY_SEND).await.unwrap();
+    f.engine.remove_chat_member(BOB, remove(id, BOB)).await.unwrap();
+    f.engine.set_permission_overrides(ANN, group(id), BOB, types::PermissionOverrides::default()).await.unwrap();
+    f.engine.add_chat_member(ANN, add(id, BOB)).await.unwrap();
+    assert_eq!(conversation(&f.engine, BOB, &group(id)).await.permissions, None);
+    f.engine.send_message(BOB, text(id, "free")).await.unwrap();
+}
+
+#[tokio::test]
+async fn the_owner_bans_a_user_before_they_ever_join() {
+    let f = fixture().await;
+    let id = create_group(&f.engine, ANN, &[BOB]).await;
+    f.engine.set_permission_overrides(ANN, group(id), DAN, DENY_SEND).await.unwrap();
+    let code = invite(&f, id, None).await;
+    f.engine.use_invite(DAN, use_code(&code)).await.unwrap();
+    assert!(matches!(f.engine.send_message(DAN, text(id, "hi")).await, Err(EngineError::PermissionDenied { .. })));
+}
+
+#[tokio::test]
+async fn overrides_for_an_unknown_user_are_not_found_and_change_nothing() {
+    let f = fixture().await;
+    let id = create_group(&f.engine, ANN, &[BOB]).await;
+    let before = f.engine.last_position();
+    let refused = f.engine.set_permission_overrides(ANN, group(id), UserId(999_999), DENY_SEND).await;
+    assert!(matches!(refused, Err(EngineError::NotFound { .. })), "{refused:?}");
+    assert_eq!(f.engine.last_position(), before);
+}
+
+#[tokio::test]
+async fn a_kept_ban_is_in_the_projections_after_a_reopen_and_equals_the_fold_of_the_log() {
+    let f = fixture().await;
+    let id = create_group(&f.engine, ANN, &[BOB]).await;
+    f.engine.set_permission_overrides(ANN, group(id), BOB, DENY_SEND).await.unwrap();
+    f.engine.remove_chat_member(BOB, remove(id, BOB)).await.unwrap();
+    assert_projections_equal_a_fold_of_the_log(&f.engine).await;
+    let f = f.reopen().await;
+    f.engine.add_chat_member(ANN, add(id, BOB)).await.unwrap();
+    assert!(matches!(f.engine.send_message(BOB, text(id, "back")).await, Err(EngineError::PermissionDenied { .. })));
 }
 
 #[tokio::test]

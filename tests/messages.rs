@@ -46,7 +46,7 @@ async fn only_the_author_edits_and_the_edit_is_recorded() {
     let f = fixture().await;
     let id = create_group(&f.engine, ANN, &[BOB]).await;
     let message = send(&f.engine, BOB, &group(id), "typo").await;
-    let edit = |text: &str| messages::EditMessage { chat_ref: Some(group(id)), message_id: message.get(), message: Some(text.into()) };
+    let edit = |text: &str| messages::EditMessage { chat_ref: Some(group(id)), message_id: message.get(), message: Some(text.into()), ..Default::default() };
     assert!(matches!(f.engine.edit_message(ANN, edit("owner edit")).await, Err(EngineError::PermissionDenied { .. })));
     f.clock.advance_ms(500);
     f.engine.edit_message(BOB, edit("fixed")).await.unwrap();

@@ -3,7 +3,7 @@
 //! reads (what a caller handles, mapped to the protocol's `RPCError`).
 
 use osmium_projections::ProjectionError;
-use osmium_proto::ids::{Position, StreamId, StreamVersion};
+use osmium_proto::ids::{MessageId, Position, StreamId, StreamVersion, UserId};
 use std::path::PathBuf;
 
 use crate::stream::ExpectedVersion;
@@ -142,6 +142,20 @@ pub enum EngineError {
         /// How long ago the key's first request was recorded.
         age_ms: u64,
     },
+    /// A reply names a message that is not in the chat (or was deleted).
+    #[error("reply to message {message_id}, which is not in this chat (or was deleted)")]
+    ReplyTargetNotFound {
+        /// The message replied to.
+        message_id: MessageId,
+    },
+    /// The username belongs to another user (usernames match ASCII-case-insensitively).
+    #[error("username {username:?} is taken by user {user}")]
+    UsernameTaken {
+        /// The username asked for.
+        username: String,
+        /// Who holds it.
+        user: UserId,
+    },
     /// The command queue is full; retry later.
     #[error("engine overloaded: {queue_max} commands already queued")]
     Overloaded {
@@ -248,9 +262,11 @@ impl EngineError {
             EngineError::PermissionDenied { .. } => 403,
             EngineError::NotFound { .. } => 404,
             EngineError::InviteNotFound => 404,
+            EngineError::ReplyTargetNotFound { .. } => 404,
             EngineError::Conflict { .. } => 409,
             EngineError::AlreadyMember => 409,
             EngineError::IdempotencyKeyReused { .. } => 409,
+            EngineError::UsernameTaken { .. } => 409,
             EngineError::InviteExpired => 410,
             EngineError::InviteUsedUp => 410,
             EngineError::Overloaded { .. } => 429,

@@ -119,6 +119,9 @@ fn describe_key(table: Table, key: &[u8]) -> String {
         Table::CodeInvite => text(0).map(|code| format!("invite {code}")),
         Table::ChatidCodeInvite => word(0).zip(text(8)).map(|(chat, code)| format!("chat {chat} invite {code}")),
         Table::UseridUser => word(0).map(|user| format!("user {user}")),
+        Table::ChatidUseridSeqMention => word(0).zip(word(8)).zip(word(16)).map(|((chat, user), seq)| format!("chat {chat} user {user} mention seq {seq}")),
+        Table::UsernameUserid => text(0).map(|name| format!("username {name}")),
+        Table::ChatidUseridOverride => word(0).zip(word(8)).map(|(chat, user)| format!("chat {chat} user {user} (not a member)")),
         Table::ProjectionMeta => text(0),
     };
     parts.unwrap_or_else(|| format!("key {key:02x?}"))

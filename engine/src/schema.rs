@@ -91,6 +91,9 @@ macro_rules! slot_names {
             concat!("code_invite", $suffix),
             concat!("chatid_code_invite", $suffix),
             concat!("userid_user", $suffix),
+            concat!("chatid_userid_seq_mention", $suffix),
+            concat!("username_userid", $suffix),
+            concat!("chatid_userid_override", $suffix),
             concat!("projection_meta", $suffix),
         ]
     };

@@ -329,6 +329,7 @@ impl StateMachine {
             Ok(decision) => decision,
             Err(refused) => return Ok(Err(refused)),
         };
+        if decision.append.events.is_empty() { return Ok(Ok(decision.output)); } // a no-op decision (a DM opened meanwhile) stages nothing
         let mut append = decision.append;
         if let Some(idempotency) = idempotency {
             append.idempotency_key = Some(idempotency.key);

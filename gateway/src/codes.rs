@@ -17,8 +17,7 @@ pub const FRAME_TOO_LARGE: u32 = 413;
 /// (`send_message_per_user_per_second_max`), failed sign-ins
 /// (`sign_in_failures_per_connection_max`, `sign_in_failures_per_address_per_minute_max`).
 pub const RATE_LIMITED: u32 = 429;
-/// A `ClientMessage` call the gateway does not serve: outside the chat subset, or (for
-/// `GetUnreadMentions`) not served by the engine yet.
+/// A `ClientMessage` call the gateway does not serve: outside the chat subset.
 pub const UNSUPPORTED: u32 = 501;
 /// The gateway failed internally (it could not read its tokens file, or a call panicked).
 pub const INTERNAL: u32 = 500;

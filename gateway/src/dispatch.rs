@@ -2,7 +2,6 @@
 //! answer to the `RPCResult` variant (or none, for calls whose result is `()`).
 //! `Initialize` and `Authorize` bind connection state and are handled by the connection.
 
-use crate::codes;
 use osmium_engine::{ChatEngine, EngineError};
 use osmium_proto::core::RpcError;
 use osmium_proto::core::client_message::Message;
@@ -35,19 +34,11 @@ pub fn kind(message: &Message) -> &'static str {
     }
 }
 
-/// The answer to `GetUnreadMentions` until the engine has the call.
-pub const UNREAD_MENTIONS_NOT_SERVED: &str =
-    "GetUnreadMentions is not served yet: the engine does not track mentions (being added)";
-
 /// Runs a chat call as `user`. `Ok(None)` is a `()` result; an engine error becomes its
 /// `RPCError` (`EngineError::to_rpc_error`). `Initialize` and `Authorize` never reach
 /// here (the connection answers them); they are refused as invalid.
 pub async fn call(engine: &ChatEngine, user: UserId, message: Message) -> Result<Option<Answer>, RpcError> {
-    match message {
-        // Until the engine has the call (then: `engine_call` with `Answer::UnreadMentions`).
-        Message::MessagesGetUnreadMentions(_) => Err(codes::error(codes::UNSUPPORTED, UNREAD_MENTIONS_NOT_SERVED)),
-        message => engine_call(engine, user, message).await.map_err(|err| err.to_rpc_error()),
-    }
+    engine_call(engine, user, message).await.map_err(|err| err.to_rpc_error())
 }
 
 async fn engine_call(engine: &ChatEngine, user: UserId, message: Message) -> Result<Option<Answer>, EngineError> {
@@ -71,7 +62,10 @@ async fn engine_call(engine: &ChatEngine, user: UserId, message: Message) -> Res
         Message::MessagesEditMessage(request) => engine.edit_message(user, request).await.map(|()| None)?,
         Message::MessagesDeleteMessage(request) => engine.delete_message(user, request).await.map(|()| None)?,
         Message::MessagesGetHistory(request) => Some(Answer::Messages(engine.get_history(user, request).await?)),
-        Message::AuthAuthorize(_) | Message::CoreInitialize(_) | Message::MessagesGetUnreadMentions(_) => {
+        Message::MessagesGetUnreadMentions(request) => {
+            Some(Answer::UnreadMentions(engine.get_unread_mentions(user, request).await?))
+        }
+        Message::AuthAuthorize(_) | Message::CoreInitialize(_) => {
             return Err(EngineError::InvalidArgument {
                 field: "message",
                 reason: "Initialize and Authorize are answered by the connection".into(),

@@ -620,7 +620,7 @@ async fn draft_and_mute_changes_reach_every_connection_of_the_user() {
         let U::Chat(update) = next_update(client).await else { panic!("expected UpdateChat") };
         assert_eq!(update.chat.unwrap().chat.unwrap().draft.as_deref(), Some("half a thought"));
         let U::Chat(update) = next_update(client).await else { panic!("expected UpdateChat") };
-        assert!(update.chat.unwrap().chat.unwrap().muted);
+        assert_eq!(update.chat.unwrap().chat.unwrap().notif_prefs, osmium_proto::types::NotifPrefs::None as i32, "muted is NONE");
     }
     stop(gateway, [phone, laptop]).await;
 }
@@ -694,7 +694,7 @@ async fn every_remaining_chat_call_is_served_with_its_result_variant() {
     let send = messages::SendMessage { chat_ref: Some(chat), message: "tpyo".into(), ..Default::default() };
     let result = call(&mut bob, Call::MessagesSendMessage(send)).await;
     let Some(Answer::SentMessage(sent)) = result.result else { panic!("{result:?}") };
-    let edit = messages::EditMessage { chat_ref: Some(chat), message_id: sent.message_id, message: Some("typo".into()) };
+    let edit = messages::EditMessage { chat_ref: Some(chat), message_id: sent.message_id, message: Some("typo".into()), ..Default::default() };
     ok_unit(&call(&mut bob, Call::MessagesEditMessage(edit)).await);
     let delete = messages::DeleteMessage { chat_ref: Some(chat), message_ids: vec![sent.message_id] };
     ok_unit(&call(&mut ann, Call::MessagesDeleteMessage(delete)).await);

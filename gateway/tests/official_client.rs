@@ -508,15 +508,15 @@ async fn a_later_initialize_without_no_subscribe_turns_live_updates_on() {
 }
 
 #[tokio::test]
-async fn get_unread_mentions_is_answered_501_until_the_engine_serves_it() {
+async fn get_unread_mentions_is_served_by_the_engine_not_501() {
     let dir = tempfile::tempdir().unwrap();
     let gateway = start_with(dir.path(), limits()).await;
     let mut socket = raw_connect(&gateway).await;
     official_sign_in(&mut socket, &token(dir.path(), ANN, "ann").await, false).await;
     send(&mut socket, &GET_UNREAD_MENTIONS_ID_5).await;
     let (_, result) = next_result(&mut socket).await;
-    let error = result.error.expect("an RPCError");
-    assert_eq!((result.req_id, error.error_code), (5, 501));
-    assert!(error.error_message.starts_with("GetUnreadMentions is not served yet"), "{error:?}");
+    let error = result.error.expect("an RPCError: Ann is in no group 7");
+    assert_eq!((result.req_id, error.error_code), (5, 404), "{error:?}");
+    assert_eq!(error.error_message, "not found: chat");
     stop(gateway, vec![socket]).await;
 }

@@ -173,7 +173,7 @@ async fn every_chat_call_with_another_users_ids_is_refused_and_changes_nothing()
 
     let own = ChatRef { r#ref: Some(Ref::Self_(RefSelf {})) };
     let edit = |chat: ChatRef, message_id: u64| {
-        Call::MessagesEditMessage(messages::EditMessage { chat_ref: Some(chat), message_id, message: Some("pwned".into()) })
+        Call::MessagesEditMessage(messages::EditMessage { chat_ref: Some(chat), message_id, message: Some("pwned".into()), ..Default::default() })
     };
     let delete = |chat: ChatRef, message_id: u64| {
         Call::MessagesDeleteMessage(messages::DeleteMessage { chat_ref: Some(chat), message_ids: vec![message_id] })

@@ -55,6 +55,8 @@ pub struct ConversationSnapshot {
     pub member: MemberRecord,
     /// The member's unread count.
     pub unread_count: u32,
+    /// The member's unread mentions.
+    pub unread_mentions_count: u32,
     /// The last non-deleted message, if any.
     pub last_message: Option<(MessageId, MessageRecord)>,
     /// A group's members in join order (empty for a DM).
@@ -64,7 +66,9 @@ pub struct ConversationSnapshot {
 /// One thing to tell.
 #[derive(Clone, Debug)]
 pub enum Effect {
-    /// A new message, for every member; the author's own copy carries `client_id`.
+    /// A new message, for every member; the author's own copy carries `client_id`. Who is
+    /// notified follows each recipient's notification preferences and the message's
+    /// mentions (`message.mentions`).
     MessageCreated {
         /// Who is told.
         audience: Audience,
@@ -101,8 +105,11 @@ pub enum Effect {
         last_read_message_id: MessageId,
         /// Unread messages left.
         unread_count: u32,
+        /// Unread mentions of the member left.
+        unread_mentions_count: u32,
     },
-    /// A member's own view of the chat changed (draft, mute), for that member only.
+    /// A member's own view of the chat changed (draft, notification preferences), for that
+    /// member only.
     ConversationChanged {
         /// The chat.
         chat: ChatId,

@@ -8,16 +8,18 @@
 //! naming the position, never a panic and never a silent skip.
 //!
 //! What one event changes (N = chat members): `MessageSent` the message, the chat and
-//! the sender's member record, in O(1) whatever N (the chat-list index is derived at the
-//! next cut, see [`crate::chat_list`]); `ChatMarkedRead`, `DraftSaved`, `MuteSet`,
-//! `PermissionOverridesSet` one member record. Unread counts are never stored: they are
-//! derived from the chat's message sequence, the member's read sequence and the deleted
-//! sequence numbers.
+//! the sender's member record, plus one `chatid_userid_seq_mention` key per member it
+//! mentions (at most the message's entity count), in O(1) whatever N (the chat-list index
+//! is derived at the next cut, see [`crate::chat_list`]); `ChatMarkedRead`, `DraftSaved`,
+//! `MuteSet`, `PermissionOverridesSet` one member record. Unread counts are never stored:
+//! they are derived from the chat's message sequence, the member's read sequence and the
+//! deleted sequence numbers; unread mention counts likewise, from the mention keys after
+//! the member's read sequence (a deleted message's keys are removed with it).
 
 use crate::effects::{Addressing, Audience, ConversationSnapshot, Effect};
 use crate::error::ProjectionError;
 use crate::limits::CHAT_LIST_FANOUT_MAX;
-use crate::records::{ChatKind, ChatRecord, GroupInfo, InviteRecord, MemberRecord, MessageRecord, UserRecord};
+use crate::records::{ChatKind, ChatRecord, GroupInfo, InviteRecord, MemberRecord, MessageRecord, NotifPrefs, UserRecord};
 use crate::state::ProjectionState;
 use crate::store::StoreRead;
 use osmium_proto::events::{self, event_envelope::Event, stream_ref::Stream};
@@ -113,6 +115,25 @@ fn upsert_user<S: StoreRead>(
             reason: format!("user {} upserted in the stream of user {user}", profile.id),
         });
     }
+    // The username index follows the directory: the old name is freed if it still points at
+    // this user, the new one points at it (the engine refuses a name held by someone else;
+    // should a log hold one anyway, the newest upsert holds the index entry).
+    let old = state.user(user)?.and_then(|record| record.username.clone()).filter(|name| !name.is_empty());
+    let new = profile.username.clone().filter(|name| !name.is_empty());
+    if old.as_deref().map(crate::keys::username) != new.as_deref().map(crate::keys::username) {
+        if let Some(old) = old
+            && state.user_by_username(&old)? == Some(user)
+        {
+            state.set_username(&old, None);
+        }
+        if let Some(new) = &new {
+            state.set_username(new, Some(user));
+        }
+    } else if let Some(new) = &new
+        && state.user_by_username(new)? != Some(user)
+    {
+        state.set_username(new, Some(user));
+    }
     let record = UserRecord {
         name: profile.name.clone(),
         username: profile.username.clone(),
@@ -170,8 +191,17 @@ impl<S: StoreRead> ChatFold<'_, S> {
             }
             Event::MuteSet(mute) => {
                 let user = UserId(mute.user_id);
-                self.member_mut(user)?.muted = mute.muted;
-                self.state.recipients_changed(self.chat); // recipients carry the mute
+                let prefs = match mute.notif_prefs {
+                    // Events written before notif_prefs: the seeds' mute.
+                    None if mute.muted => NotifPrefs::None,
+                    None => NotifPrefs::All,
+                    Some(value) => NotifPrefs::from_proto(value).ok_or_else(|| ProjectionError::MalformedEvent {
+                        position: self.position,
+                        reason: format!("notif_prefs {value} is not a NotifPrefs value"),
+                    })?,
+                };
+                self.member_mut(user)?.notif_prefs = prefs;
+                self.state.recipients_changed(self.chat); // recipients carry the preferences
                 self.tell_conversation(user)
             }
             Event::PermissionOverridesSet(set) => self.permission_overrides_set(set),
@@ -285,6 +315,8 @@ impl<S: StoreRead> ChatFold<'_, S> {
         }
         if let Some(photo) = &edited.photo {
             group.photo = Some((photo.file_id, photo.preview.clone()));
+        } else if edited.photo_removed {
+            group.photo = None;
         }
         self.tell_group(None)
     }
@@ -295,13 +327,18 @@ impl<S: StoreRead> ChatFold<'_, S> {
             return Err(self.inconsistent(format!("user {user} joins chat {} twice", self.chat)));
         }
         let head = self.head()?;
+        // Bans stick: overrides kept while the user was away come back with them.
+        let overrides = self.state.parked_overrides(self.chat, user)?;
+        if overrides.is_some() {
+            self.state.set_parked_overrides(self.chat, user, None);
+        }
         let member = MemberRecord {
             join_order: head.joins,
             read_seq: head.last_seq,
             read_message_id: if head.has_messages { head.last_message_id } else { MessageId(0) },
             draft: None,
-            muted: false,
-            overrides: None,
+            notif_prefs: NotifPrefs::All,
+            overrides,
         };
         self.state.insert_member(self.chat, user, member)?;
         let chat = self.chat_mut()?;
@@ -317,6 +354,10 @@ impl<S: StoreRead> ChatFold<'_, S> {
     fn member_removed(&mut self, user: UserId) -> Result<(), ProjectionError> {
         self.chat_record()?;
         self.require_member(user)?;
+        let overrides = self.state.member(self.chat, user)?.and_then(|member| member.overrides);
+        if overrides.is_some() {
+            self.state.set_parked_overrides(self.chat, user, overrides); // until the owner clears them
+        }
         self.state.remove_member(self.chat, user)?;
         let position = self.position;
         let chat = self.chat_mut()?;
@@ -351,6 +392,7 @@ impl<S: StoreRead> ChatFold<'_, S> {
             )));
         }
         self.require_member(author)?;
+        let mentions = self.mentioned_members(&sent.mentioned_user_ids, author)?;
         let seq = head.last_seq + 1;
         let record = MessageRecord {
             seq,
@@ -363,9 +405,14 @@ impl<S: StoreRead> ChatFold<'_, S> {
             edited_at_ms: None,
             message_type: sent.r#type,
             client_id: sent.client_id,
+            reply: sent.reply.as_ref().map(|reply| reply.encode_to_vec()),
+            mentions: mentions.clone(),
         };
         let told = self.effects.is_some().then(|| record.clone());
         self.state.insert_message(self.chat, message_id, record)?;
+        for user in mentions {
+            self.state.add_mention(self.chat, user, seq, message_id)?;
+        }
         self.state.note_list_change(self.chat)?;
         let chat = self.chat_mut()?;
         chat.last_seq = seq;
@@ -393,14 +440,47 @@ impl<S: StoreRead> ChatFold<'_, S> {
         }
     }
 
+    /// The mentioned users of an event, checked: members of the chat other than the author,
+    /// in user id order, each once (the decision resolved them so).
+    fn mentioned_members(&mut self, mentioned: &[u64], author: UserId) -> Result<Vec<UserId>, ProjectionError> {
+        let users: Vec<UserId> = mentioned.iter().copied().map(UserId).collect();
+        if !users.is_sorted_by(|a, b| a < b) {
+            return Err(self.inconsistent("mentioned users are not in increasing user id order"));
+        }
+        for &user in &users {
+            if user == author {
+                return Err(self.inconsistent(format!("the author {user} mentions themselves")));
+            }
+            self.require_member(user)?;
+        }
+        Ok(users)
+    }
+
     fn message_edited(&mut self, edited: &events::MessageEdited) -> Result<(), ProjectionError> {
         let message_id = MessageId(edited.message_id);
         let wanted = self.effects.is_some();
+        let author = self.live_message_mut(message_id)?.author;
+        let mentions = if edited.replaces_all { Some(self.mentioned_members(&edited.mentioned_user_ids, author)?) } else { None };
         let message = self.live_message_mut(message_id)?;
         message.text.clone_from(&edited.text);
         message.edited_at_ms = Some(edited.edited_at_ms);
+        let mut mention_changes = None;
+        if let Some(mentions) = mentions {
+            message.entities = edited.entities.iter().map(|entity| entity.encode_to_vec()).collect();
+            message.media = edited.media.iter().map(|media| media.encode_to_vec()).collect();
+            let old = std::mem::replace(&mut message.mentions, mentions.clone());
+            mention_changes = Some((message.seq, old, mentions));
+        }
         let told = wanted.then(|| message.clone());
         self.state.remeasure_message(self.chat, message_id);
+        if let Some((seq, old, new)) = mention_changes {
+            for &user in old.iter().filter(|user| !new.contains(user)) {
+                self.state.remove_mention(self.chat, user, seq)?;
+            }
+            for &user in new.iter().filter(|user| !old.contains(user)) {
+                self.state.add_mention(self.chat, user, seq, message_id)?;
+            }
+        }
         if let Some(message) = told {
             let audience = self.audience()?;
             self.tell(Effect::MessageEdited { audience, message_id, message });
@@ -426,9 +506,14 @@ impl<S: StoreRead> ChatFold<'_, S> {
             message.text = String::new();
             message.entities = Vec::new();
             message.media = Vec::new();
+            message.reply = None;
+            let mentions = std::mem::take(&mut message.mentions);
             let seq = message.seq;
             self.state.remeasure_message(chat, message_id);
             self.state.add_deleted_seq(chat, seq)?;
+            for user in mentions {
+                self.state.remove_mention(chat, user, seq)?; // deleting a mention lowers its count
+            }
         }
         let newest = self.state.newest_live_message_at_or_before(self.chat, head.last_message_id)?;
         let last = newest.unwrap_or(MessageId(self.chat.get()));
@@ -459,10 +544,18 @@ impl<S: StoreRead> ChatFold<'_, S> {
             let (read_seq, read_message_id) =
                 self.state.member(self.chat, user)?.map_or((0, MessageId(0)), |member| (member.read_seq, member.read_message_id));
             let unread_count = self.unread(head, read_seq)?;
+            let unread_mentions_count = self.state.mentions_after(self.chat, user, read_seq)?;
             let last_read_message_id =
                 if head.has_messages { read_message_id.min(head.last_message_id) } else { MessageId(0) };
             let addressing = Addressing::of(&self.chat_record()?.kind);
-            self.tell(Effect::ReadPositionMoved { chat: self.chat, addressing, user, last_read_message_id, unread_count });
+            self.tell(Effect::ReadPositionMoved {
+                chat: self.chat,
+                addressing,
+                user,
+                last_read_message_id,
+                unread_count,
+                unread_mentions_count,
+            });
         }
         Ok(())
     }
@@ -477,7 +570,13 @@ impl<S: StoreRead> ChatFold<'_, S> {
 
     fn permission_overrides_set(&mut self, set: &events::PermissionOverridesSet) -> Result<(), ProjectionError> {
         let user = UserId(set.user_id);
-        self.member_mut(user)?.overrides = (set.pos != 0 || set.neg != 0).then_some((set.pos, set.neg));
+        let overrides = (set.pos != 0 || set.neg != 0).then_some((set.pos, set.neg));
+        if self.state.member(self.chat, user)?.is_none() {
+            // Set for a non-member: kept until they join (nobody to tell).
+            self.state.set_parked_overrides(self.chat, user, overrides);
+            return Ok(());
+        }
+        self.member_mut(user)?.overrides = overrides;
         if self.effects.is_some() {
             let addressing = Addressing::of(&self.chat_record()?.kind);
             self.tell(Effect::PermissionsChanged { chat: self.chat, addressing, user, pos: set.pos, neg: set.neg });
@@ -557,13 +656,15 @@ impl<S: StoreRead> ChatFold<'_, S> {
         let chat = self.chat_record()?.clone();
         let member = self.state.member(self.chat, user)?.cloned().ok_or_else(|| self.inconsistent("member vanished"))?;
         let unread_count = self.unread(head, member.read_seq)?;
+        let unread_mentions_count = self.state.mentions_after(self.chat, user, member.read_seq)?;
         let last_message = if head.has_messages {
             self.state.message(self.chat, head.last_message_id)?.cloned().map(|message| (head.last_message_id, message))
         } else {
             None
         };
         let participants = if chat.group().is_some() { self.participants()? } else { Vec::new() };
-        let snapshot = Box::new(ConversationSnapshot { chat, member, unread_count, last_message, participants });
+        let snapshot =
+            Box::new(ConversationSnapshot { chat, member, unread_count, unread_mentions_count, last_message, participants });
         self.tell(Effect::ConversationChanged { chat: self.chat, user, snapshot });
         Ok(())
     }

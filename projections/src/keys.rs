@@ -51,6 +51,11 @@ pub fn member_user(key: &[u8]) -> Result<UserId, ProjectionError> {
     u64_at(Table::ChatidUseridMember, key, 8).map(UserId)
 }
 
+/// `chatid_userid_override`: `chat_id (8) | user_id (8)`, as a member key.
+pub fn parked_overrides(chat: ChatId, user: UserId) -> Vec<u8> {
+    member(chat, user)
+}
+
 /// `userid_lastmsgid_chatid_chatlist`: `user_id (8) | last_message_id (8) | chat_id (8)`.
 pub fn chat_list_entry(user: UserId, last_message: MessageId, chat: ChatId) -> Vec<u8> {
     concat::<24>(&[&user.to_be_bytes(), &last_message.to_be_bytes(), &chat.to_be_bytes()])
@@ -96,6 +101,28 @@ pub fn deleted_seq_value(key: &[u8]) -> Result<u64, ProjectionError> {
 pub fn direct_chat(a: UserId, b: UserId) -> Vec<u8> {
     let (low, high) = if a <= b { (a, b) } else { (b, a) };
     concat::<16>(&[&low.to_be_bytes(), &high.to_be_bytes()])
+}
+
+/// `chatid_userid_seq_mention`: `chat_id (8) | user_id (8) | seq (8)`: `user` is
+/// mentioned by the message with sequence number `seq` in `chat`.
+pub fn mention(chat: ChatId, user: UserId, seq: u64) -> Vec<u8> {
+    concat::<24>(&[&chat.to_be_bytes(), &user.to_be_bytes(), &seq.to_be_bytes()])
+}
+
+/// `chatid_userid_seq_mention` prefix of one member's mentions in one chat.
+pub fn mentions_of(chat: ChatId, user: UserId) -> Vec<u8> {
+    concat::<16>(&[&chat.to_be_bytes(), &user.to_be_bytes()])
+}
+
+/// The sequence number of a `chatid_userid_seq_mention` key.
+pub fn mention_seq(key: &[u8]) -> Result<u64, ProjectionError> {
+    u64_at(Table::ChatidUseridSeqMention, key, 16)
+}
+
+/// `username_userid`: the username with ASCII letters lowercased (usernames match
+/// ASCII-case-insensitively; other characters as they are).
+pub fn username(name: &str) -> Vec<u8> {
+    name.to_ascii_lowercase().into_bytes()
 }
 
 /// `code_invite`: the invite code's UTF-8 bytes.
@@ -182,6 +209,20 @@ mod tests {
         assert_eq!(invite("AbC_-"), b"AbC_-");
         assert_eq!(chat_invite(ChatId(1), "xy"), [0, 0, 0, 0, 0, 0, 0, 1, b'x', b'y']);
         assert_eq!(chat_invite_code(&chat_invite(ChatId(1), "xy")).unwrap(), "xy");
+    }
+
+    #[test]
+    fn mention_key_is_chat_then_user_then_seq_big_endian() {
+        let key = mention(ChatId(1), UserId(2), 0x0103);
+        assert_eq!(key, [0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 1, 3]);
+        assert!(key.starts_with(&mentions_of(ChatId(1), UserId(2))));
+        assert_eq!(mention_seq(&key).unwrap(), 0x0103);
+    }
+
+    #[test]
+    fn username_key_lowercases_ascii_letters_only() {
+        assert_eq!(username("Ann_1"), b"ann_1");
+        assert_eq!(username("Ä"), "Ä".as_bytes());
     }
 
     #[test]

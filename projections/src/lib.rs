@@ -10,8 +10,9 @@
 //! protocol views ([`query`]).
 //!
 //! **What it owns:** the meaning of every event for conversation state: read positions,
-//! unread counts (derived, never stored), chat-list order, drafts, mute, permission
-//! overrides, invites and their use counters; and who must be told about each event.
+//! unread counts and unread mention counts (derived, never stored), chat-list order,
+//! drafts, notification preferences, permission overrides, invites and their use
+//! counters, the username index; and who must be told about each event.
 //!
 //! **What it must never do:** perform I/O (the state reads flushed records only through
 //! the [`store::StoreRead`] it is given), read a clock or generate ids (the fold is a pure

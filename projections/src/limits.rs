@@ -21,4 +21,4 @@ pub const MEMBER_DEFAULT_PERMISSIONS: u64 = PERMISSION_SEND_MESSAGES | PERMISSIO
 
 /// The current projection schema version. Bump it whenever a key layout or record
 /// encoding changes; an engine refuses to serve projections of another version.
-pub const PROJECTION_SCHEMA_VERSION: u32 = 1;
+pub const PROJECTION_SCHEMA_VERSION: u32 = 2;

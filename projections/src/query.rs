@@ -57,6 +57,25 @@ pub fn unread_count(
     Ok(u32::try_from(unread).unwrap_or(u32::MAX))
 }
 
+/// Unread mentions of a member: mentions by non-deleted messages after the read position
+/// (a deleted message's mention keys are removed with it).
+pub fn unread_mentions_count(
+    store: &(impl StoreRead + ?Sized),
+    chat_id: ChatId,
+    viewer: UserId,
+    member: &MemberRecord,
+) -> Result<u32, ProjectionError> {
+    let Some(first) = member.read_seq.checked_add(1) else { return Ok(0) };
+    let prefix = keys::mentions_of(chat_id, viewer);
+    let start = keys::mention(chat_id, viewer, first);
+    let mut count = 0u64;
+    store.scan(Table::ChatidUseridSeqMention, ScanRange::prefix(&prefix).starting_at(&start), &mut |_, _| {
+        count += 1;
+        ControlFlow::Continue(())
+    })?;
+    Ok(u32::try_from(count).unwrap_or(u32::MAX))
+}
+
 /// How `viewer` addresses `chat`: a group by its id, a DM by the other user, the self chat as `self`.
 pub fn chat_ref_for(viewer: UserId, chat_id: ChatId, chat: &ChatRecord) -> refs::ChatRef {
     chat_ref_by(viewer, chat_id, Addressing::of(&chat.kind))
@@ -87,16 +106,19 @@ pub fn conversation(
     chat: &ChatRecord,
     member: &MemberRecord,
 ) -> Result<types::Conversation, ProjectionError> {
-    Ok(conversation_of(viewer, chat_id, chat, member, unread_count(store, chat_id, chat, member)?))
+    let unread = unread_count(store, chat_id, chat, member)?;
+    let mentions = unread_mentions_count(store, chat_id, viewer, member)?;
+    Ok(conversation_of(viewer, chat_id, chat, member, unread, mentions))
 }
 
-/// [`conversation`] with the unread count already known.
+/// [`conversation`] with the unread and unread mention counts already known.
 pub fn conversation_of(
     viewer: UserId,
     chat_id: ChatId,
     chat: &ChatRecord,
     member: &MemberRecord,
     unread_count: u32,
+    unread_mentions_count: u32,
 ) -> types::Conversation {
     let last_read = if chat.has_messages(chat_id) {
         member.read_message_id.min(chat.last_message_id)
@@ -110,7 +132,8 @@ pub fn conversation_of(
         unread_count,
         draft: member.draft.clone(),
         permissions: member.overrides.map(|(pos, neg)| types::PermissionOverrides { pos, neg }),
-        muted: member.muted,
+        notif_prefs: member.notif_prefs.to_proto(),
+        unread_mentions_count,
     }
 }
 
@@ -256,6 +279,11 @@ pub fn message_view(
         .iter()
         .map(|bytes| media::MessageMedia::decode(bytes.as_slice()).map_err(|err| corrupt("media", err)))
         .collect::<Result<_, _>>()?;
+    let reply = record
+        .reply
+        .as_ref()
+        .map(|bytes| types::message::MessageReplyInfo::decode(bytes.as_slice()).map_err(|err| corrupt("reply", err)))
+        .transpose()?;
     Ok(types::Message {
         chat_ref: Some(chat_ref),
         message_id: message_id.get(),
@@ -265,6 +293,11 @@ pub fn message_view(
         entities,
         edited_at: record.edited_at_ms,
         r#type: (record.message_type != 0).then_some(record.message_type),
+        // The deprecated field carries the replied-to id for older clients.
+        reply_to: reply.as_ref().and_then(|reply| reply.message_id),
+        forward: None,
+        reply,
+        bot_info: None,
     })
 }
 

@@ -112,6 +112,55 @@ impl ChatRecord {
     }
 }
 
+/// Who a member's conversation notifies of new messages (the protocol's `NotifPrefs`).
+/// Unread counting is the same whatever it is.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+pub enum NotifPrefs {
+    /// Every message from someone else.
+    #[default]
+    All,
+    /// Only messages that mention the member.
+    Mentions,
+    /// Never (the seeds' "muted").
+    None,
+    /// The client's default: treated as [`NotifPrefs::All`].
+    Default,
+}
+
+impl NotifPrefs {
+    /// The protocol enum's value (`types::NotifPrefs`).
+    pub fn to_proto(self) -> i32 {
+        use osmium_proto::types::NotifPrefs as Wire;
+        match self {
+            NotifPrefs::All => Wire::All as i32,
+            NotifPrefs::Mentions => Wire::Mentions as i32,
+            NotifPrefs::None => Wire::None as i32,
+            NotifPrefs::Default => Wire::Default as i32,
+        }
+    }
+
+    /// From the protocol enum's value; `None` for a value the protocol does not define.
+    pub fn from_proto(value: i32) -> Option<NotifPrefs> {
+        use osmium_proto::types::NotifPrefs as Wire;
+        Some(match Wire::try_from(value).ok()? {
+            Wire::All => NotifPrefs::All,
+            Wire::Mentions => NotifPrefs::Mentions,
+            Wire::None => NotifPrefs::None,
+            Wire::Default => NotifPrefs::Default,
+        })
+    }
+
+    /// Whether a new message from someone else notifies: never for `None`, only when the
+    /// member is `mentioned` for `Mentions`, always for `All` and `Default`.
+    pub fn notifies(self, mentioned: bool) -> bool {
+        match self {
+            NotifPrefs::All | NotifPrefs::Default => true,
+            NotifPrefs::Mentions => mentioned,
+            NotifPrefs::None => false,
+        }
+    }
+}
+
 /// `chatid_userid_member`: one member's own view of a chat.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct MemberRecord {
@@ -123,8 +172,8 @@ pub struct MemberRecord {
     pub read_message_id: MessageId,
     /// Unsent draft.
     pub draft: Option<String>,
-    /// Notifications muted (unread counting is unaffected).
-    pub muted: bool,
+    /// Who notifies this member (unread counting is unaffected).
+    pub notif_prefs: NotifPrefs,
     /// Permission overrides `(pos, neg)` set by the owner.
     pub overrides: Option<(u64, u64)>,
 }
@@ -138,7 +187,7 @@ pub struct MessageRecord {
     pub author: UserId,
     /// When it was recorded (unix ms).
     pub sent_at_ms: u64,
-    /// Set once deleted; a tombstone keeps only `seq` and `author`.
+    /// Set once deleted; a tombstone keeps only `seq`, `author`, `sent_at_ms` and `client_id`.
     pub deleted: bool,
     /// Text (empty in a tombstone).
     pub text: String,
@@ -152,6 +201,10 @@ pub struct MessageRecord {
     pub message_type: i32,
     /// The sender's idempotency key.
     pub client_id: Option<u64>,
+    /// Protobuf-encoded `Message.MessageReplyInfo`: the message replied to and the quote.
+    pub reply: Option<Vec<u8>>,
+    /// The members it mentions, in user id order (each has a `chatid_userid_seq_mention` key).
+    pub mentions: Vec<UserId>,
 }
 
 /// `code_invite`: an invite code's state.
@@ -238,6 +291,96 @@ pub fn load_user(store: &(impl StoreRead + ?Sized), user: UserId) -> Result<Opti
     load(store, Table::UseridUser, &keys::user(user))
 }
 
+/// The user holding `username` in the username index (ASCII case-insensitive), if any.
+pub fn load_username(store: &(impl StoreRead + ?Sized), username: &str) -> Result<Option<UserId>, ProjectionError> {
+    let key = keys::username(username);
+    load_id(store, Table::UsernameUserid, &key).map(|id| id.map(UserId))
+}
+
+/// `chatid_userid_override` value: `pos (8) | neg (8)`, big-endian.
+pub fn encode_overrides((pos, neg): (u64, u64)) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(16);
+    bytes.extend_from_slice(&pos.to_be_bytes());
+    bytes.extend_from_slice(&neg.to_be_bytes());
+    bytes
+}
+
+/// The permission overrides kept for a user who is not a member of `chat`, if any.
+pub fn load_parked_overrides(
+    store: &(impl StoreRead + ?Sized),
+    chat: ChatId,
+    user: UserId,
+) -> Result<Option<(u64, u64)>, ProjectionError> {
+    let key = keys::parked_overrides(chat, user);
+    let Some(bytes) = store.get(Table::ChatidUseridOverride, &key)? else { return Ok(None) };
+    match <[u8; 16]>::try_from(bytes.as_slice()) {
+        Ok(raw) => {
+            let (mut pos, mut neg) = ([0u8; 8], [0u8; 8]);
+            pos.copy_from_slice(&raw[..8]);
+            neg.copy_from_slice(&raw[8..]);
+            Ok(Some((u64::from_be_bytes(pos), u64::from_be_bytes(neg))))
+        }
+        Err(_) => Err(ProjectionError::Decode {
+            table: Table::ChatidUseridOverride,
+            key_hex: hex(&key),
+            reason: format!("expected 16 bytes (pos, neg), found {}", bytes.len()),
+        }),
+    }
+}
+
+fn load_id(store: &(impl StoreRead + ?Sized), table: Table, key: &[u8]) -> Result<Option<u64>, ProjectionError> {
+    match store.get(table, key)? {
+        None => Ok(None),
+        Some(bytes) => match <[u8; 8]>::try_from(bytes.as_slice()) {
+            Ok(raw) => Ok(Some(u64::from_be_bytes(raw))),
+            Err(_) => Err(ProjectionError::Decode {
+                table,
+                key_hex: hex(key),
+                reason: format!("expected an 8-byte id, found {} bytes", bytes.len()),
+            }),
+        },
+    }
+}
+
+/// A member's mentions in a chat after sequence number `after`: `(seq, message)` in send
+/// order, at most `limit`.
+pub fn load_mentions_after(
+    store: &(impl StoreRead + ?Sized),
+    chat: ChatId,
+    user: UserId,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<(u64, MessageId)>, ProjectionError> {
+    let prefix = keys::mentions_of(chat, user);
+    let Some(first) = after.checked_add(1) else { return Ok(Vec::new()) };
+    let start = keys::mention(chat, user, first);
+    let mut found = Vec::new();
+    let mut failure = None;
+    if limit == 0 {
+        return Ok(found);
+    }
+    store.scan(Table::ChatidUseridSeqMention, crate::store::ScanRange::prefix(&prefix).starting_at(&start), &mut |key, value| {
+        match keys::mention_seq(key).and_then(|seq| Ok((seq, MessageId(mention_message(key, value)?)))) {
+            Ok(entry) => found.push(entry),
+            Err(err) => {
+                failure = Some(err);
+                return std::ops::ControlFlow::Break(());
+            }
+        }
+        if found.len() >= limit { std::ops::ControlFlow::Break(()) } else { std::ops::ControlFlow::Continue(()) }
+    })?;
+    failure.map_or(Ok(found), Err)
+}
+
+/// The message id stored under a `chatid_userid_seq_mention` key.
+pub fn mention_message(key: &[u8], value: &[u8]) -> Result<u64, ProjectionError> {
+    <[u8; 8]>::try_from(value).map(u64::from_be_bytes).map_err(|_| ProjectionError::Decode {
+        table: Table::ChatidUseridSeqMention,
+        key_hex: hex(key),
+        reason: format!("expected an 8-byte message id, found {} bytes", value.len()),
+    })
+}
+
 /// The DM (or self chat) between two users, if it exists.
 pub fn load_direct_chat(
     store: &(impl StoreRead + ?Sized),
@@ -245,17 +388,7 @@ pub fn load_direct_chat(
     b: UserId,
 ) -> Result<Option<ChatId>, ProjectionError> {
     let key = keys::direct_chat(a, b);
-    match store.get(Table::UseridUseridDm, &key)? {
-        None => Ok(None),
-        Some(bytes) => match <[u8; 8]>::try_from(bytes.as_slice()) {
-            Ok(raw) => Ok(Some(ChatId::from_be_bytes(raw))),
-            Err(_) => Err(ProjectionError::Decode {
-                table: Table::UseridUseridDm,
-                key_hex: hex(&key),
-                reason: format!("expected an 8-byte chat id, found {} bytes", bytes.len()),
-            }),
-        },
-    }
+    load_id(store, Table::UseridUseridDm, &key).map(|id| id.map(ChatId))
 }
 
 /// Every member of `chat` with their record, in user id order.

@@ -20,18 +20,21 @@ use crate::chat_list::ListChange;
 use crate::error::ProjectionError;
 use crate::keys;
 use crate::layers::KvWrite;
-use crate::records::{self, ChatRecord, InviteRecord, MemberRecord, MessageRecord, UserRecord, decode};
+use crate::records::{self, ChatRecord, InviteRecord, MemberRecord, MessageRecord, NotifPrefs, UserRecord, decode};
 use crate::store::{MemStore, ScanRange, Store, StoreRead, collect_prefix};
 use crate::tables::Table;
 use osmium_proto::ids::{ChatId, MessageId, Position, UserId};
 use foldhash::{HashMap, HashMapExt as _, HashSet, HashSetExt as _};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
 /// Approximate bytes of bookkeeping per cached record (hash map slot, key, metadata),
 /// added to each record's own footprint.
 pub const ENTRY_OVERHEAD_BYTES: usize = 64;
+
+/// Approximate bytes of one cached mention (`seq -> message` in a member's map).
+pub const MENTION_BYTES: usize = 32;
 
 /// A cached value: `None` records that the source has no such record (or it was deleted).
 #[derive(Clone, Debug)]
@@ -43,13 +46,13 @@ struct Slot<T> {
     bytes: usize,
 }
 
-/// One member as live updates need it: who, and whether they muted the chat.
+/// One member as live updates need it: who, and who notifies them.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct Recipient {
     /// The member.
     pub user: UserId,
-    /// Notifications muted (unread counting is unaffected).
-    pub muted: bool,
+    /// Who notifies them of new messages (unread counting is unaffected).
+    pub notif_prefs: NotifPrefs,
 }
 
 #[derive(Debug, Default)]
@@ -62,9 +65,13 @@ struct ChatEntry {
     deleted: Option<BTreeSet<u64>>,
     /// Codes of the chat's invites; loaded on first need.
     invite_codes: Option<BTreeSet<String>>,
+    /// Per member: every `chatid_userid_seq_mention` entry (`seq -> message`); a member's
+    /// map is loaded whole on first need, so a present map is complete.
+    mentions: HashMap<UserId, BTreeMap<u64, MessageId>>,
     /// Ids of this chat's messages held in `ProjectionState::messages`.
     cached_messages: BTreeSet<MessageId>,
-    /// Members for live updates, in user id order; rebuilt after a membership or mute change.
+    /// Members for live updates, in user id order; rebuilt after a membership or
+    /// notification preference change.
     recipients: Option<Arc<[Recipient]>>,
     /// The cut that persists the last change of this entry or of one of its messages.
     persist_cut: u64,
@@ -79,11 +86,14 @@ enum Changed {
     Member(ChatId, UserId),
     Message(ChatId, MessageId),
     Deleted(ChatId, u64),
+    Mention(ChatId, UserId, u64),
     DirectChat(UserId, UserId),
+    Username(Vec<u8>),
     Invite(String),
     ChatInvite(ChatId, String),
     User(UserId),
     LargeChat(UserId, ChatId),
+    ParkedOverrides(ChatId, UserId),
     Checkpoint,
 }
 
@@ -106,6 +116,10 @@ pub struct ProjectionState<S> {
     users: HashMap<UserId, Slot<UserRecord>>,
     direct_chats: HashMap<(UserId, UserId), Slot<ChatId>>,
     invites: HashMap<String, Slot<InviteRecord>>,
+    /// The username index, keyed by [`keys::username`] bytes.
+    usernames: HashMap<Vec<u8>, Slot<UserId>>,
+    /// Permission overrides `(pos, neg)` of users who are not members.
+    parked_overrides: HashMap<(ChatId, UserId), Slot<(u64, u64)>>,
     checkpoint: Position,
     changed: Vec<Changed>,
     changed_set: HashSet<Changed>,
@@ -173,6 +187,8 @@ impl<S: StoreRead> ProjectionState<S> {
             users: HashMap::new(),
             direct_chats: HashMap::new(),
             invites: HashMap::new(),
+            usernames: HashMap::new(),
+            parked_overrides: HashMap::new(),
             checkpoint: Position::ZERO,
             changed: Vec::new(),
             changed_set: HashSet::new(),
@@ -230,6 +246,7 @@ impl<S: StoreRead> ProjectionState<S> {
             + self.users.len()
             + self.direct_chats.len()
             + self.invites.len()
+            + self.usernames.len()
     }
 
     fn change(&mut self, key: Changed) {
@@ -362,7 +379,7 @@ impl<S: StoreRead> ProjectionState<S> {
         let recipients: Arc<[Recipient]> = self
             .members(chat)?
             .into_iter()
-            .map(|(user, member)| Recipient { user, muted: member.muted })
+            .map(|(user, member)| Recipient { user, notif_prefs: member.notif_prefs })
             .collect();
         if let Some(entry) = self.chats.get_mut(&chat) {
             entry.recipients = Some(recipients.clone());
@@ -370,7 +387,8 @@ impl<S: StoreRead> ProjectionState<S> {
         Ok(recipients)
     }
 
-    /// Forgets `chat`'s recipients (after a member's mute changed: they carry it).
+    /// Forgets `chat`'s recipients (after a member's notification preferences changed:
+    /// they carry them).
     pub fn recipients_changed(&mut self, chat: ChatId) {
         if let Some(entry) = self.chats.get_mut(&chat) {
             entry.recipients = None;
@@ -628,6 +646,54 @@ impl<S: StoreRead> ProjectionState<S> {
         Ok(self.deleted_set(chat)?.range(after + 1..=up_to).count() as u64)
     }
 
+    // ---- mentions ---------------------------------------------------------------
+
+    fn mention_map(&mut self, chat: ChatId, user: UserId) -> Result<&mut BTreeMap<u64, MessageId>, ProjectionError> {
+        if !self.chat_entry(chat)?.mentions.contains_key(&user) {
+            let stored = collect_prefix(&self.source, Table::ChatidUseridSeqMention, &keys::mentions_of(chat, user), |key, value| {
+                Ok((keys::mention_seq(key)?, MessageId(records::mention_message(key, value)?)))
+            })?;
+            let bytes = ENTRY_OVERHEAD_BYTES + stored.len() * MENTION_BYTES;
+            self.bytes += bytes;
+            let entry = self.chat_entry(chat)?;
+            entry.bytes += bytes;
+            entry.mentions.insert(user, stored.into_iter().collect());
+        }
+        self.chat_entry(chat)?.mentions.get_mut(&user).ok_or_else(|| unreachable_entry("mentions"))
+    }
+
+    /// Records that the message `message` (sequence number `seq`) mentions `user`.
+    pub fn add_mention(&mut self, chat: ChatId, user: UserId, seq: u64, message: MessageId) -> Result<(), ProjectionError> {
+        let cut = self.next_cut();
+        if self.mention_map(chat, user)?.insert(seq, message).is_none() {
+            self.bytes += MENTION_BYTES;
+            self.chat_entry(chat)?.bytes += MENTION_BYTES;
+        }
+        self.change(Changed::Mention(chat, user, seq));
+        self.chat_entry(chat)?.persist_cut = cut;
+        Ok(())
+    }
+
+    /// Removes the mention of `user` by the message with sequence number `seq`.
+    pub fn remove_mention(&mut self, chat: ChatId, user: UserId, seq: u64) -> Result<(), ProjectionError> {
+        let cut = self.next_cut();
+        if self.mention_map(chat, user)?.remove(&seq).is_some() {
+            self.bytes -= MENTION_BYTES;
+            let entry = self.chat_entry(chat)?;
+            entry.bytes -= MENTION_BYTES;
+            entry.persist_cut = cut;
+            self.change(Changed::Mention(chat, user, seq));
+        }
+        Ok(())
+    }
+
+    /// Mentions of `user` in `chat` by messages with a sequence number above `after`.
+    pub fn mentions_after(&mut self, chat: ChatId, user: UserId, after: u64) -> Result<u32, ProjectionError> {
+        let Some(first) = after.checked_add(1) else { return Ok(0) };
+        let count = self.mention_map(chat, user)?.range(first..).count();
+        Ok(u32::try_from(count).unwrap_or(u32::MAX))
+    }
+
     // ---- direct chats, invites, users -------------------------------------------
 
     /// The DM (or self chat) between two users.
@@ -652,6 +718,28 @@ impl<S: StoreRead> ProjectionState<S> {
             self.bytes += ENTRY_OVERHEAD_BYTES;
         }
         self.change(Changed::DirectChat(key.0, key.1));
+    }
+
+    /// The permission overrides kept for `user`, who is not a member of `chat`.
+    pub fn parked_overrides(&mut self, chat: ChatId, user: UserId) -> Result<Option<(u64, u64)>, ProjectionError> {
+        let tick = self.tick;
+        if let Some(slot) = self.parked_overrides.get_mut(&(chat, user)) {
+            slot.last_used = tick;
+            return Ok(slot.value);
+        }
+        let value = records::load_parked_overrides(&self.source, chat, user)?;
+        self.bytes += ENTRY_OVERHEAD_BYTES;
+        self.parked_overrides.insert((chat, user), Slot { value, persist_cut: 0, last_used: tick, bytes: ENTRY_OVERHEAD_BYTES });
+        Ok(value)
+    }
+
+    /// Keeps (`Some`) or forgets (`None`) the permission overrides of a non-member.
+    pub fn set_parked_overrides(&mut self, chat: ChatId, user: UserId, overrides: Option<(u64, u64)>) {
+        let slot = Slot { value: overrides, persist_cut: self.next_cut(), last_used: self.tick, bytes: ENTRY_OVERHEAD_BYTES };
+        if self.parked_overrides.insert((chat, user), slot).is_none() {
+            self.bytes += ENTRY_OVERHEAD_BYTES;
+        }
+        self.change(Changed::ParkedOverrides(chat, user));
     }
 
     /// An invite by code.
@@ -761,6 +849,33 @@ impl<S: StoreRead> ProjectionState<S> {
         self.change(Changed::User(user));
     }
 
+    /// The user holding `username` in the username index (ASCII case-insensitive).
+    pub fn user_by_username(&mut self, username: &str) -> Result<Option<UserId>, ProjectionError> {
+        let key = keys::username(username);
+        let tick = self.tick;
+        if let Some(slot) = self.usernames.get_mut(&key) {
+            slot.last_used = tick;
+            return Ok(slot.value);
+        }
+        let value = records::load_username(&self.source, username)?;
+        let bytes = ENTRY_OVERHEAD_BYTES + key.len();
+        self.bytes += bytes;
+        self.usernames.insert(key, Slot { value, persist_cut: 0, last_used: tick, bytes });
+        Ok(value)
+    }
+
+    /// Points `username` at `user` (`None`: removes it from the index).
+    pub fn set_username(&mut self, username: &str, user: Option<UserId>) {
+        let key = keys::username(username);
+        let bytes = ENTRY_OVERHEAD_BYTES + key.len();
+        let slot = Slot { value: user, persist_cut: self.next_cut(), last_used: self.tick, bytes };
+        match self.usernames.insert(key.clone(), slot) {
+            Some(old) => self.bytes = self.bytes - old.bytes + bytes,
+            None => self.bytes += bytes,
+        }
+        self.change(Changed::Username(key));
+    }
+
     // ---- batches, cuts and eviction ---------------------------------------------
 
     /// The writes of everything changed since the last call, each key once with its
@@ -805,6 +920,19 @@ impl<S: StoreRead> ProjectionState<S> {
                 (Table::ChatidMsgidMessage, keys::message(chat, message), record.map(records::encode))
             }
             Changed::Deleted(chat, seq) => put(Table::ChatidSeqDeleted, keys::deleted_seq(chat, seq), Vec::new()),
+            Changed::Mention(chat, user, seq) => {
+                let message = self
+                    .chats
+                    .get(&chat)
+                    .and_then(|entry| entry.mentions.get(&user))
+                    .and_then(|mentions| mentions.get(&seq));
+                let key = keys::mention(chat, user, seq);
+                (Table::ChatidUseridSeqMention, key, message.map(|message| message.to_be_bytes().to_vec()))
+            }
+            Changed::Username(key) => {
+                let user = self.usernames.get(&key).and_then(|slot| slot.value);
+                (Table::UsernameUserid, key, user.map(|user| user.to_be_bytes().to_vec()))
+            }
             Changed::DirectChat(a, b) => {
                 let chat = self.direct_chats.get(&(a, b)).and_then(|slot| slot.value);
                 (Table::UseridUseridDm, keys::direct_chat(a, b), chat.map(|chat| chat.to_be_bytes().to_vec()))
@@ -829,6 +957,10 @@ impl<S: StoreRead> ProjectionState<S> {
                 let large = self.chats.get(&chat).and_then(|entry| entry.record.as_ref()).is_some_and(|record| record.large);
                 let member = large && self.member(chat, user)?.is_some();
                 (Table::UseridChatidLargechat, keys::large_chat(user, chat), member.then(Vec::new))
+            }
+            Changed::ParkedOverrides(chat, user) => {
+                let overrides = self.parked_overrides.get(&(chat, user)).and_then(|slot| slot.value);
+                (Table::ChatidUseridOverride, keys::parked_overrides(chat, user), overrides.map(records::encode_overrides))
             }
             Changed::Checkpoint => {
                 put(Table::ProjectionMeta, keys::META_CHECKPOINT.to_vec(), self.checkpoint.to_be_bytes().to_vec())
@@ -863,6 +995,8 @@ impl<S: StoreRead> ProjectionState<S> {
             User(UserId),
             Direct(UserId, UserId),
             Invite(String),
+            Username(Vec<u8>),
+            Parked(ChatId, UserId),
         }
         let mut candidates: Vec<(u64, Candidate)> = Vec::new();
         for (&chat, entry) in &self.chats {
@@ -890,6 +1024,16 @@ impl<S: StoreRead> ProjectionState<S> {
                 candidates.push((slot.last_used, Candidate::Invite(code.clone())));
             }
         }
+        for (name, slot) in &self.usernames {
+            if clean(slot.persist_cut) {
+                candidates.push((slot.last_used, Candidate::Username(name.clone())));
+            }
+        }
+        for (&(chat, user), slot) in &self.parked_overrides {
+            if clean(slot.persist_cut) {
+                candidates.push((slot.last_used, Candidate::Parked(chat, user)));
+            }
+        }
         candidates.sort_unstable_by_key(|(last_used, _)| *last_used);
         let before = self.bytes;
         for (_, candidate) in candidates {
@@ -915,6 +1059,8 @@ impl<S: StoreRead> ProjectionState<S> {
                 Candidate::User(user) => self.users.remove(&user).map_or(0, |slot| slot.bytes),
                 Candidate::Direct(a, b) => self.direct_chats.remove(&(a, b)).map_or(0, |slot| slot.bytes),
                 Candidate::Invite(code) => self.invites.remove(&code).map_or(0, |slot| slot.bytes),
+                Candidate::Username(name) => self.usernames.remove(&name).map_or(0, |slot| slot.bytes),
+                Candidate::Parked(chat, user) => self.parked_overrides.remove(&(chat, user)).map_or(0, |slot| slot.bytes),
             };
             self.bytes -= freed;
         }
@@ -949,6 +1095,13 @@ impl<S: StoreRead> ProjectionState<S> {
             for code in self.invite_codes(chat)? {
                 store.put(Table::ChatidCodeInvite, keys::chat_invite(chat, &code), Vec::new());
             }
+            if let Some(entry) = self.chats.get(&chat) {
+                for (&user, mentions) in &entry.mentions {
+                    for (&seq, message) in mentions {
+                        store.put(Table::ChatidUseridSeqMention, keys::mention(chat, user, seq), message.to_be_bytes().to_vec());
+                    }
+                }
+            }
         }
         for (&(chat, message), slot) in &self.messages {
             if let Some(record) = &slot.value {
@@ -970,6 +1123,16 @@ impl<S: StoreRead> ProjectionState<S> {
                 store.put(Table::UseridUser, keys::user(user), records::encode(record));
             }
         }
+        for (name, slot) in &self.usernames {
+            if let Some(user) = slot.value {
+                store.put(Table::UsernameUserid, name.clone(), user.to_be_bytes().to_vec());
+            }
+        }
+        for (&(chat, user), slot) in &self.parked_overrides {
+            if let Some(overrides) = slot.value {
+                store.put(Table::ChatidUseridOverride, keys::parked_overrides(chat, user), records::encode_overrides(overrides));
+            }
+        }
         records::save_checkpoint(&mut store, self.checkpoint);
         if self.checkpoint == Position::ZERO {
             // Nothing folded: a slot that was never flushed has no checkpoint key either.
@@ -989,7 +1152,7 @@ fn unreachable_entry(what: &str) -> ProjectionError {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::records::{ChatKind, GroupInfo};
+    use crate::records::{ChatKind, GroupInfo, NotifPrefs};
 
     fn group(owner: UserId) -> ChatRecord {
         let info = GroupInfo { name: "g".into(), owner, photo: None, highlighted: None, closed: false };
@@ -997,7 +1160,7 @@ mod tests {
     }
 
     fn member() -> MemberRecord {
-        MemberRecord { join_order: 0, read_seq: 0, read_message_id: MessageId(0), draft: None, muted: false, overrides: None }
+        MemberRecord { join_order: 0, read_seq: 0, read_message_id: MessageId(0), draft: None, notif_prefs: NotifPrefs::All, overrides: None }
     }
 
     /// A state with a tiny budget over an empty source, holding `chats` groups of one member.

@@ -27,13 +27,22 @@ pub enum Table {
     ChatidCodeInvite,
     /// `user_id` -> [`crate::records::UserRecord`]: the user directory.
     UseridUser,
+    /// `chat_id | user_id | seq` -> `message_id`: a member mentioned by a message (removed
+    /// with the message), to derive unread mention counts.
+    ChatidUseridSeqMention,
+    /// `username` (ASCII lowercased) -> `user_id`: resolves `@name` mentions.
+    UsernameUserid,
+    /// `chat_id | user_id` -> `pos | neg` (two big-endian u64): permission overrides of a
+    /// user who is not a member (left, removed, or never joined), kept until the owner
+    /// clears them and restored when the user joins again: bans stick.
+    ChatidUseridOverride,
     /// Fixed keys: checkpoint and schema version of this projection slot.
     ProjectionMeta,
 }
 
 impl Table {
     /// All tables, in a fixed order.
-    pub const ALL: [Table; 11] = [
+    pub const ALL: [Table; 14] = [
         Table::ChatidChat,
         Table::ChatidUseridMember,
         Table::UseridLastmsgidChatidChatlist,
@@ -44,6 +53,9 @@ impl Table {
         Table::CodeInvite,
         Table::ChatidCodeInvite,
         Table::UseridUser,
+        Table::ChatidUseridSeqMention,
+        Table::UsernameUserid,
+        Table::ChatidUseridOverride,
         Table::ProjectionMeta,
     ];
 
@@ -60,6 +72,9 @@ impl Table {
             Table::CodeInvite => "code_invite",
             Table::ChatidCodeInvite => "chatid_code_invite",
             Table::UseridUser => "userid_user",
+            Table::ChatidUseridSeqMention => "chatid_userid_seq_mention",
+            Table::UsernameUserid => "username_userid",
+            Table::ChatidUseridOverride => "chatid_userid_override",
             Table::ProjectionMeta => "projection_meta",
         }
     }

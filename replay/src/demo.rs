@@ -237,7 +237,7 @@ impl Worker {
                 }
                 Action::EditLast { author, peer } => {
                     let Some(&message_id) = last_sent.get(&author) else { continue };
-                    let request = messages::EditMessage { chat_ref: chat(peer, &group), message_id, message: Some("edited".into()) };
+                    let request = messages::EditMessage { chat_ref: chat(peer, &group), message_id, message: Some("edited".into()), ..Default::default() };
                     self.engine.edit_message(self.user(author), request).await
                 }
                 Action::DeleteLast { author, peer } => {

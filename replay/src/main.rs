@@ -503,7 +503,9 @@ fn chats(dir: &Path, user: UserId, limit: usize, json_output: bool) -> Result<Ou
                 "last_message_id": conversation.last_message_id,
                 "last_read_message_id": conversation.last_read_message_id,
                 "unread_count": conversation.unread_count,
-                "muted": conversation.muted,
+                "unread_mentions_count": conversation.unread_mentions_count,
+                "notif_prefs": osmium_proto::types::NotifPrefs::try_from(conversation.notif_prefs)
+                    .map_or("unknown", |prefs| prefs.as_str_name()),
                 "draft": conversation.draft,
                 "last_message": last_text,
             }));
@@ -516,9 +518,9 @@ fn chats(dir: &Path, user: UserId, limit: usize, json_output: bool) -> Result<Ou
         println!("chat list of user {user} (newest first):");
         for row in &rows {
             println!(
-                "  chat {} ({}) unread={} last_message={} muted={} draft={} text={}",
-                row["chat"], row["kind"].as_str().unwrap_or(""), row["unread_count"], row["last_message_id"],
-                row["muted"], row["draft"], row["last_message"]
+                "  chat {} ({}) unread={} mentions={} last_message={} notif_prefs={} draft={} text={}",
+                row["chat"], row["kind"].as_str().unwrap_or(""), row["unread_count"], row["unread_mentions_count"],
+                row["last_message_id"], row["notif_prefs"].as_str().unwrap_or(""), row["draft"], row["last_message"]
             );
         }
     }

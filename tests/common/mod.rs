@@ -4,7 +4,7 @@
 
 use osmium_state::proto::ids::{MessageId, UserId};
 use osmium_state::proto::refs::{ChatRef, GroupRef, RefSelf, UserRef, chat_ref::Ref};
-use osmium_state::proto::{chats, messages, types};
+use osmium_state::proto::{chats, media, messages, types};
 use osmium_state::{ChatEngine, EngineConfig, EngineError, LogConfig, ManualClock};
 use std::sync::Arc;
 
@@ -64,6 +64,13 @@ pub fn own_chat() -> ChatRef {
 pub async fn send(engine: &ChatEngine, actor: UserId, chat: &ChatRef, text: &str) -> MessageId {
     let request = messages::SendMessage { chat_ref: Some(*chat), message: text.into(), ..Default::default() };
     MessageId(engine.send_message(actor, request).await.unwrap().message_id)
+}
+
+/// An attachment of the uploaded file `id` (`MediaRef.uploaded`), as a client sends it.
+pub fn uploaded(id: u64, mimetype: &str) -> media::MediaRef {
+    let file = media::UploadedFileRef { id, name: format!("file{id}"), part_count: 1 };
+    let uploaded = media::MediaRefUploadedFile { file: Some(file), mimetype: mimetype.into(), ..Default::default() };
+    media::MediaRef { r#ref: Some(media::media_ref::Ref::Uploaded(uploaded)) }
 }
 
 pub async fn create_group(engine: &ChatEngine, owner: UserId, members: &[UserId]) -> u64 {

@@ -4,17 +4,19 @@
 //! writes nothing. Decisions read the state; they never change it (the fold does).
 
 use super::limits::Limits;
+use super::mentions::{Mention, mentions_in};
 use super::resolve::{MemberChat, Records, Resolved, Tables, resolve, resolve_group, resolve_member, resolve_owned_group};
 use crate::error::EngineError;
 use crate::log::{Append, ExpectedVersion};
 use crate::state_machine::{DecideContext, Decision, Idempotency, LiveState, Output};
 use osmium_projections::limits::{MEMBER_DEFAULT_PERMISSIONS, PERMISSION_SEND_MEDIA, PERMISSION_SEND_MESSAGES};
-use osmium_projections::records::InviteRecord;
-use osmium_projections::{ProjectionState, StoreRead};
+use osmium_projections::records::{InviteRecord, NotifPrefs};
+use osmium_projections::{ProjectionState, StoreRead, query};
 use osmium_proto::events::{self, event_envelope::Event, EventEnvelope};
 use osmium_proto::ids::{ChatId, MessageId, StreamId, UserId};
 use osmium_proto::prost::Message as _;
 use osmium_proto::{auth, chats, media, messages, types};
+use std::collections::BTreeSet;
 
 fn chars_within(field: &'static str, text: &str, min: usize, max: usize) -> Result<(), EngineError> {
     let count = text.chars().count();
@@ -70,13 +72,24 @@ pub(crate) fn replay_message(events: &[EventEnvelope]) -> Result<Output, EngineE
         })
 }
 
-/// `upsert_user`: records a directory entry.
-pub(crate) fn upsert_user(limits: &Limits, user: types::User) -> Result<Decision, EngineError> {
+/// `upsert_user`: records a directory entry. A username (ASCII case-insensitive) belongs
+/// to one user at a time; an empty username is none.
+pub(crate) fn upsert_user(ctx: &mut DecideContext<'_>, limits: &Limits, user: types::User) -> Result<Decision, EngineError> {
     if user.id == 0 {
         return Err(EngineError::invalid("id", "user ids are non-zero snowflakes"));
     }
     chars_within("name", &user.name, 1, limits.user_name_max_chars)?;
     bytes_within(limits, &user)?;
+    if let Some(username) = user.username.as_deref().filter(|name| !name.is_empty()) {
+        chars_within("username", username, 1, limits.username_max_chars)?;
+        // A user keeping their username is never refused (a sign-in re-upserts the profile),
+        // even where a log written before this check gave it to two users.
+        let current = ctx.state.user(UserId(user.id))?.and_then(|record| record.username.clone());
+        let keeps = current.is_some_and(|current| current.eq_ignore_ascii_case(username));
+        if let Some(holder) = ctx.state.user_by_username(username)?.filter(|&holder| holder != UserId(user.id) && !keeps) {
+            return Err(EngineError::UsernameTaken { username: username.to_owned(), user: holder });
+        }
+    }
     let append = Append {
         stream: StreamId::User(UserId(user.id)),
         expected_version: ExpectedVersion::Any,
@@ -132,11 +145,14 @@ pub(crate) fn edit_chat(
     if let Some(message) = highlighted.filter(|&id| id != 0) {
         live_message(ctx.state, group.id, MessageId(message))?;
     }
-    let edited = events::GroupEdited {
-        name: request.name.clone(),
-        highlighted_msg_id: highlighted,
-        photo: request.photo.as_ref().map(|photo| types::ChatPhoto { file_id: photo.file_id, preview: photo.preview.clone() }),
+    // `EditChat.Photo` with a file sets the photo (the file's id, no preview: the engine
+    // stores no file bytes); without one it removes the photo.
+    let (photo, photo_removed) = match request.photo.as_ref().map(|photo| photo.file.as_ref()) {
+        None => (None, false),
+        Some(None) => (None, true),
+        Some(Some(file)) => (Some(types::ChatPhoto { file_id: uploaded_file_id("photo", file)?, preview: Vec::new() }), false),
     };
+    let edited = events::GroupEdited { name: request.name.clone(), highlighted_msg_id: highlighted, photo, photo_removed };
     Ok(decision(group.id, actor, vec![Event::GroupEdited(edited)], Output::Chat(group.id)))
 }
 
@@ -208,28 +224,132 @@ pub(crate) fn effective_permissions(chat: &MemberChat, user: UserId) -> u64 {
     }
 }
 
+/// The id of an uploaded file: the client's `UploadedFileRef.id`, a non-zero snowflake.
+fn uploaded_file_id(field: &'static str, file: &media::UploadedFileRef) -> Result<u64, EngineError> {
+    if file.id == 0 {
+        return Err(EngineError::invalid(field, "an uploaded file's id must be non-zero"));
+    }
+    Ok(file.id)
+}
+
+/// The `File` an uploaded file becomes (the engine stores no file bytes and has no file
+/// service, so it keeps what the reference says): `file_id` = `UploadedFileRef.id`,
+/// `region` 0, `size` 0 (unknown: neither the reference nor `FileMetadata` carries it),
+/// `mimetype` as given, `filename` = `MediaRefUploadedFile.filename`, else
+/// `UploadedFileRef.name` when not empty, `metadata` as given.
+pub(crate) fn file_from_upload(uploaded: &media::MediaRefUploadedFile) -> Result<media::File, EngineError> {
+    let reference = uploaded.file.as_ref().ok_or_else(|| EngineError::invalid("media", "an uploaded file needs its `file` reference"))?;
+    Ok(media::File {
+        file_id: uploaded_file_id("media", reference)?,
+        region: 0,
+        size: 0,
+        mimetype: uploaded.mimetype.clone(),
+        filename: uploaded.filename.clone().or_else(|| (!reference.name.is_empty()).then(|| reference.name.clone())),
+        metadata: uploaded.metadata.clone(),
+    })
+}
+
 fn media_from_ref(reference: &media::MediaRef) -> Result<media::MessageMedia, EngineError> {
     use media::{media_ref::Ref, message_media::Media};
-    let missing_file = || EngineError::invalid("media", "an attachment needs its file");
     let media = match reference.r#ref.as_ref() {
-        Some(Ref::Uploaded(uploaded)) => {
-            let file = uploaded.file.clone().ok_or_else(missing_file)?;
-            Media::File(media::MediaFile { file: Some(file) })
-        }
+        Some(Ref::Uploaded(uploaded)) => Media::File(media::MediaFile { file: Some(file_from_upload(uploaded)?) }),
         Some(Ref::Embed(embed)) => {
             if embed.url.is_empty() {
                 return Err(EngineError::invalid("media", "an embed needs a url"));
             }
-            Media::Embed(media::MediaEmbed {
-                url: embed.url.clone(),
-                title: embed.title.clone(),
-                description: embed.description.clone(),
-                file: embed.file.clone(),
-            })
+            Media::Embed(media::MediaEmbed { url: embed.url.clone(), title: None, description: None, file: None })
         }
         None => return Err(EngineError::invalid("media", "empty media reference")),
     };
     Ok(media::MessageMedia { media: Some(media) })
+}
+
+/// Attachments of a send or an edit: within `media_per_message_max`, each converted.
+fn media_from_refs(limits: &Limits, references: &[media::MediaRef]) -> Result<Vec<media::MessageMedia>, EngineError> {
+    if references.len() > limits.media_per_message_max {
+        return Err(EngineError::invalid("media", format!("at most {} attachments", limits.media_per_message_max)));
+    }
+    references.iter().map(media_from_ref).collect()
+}
+
+/// Entities of `text`: within `entities_per_message_max`, each inside the text (UTF-16 units).
+fn entities_within(field: &'static str, limits: &Limits, text: &str, entities: &[types::MessageEntity]) -> Result<(), EngineError> {
+    if entities.len() > limits.entities_per_message_max {
+        return Err(EngineError::invalid(field, format!("at most {} entities", limits.entities_per_message_max)));
+    }
+    let text_units = text.encode_utf16().count() as u64;
+    if let Some(entity) = entities.iter().find(|e| u64::from(e.start_index) + u64::from(e.length) > text_units) {
+        return Err(EngineError::invalid(
+            field,
+            format!("entity at {}+{} runs past the text ({text_units} UTF-16 units)", entity.start_index, entity.length),
+        ));
+    }
+    Ok(())
+}
+
+/// Who a message may mention: the members of an existing chat, or the two sides of a DM
+/// its first message creates.
+#[derive(Clone, Copy)]
+enum Members {
+    Chat(ChatId),
+    NewDirect { actor: UserId, peer: UserId },
+}
+
+/// The members `text` mentions through `entities` (see [`super::mentions`]): resolved,
+/// members only, the author left out, in user id order, each once. At most one per entity.
+fn mentioned_members(
+    state: &mut LiveState,
+    members: Members,
+    author: UserId,
+    text: &str,
+    entities: &[types::MessageEntity],
+) -> Result<Vec<u64>, EngineError> {
+    let mut mentioned = BTreeSet::new();
+    for mention in mentions_in(text, entities) {
+        let user = match mention {
+            Mention::Id(user) => Some(user),
+            Mention::Username(name) => state.user_by_username(&name)?,
+        };
+        let Some(user) = user.filter(|&user| user != author) else { continue };
+        let member = match members {
+            Members::Chat(chat) => state.member(chat, user)?.is_some(),
+            Members::NewDirect { actor, peer } => user == actor || user == peer,
+        };
+        if member {
+            mentioned.insert(user.get());
+        }
+    }
+    Ok(mentioned.into_iter().collect())
+}
+
+/// The reply of a send: `reply_to` (7), or the deprecated `reply_to_old` (3) as a reply
+/// without a quote. The message replied to must be a non-deleted message of the chat.
+fn reply_of(
+    state: &mut LiveState,
+    limits: &Limits,
+    chat: Option<ChatId>,
+    request: &messages::SendMessage,
+) -> Result<Option<types::message::MessageReplyInfo>, EngineError> {
+    let (message_id, quote) = match (&request.reply_to, request.reply_to_old) {
+        (Some(reply), Some(old)) if old != reply.message_id => {
+            return Err(EngineError::invalid("reply_to", "reply_to and reply_to_old name different messages"));
+        }
+        (Some(reply), _) => (MessageId(reply.message_id), reply.quote.clone()),
+        (None, Some(old)) => (MessageId(old), None),
+        (None, None) => return Ok(None),
+    };
+    if let Some(quote) = &quote {
+        chars_within("reply_to", &quote.message, 0, limits.message_text_max_chars)?;
+        entities_within("reply_to", limits, &quote.message, &quote.entities)?;
+    }
+    let exists = match chat {
+        Some(chat) => state.message(chat, message_id)?.is_some_and(|message| !message.deleted),
+        None => false, // a DM its first message creates has nothing to reply to
+    };
+    if !exists {
+        return Err(EngineError::ReplyTargetNotFound { message_id });
+    }
+    Ok(Some(types::message::MessageReplyInfo { message_id: Some(message_id.get()), quote }))
 }
 
 /// The idempotency key of a message send: the sender and their `client_id`.
@@ -262,25 +382,12 @@ pub(crate) fn send_message(
 ) -> Result<Decision, EngineError> {
     chars_within("message", &request.message, 0, limits.message_text_max_chars)?;
     bytes_within(limits, request)?;
-    if request.media.len() > limits.media_per_message_max {
-        return Err(EngineError::invalid("media", format!("at most {} attachments", limits.media_per_message_max)));
-    }
-    if request.entities.len() > limits.entities_per_message_max {
-        return Err(EngineError::invalid("entities", format!("at most {} entities", limits.entities_per_message_max)));
-    }
-    if request.message.is_empty() && request.media.is_empty() {
+    let media = media_from_refs(limits, &request.media)?;
+    entities_within("entities", limits, &request.message, &request.entities)?;
+    if request.message.is_empty() && media.is_empty() {
         return Err(EngineError::invalid("message", "a message needs text or media"));
     }
-    let text_units = request.message.encode_utf16().count() as u64;
-    if let Some(entity) = request.entities.iter().find(|e| u64::from(e.start_index) + u64::from(e.length) > text_units) {
-        return Err(EngineError::invalid(
-            "entities",
-            format!("entity at {}+{} runs past the text ({text_units} UTF-16 units)", entity.start_index, entity.length),
-        ));
-    }
-    let media = request.media.iter().map(media_from_ref).collect::<Result<Vec<_>, _>>()?;
-    let mut events = Vec::with_capacity(2);
-    let chat = match resolve(ctx.state, actor, request.chat_ref.as_ref())? {
+    let members = match resolve(ctx.state, actor, request.chat_ref.as_ref())? {
         Resolved::Member(chat) => {
             let permissions = effective_permissions(&chat, actor);
             if permissions & PERMISSION_SEND_MESSAGES == 0 {
@@ -289,9 +396,20 @@ pub(crate) fn send_message(
             if !media.is_empty() && permissions & PERMISSION_SEND_MEDIA == 0 {
                 return Err(EngineError::denied("sending media is not allowed here"));
             }
-            chat.id
+            Members::Chat(chat.id)
         }
-        Resolved::NoDirectChatYet { peer } => {
+        Resolved::NoDirectChatYet { peer } => Members::NewDirect { actor, peer },
+    };
+    let existing = match members {
+        Members::Chat(chat) => Some(chat),
+        Members::NewDirect { .. } => None,
+    };
+    let reply = reply_of(ctx.state, limits, existing, request)?;
+    let mentioned_user_ids = mentioned_members(ctx.state, members, actor, &request.message, &request.entities)?;
+    let mut events = Vec::with_capacity(2);
+    let chat = match members {
+        Members::Chat(chat) => chat,
+        Members::NewDirect { actor, peer } => {
             let chat = ChatId(ctx.next_id());
             events.push(Event::DirectChatCreated(events::DirectChatCreated { user_a: actor.get(), user_b: peer.get() }));
             chat
@@ -306,19 +424,29 @@ pub(crate) fn send_message(
         media,
         client_id: request.client_id,
         r#type: types::MessageType::Unknown as i32,
+        reply,
+        mentioned_user_ids,
     }));
     Ok(decision(chat, actor, events, Output::Message(message_id)))
 }
 
-/// The author and attachment count of a non-deleted message.
-fn live_message<S: StoreRead>(state: &mut ProjectionState<S>, chat: ChatId, message: MessageId) -> Result<(UserId, usize), EngineError> {
+/// A non-deleted message of `chat`.
+fn live_message<S: StoreRead>(
+    state: &mut ProjectionState<S>,
+    chat: ChatId,
+    message: MessageId,
+) -> Result<&osmium_projections::records::MessageRecord, EngineError> {
     match state.message(chat, message)? {
-        Some(record) if !record.deleted => Ok((record.author, record.media.len())),
+        Some(record) if !record.deleted => Ok(record),
         _ => Err(EngineError::not_found(format!("message {message}"))),
     }
 }
 
-/// `edit_message`: the author changes the text.
+/// `edit_message`: the author changes their message, as the protocol says: `message`
+/// replaces the text; `entities` replace the entities when not empty or when `message` is
+/// set (so new text without entities has none); `media` replaces the attachments and
+/// `remove_media` removes them (not both). The result needs text or media; its mentions
+/// are resolved again.
 pub(crate) fn edit_message(
     ctx: &mut DecideContext<'_>,
     limits: &Limits,
@@ -327,16 +455,46 @@ pub(crate) fn edit_message(
 ) -> Result<Decision, EngineError> {
     let chat = resolve_member(ctx.state, actor, request.chat_ref.as_ref())?;
     let message_id = MessageId(request.message_id);
-    let (author, media) = live_message(ctx.state, chat.id, message_id)?;
-    if author != actor {
+    let record = live_message(ctx.state, chat.id, message_id)?.clone();
+    if record.author != actor {
         return Err(EngineError::denied("only the author can edit a message"));
     }
-    let text = request.message.clone().ok_or_else(|| EngineError::invalid("message", "missing"))?;
+    bytes_within(limits, request)?;
+    if request.remove_media && !request.media.is_empty() {
+        return Err(EngineError::invalid("remove_media", "cannot both remove the media and replace it"));
+    }
+    if request.message.is_none() && request.entities.is_empty() && request.media.is_empty() && !request.remove_media {
+        return Err(EngineError::invalid("message", "an edit needs a message, entities, media or remove_media"));
+    }
+    let current = query::message_view(osmium_proto::refs::ChatRef::default(), chat.id, message_id, &record)?;
+    let text = request.message.clone().unwrap_or(current.message);
     chars_within("message", &text, 0, limits.message_text_max_chars)?;
-    if text.is_empty() && media == 0 {
+    let entities = if request.message.is_some() || !request.entities.is_empty() { request.entities.clone() } else { current.entities };
+    entities_within("entities", limits, &text, &entities)?;
+    let media = if !request.media.is_empty() {
+        let media = media_from_refs(limits, &request.media)?;
+        if effective_permissions(&chat, actor) & PERMISSION_SEND_MEDIA == 0 {
+            return Err(EngineError::denied("sending media is not allowed here"));
+        }
+        media
+    } else if request.remove_media {
+        Vec::new()
+    } else {
+        current.media
+    };
+    if text.is_empty() && media.is_empty() {
         return Err(EngineError::invalid("message", "a message needs text or media"));
     }
-    let edited = events::MessageEdited { message_id: message_id.get(), text, edited_at_ms: ctx.now_ms };
+    let mentioned_user_ids = mentioned_members(ctx.state, Members::Chat(chat.id), actor, &text, &entities)?;
+    let edited = events::MessageEdited {
+        message_id: message_id.get(),
+        text,
+        edited_at_ms: ctx.now_ms,
+        entities,
+        media,
+        mentioned_user_ids,
+        replaces_all: true,
+    };
     Ok(decision(chat.id, actor, vec![Event::MessageEdited(edited)], Output::Done))
 }
 
@@ -355,7 +513,7 @@ pub(crate) fn delete_message(
     ids.sort_unstable();
     ids.dedup();
     for &id in &ids {
-        let (author, _) = live_message(ctx.state, chat.id, MessageId(id))?;
+        let author = live_message(ctx.state, chat.id, MessageId(id))?.author;
         if author != actor && !chat.is_owner(actor) {
             return Err(EngineError::denied("only the author or the group owner can delete a message"));
         }
@@ -396,15 +554,36 @@ pub(crate) fn save_draft(
     Ok(decision(chat.id, actor, vec![Event::DraftSaved(events::DraftSaved { user_id: actor.get(), draft })], Output::Done))
 }
 
-/// `set_muted`: toggles the actor's notifications for a chat.
-pub(crate) fn set_muted(
+/// `set_notif_prefs`: who notifies the actor of new messages in a chat (a `mute_set`
+/// event; its `muted` says NONE, for readers of the seeds' bool).
+pub(crate) fn set_notif_prefs(
     ctx: &mut DecideContext<'_>,
     actor: UserId,
     chat_ref: Option<&osmium_proto::refs::ChatRef>,
-    muted: bool,
+    prefs: NotifPrefs,
 ) -> Result<Decision, EngineError> {
     let chat = resolve_member(ctx.state, actor, chat_ref)?;
-    Ok(decision(chat.id, actor, vec![Event::MuteSet(events::MuteSet { user_id: actor.get(), muted })], Output::Done))
+    let set = events::MuteSet { user_id: actor.get(), muted: prefs == NotifPrefs::None, notif_prefs: Some(prefs.to_proto()) };
+    Ok(decision(chat.id, actor, vec![Event::MuteSet(set)], Output::Done))
+}
+
+/// `get_chat` of a DM (or the self chat) that does not exist yet: opens it with a
+/// `direct_chat_created` event, as its first message would. Decided here, on the state
+/// machine thread, so that concurrent opens (and a first message racing them) create one
+/// chat: an open that finds the DM already there appends nothing.
+pub(crate) fn open_direct_chat(
+    ctx: &mut DecideContext<'_>,
+    actor: UserId,
+    chat_ref: Option<&osmium_proto::refs::ChatRef>,
+) -> Result<Decision, EngineError> {
+    match resolve(ctx.state, actor, chat_ref)? {
+        Resolved::Member(chat) => Ok(decision(chat.id, actor, Vec::new(), Output::Chat(chat.id))),
+        Resolved::NoDirectChatYet { peer } => {
+            let chat = ChatId(ctx.next_id());
+            let created = events::DirectChatCreated { user_a: actor.get(), user_b: peer.get() };
+            Ok(decision(chat, actor, vec![Event::DirectChatCreated(created)], Output::Chat(chat)))
+        }
+    }
 }
 
 /// `set_permission_overrides`: the owner sets a member's `pos`/`neg` bits.
@@ -416,8 +595,10 @@ pub(crate) fn set_permission_overrides(
     overrides: types::PermissionOverrides,
 ) -> Result<Decision, EngineError> {
     let group = resolve_owned_group(ctx.state, actor, chat_ref, "permissions")?;
+    // A non-member's overrides are kept until they join (bans stick, and can be set
+    // before someone joins); any known user can have them.
     if ctx.state.member(group.id, user)?.is_none() {
-        return Err(EngineError::not_found(format!("member {user}")));
+        require_user(ctx.state, user)?;
     }
     if overrides.pos & overrides.neg != 0 {
         return Err(EngineError::invalid("permissions", "a bit cannot be both granted (pos) and denied (neg)"));

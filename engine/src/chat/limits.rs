@@ -30,6 +30,18 @@ pub struct Limits {
     pub history_limit_max: u32,
     /// Longest user name, in characters.
     pub user_name_max_chars: usize,
+    /// Longest username (the `@` handle), in characters.
+    pub username_max_chars: usize,
+    /// Group members listed in `GetChats.users` per group of the page (the first in join
+    /// order), in users.
+    pub chats_users_per_group_max: usize,
+    /// Users in one `GetChats` answer, in users: group members are added (group by group, in
+    /// page order) only while the answer holds fewer; DM peers and last-message authors
+    /// are always listed (at most two per conversation), so an answer holds at most
+    /// `max(chats_users_max, 2 * get_chats_limit_max)` users.
+    pub chats_users_max: usize,
+    /// Message ids in one `GetUnreadMentions` answer (the oldest unread mentions first), in ids.
+    pub unread_mentions_ids_max: usize,
     /// How long a typing indicator lasts after its last refresh, in milliseconds.
     pub typing_expiry_ms: u64,
     /// Updates buffered per subscription before a slow subscriber is disconnected.
@@ -57,6 +69,10 @@ impl Default for Limits {
             history_limit_default: 50,
             history_limit_max: 100,
             user_name_max_chars: 100,
+            username_max_chars: 64,
+            chats_users_per_group_max: 50,
+            chats_users_max: 1_000,
+            unread_mentions_ids_max: 1_000,
             typing_expiry_ms: 6_000,
             subscription_queue_max: 1_024,
             request_bytes_max: 1024 * 1024,

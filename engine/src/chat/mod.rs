@@ -8,7 +8,13 @@
 //!
 //! # Semantics
 //! - A DM is addressed as `ChatRef.user` from either side and is created by its first
-//!   message; it then appears in both users' lists. `ChatRef.self` is the caller's own chat.
+//!   message, or opened by `get_chat` (seed 001: "Opening a DM: Call GetChat with a ChatRef
+//!   pointing to the user"); it then appears in both users' lists (an opened DM without
+//!   messages sorts by its chat id). `ChatRef.self` is the caller's own chat, opened the
+//!   same way. `get_chat` is a read, except when the DM does not exist yet: then it is a
+//!   command (one `direct_chat_created` event, decided on the state machine thread, so two
+//!   concurrent opens and a racing first message create one chat). Every other call on a
+//!   DM that was never opened answers `NotFound`.
 //! - `last_message_id` is the newest non-deleted message, or the chat id when there is none.
 //! - `unread_count` for a member = non-deleted messages after their read position not
 //!   written by them. Sending moves the sender's read position to the new message.
@@ -19,7 +25,16 @@
 //! - `last_read_message_id` is shown clamped to `last_message_id` (the message read last
 //!   may have been deleted since) and as 0 while the chat has no message.
 //! - Deleting a message someone has not read lowers their count; editing changes none.
-//!   Muted conversations count unread like any other; updates carry `notify`.
+//!   Conversations count unread whatever their notification preferences; updates carry
+//!   `notify`: for a new message from someone else, NONE never notifies, MENTIONS only
+//!   when the member is mentioned, ALL and DEFAULT always; the author is never notified.
+//! - Mentions (conventions in [`mentions`]): `unread_mentions_count` = mentions of the
+//!   member by non-deleted messages after their read position, derived like the unread
+//!   count from one `chatid_userid_seq_mention` key per mentioned member per message;
+//!   editing a message resolves its mentions again. `get_unread_mentions` lists them.
+//! - Replies: `SendMessage.reply_to` (or the deprecated `reply_to_old`) must name a
+//!   non-deleted message of the same chat ([`EngineError::ReplyTargetNotFound`]); the
+//!   message carries it as `Message.reply` and the deprecated `Message.reply_to`.
 //! - A draft is per user per chat and is cleared when that user sends a message there.
 //! - `get_chats` orders by `last_message_id` descending; `max_id` pages backwards
 //!   (`last_message_id < max_id`), `min_id` alone pages forwards (the conversations just
@@ -40,6 +55,7 @@
 
 mod commands;
 pub mod limits;
+pub mod mentions;
 mod resolve;
 pub mod updates;
 mod views;
@@ -51,12 +67,12 @@ use crate::state_machine::{Command, Decide, DecideContext, Decision, Idempotency
 use commands::{replay_done, replay_message};
 use limits::Limits;
 use osmium_projections::query::ChatListPage;
-use osmium_projections::records::load_member;
+use osmium_projections::records::{NotifPrefs, load_member};
 use osmium_projections::{MemStore, StoreRead, Table, query};
 use osmium_proto::ids::{ChatId, MessageId, Position, UserId};
 use osmium_proto::refs::{ChatRef, GroupRef, chat_ref::Ref};
-use osmium_proto::{auth, chats, messages, types};
-use resolve::Tables;
+use osmium_proto::{auth, chats, core, messages, types};
+use resolve::{Resolved, Tables};
 use std::path::Path;
 use std::sync::Arc;
 use updates::{Subscription, TaggedUpdate, TypingState, UpdateHub};
@@ -185,9 +201,10 @@ impl ChatEngine {
 
     // ---- users ------------------------------------------------------------------
 
-    /// Adds or replaces a user's directory entry (where responses' `users` come from).
+    /// Adds or replaces a user's directory entry (where responses' `users` come from). A
+    /// username held by another user is refused ([`EngineError::UsernameTaken`]).
     pub async fn upsert_user(&self, user: types::User) -> Result<(), EngineError> {
-        self.command(None, replay_done, move |_, limits| commands::upsert_user(limits, user)).await.map(drop)
+        self.command(None, replay_done, move |ctx, limits| commands::upsert_user(ctx, limits, user)).await.map(drop)
     }
 
     // ---- chats ------------------------------------------------------------------
@@ -205,15 +222,28 @@ impl ChatEngine {
             max_id: request.max_id.map(MessageId),
             min_id: request.min_id.map(MessageId),
         };
-        self.read(|view| Ok(views::chats_view(view, actor, page)?))
+        let users = views::UsersBound { per_group: limits.chats_users_per_group_max, total: limits.chats_users_max };
+        self.read(|view| Ok(views::chats_view(view, actor, page, users)?))
     }
 
-    /// One conversation with its last message, users and group.
+    /// One conversation with its last message, users and group. A DM (or the self chat)
+    /// that does not exist yet is opened: see the module docs.
     pub async fn get_chat(&self, actor: UserId, request: chats::GetChat) -> Result<chats::Chat, EngineError> {
-        self.read(|view| {
-            let chat = resolve::resolve_member(&mut Tables(view), actor, request.chat_ref.as_ref())?;
-            views::chat_view(view, actor, chat.id)?.ok_or_else(|| EngineError::not_found("chat"))
-        })
+        let found = self.read(|view| match resolve::resolve(&mut Tables(view), actor, request.chat_ref.as_ref())? {
+            Resolved::Member(chat) => Ok(Some(chat.id)),
+            Resolved::NoDirectChatYet { .. } => Ok(None),
+        })?;
+        let chat = match found {
+            Some(chat) => chat,
+            None => {
+                let chat_ref = request.chat_ref;
+                let output = self
+                    .command(None, replay_done, move |ctx, _| commands::open_direct_chat(ctx, actor, chat_ref.as_ref()))
+                    .await?;
+                created_chat(&output)?
+            }
+        };
+        self.read(|view| views::chat_view(view, actor, chat)?.ok_or_else(|| EngineError::not_found("chat")))
     }
 
     /// Creates a group owned by the caller.
@@ -260,7 +290,7 @@ impl ChatEngine {
         }
     }
 
-    /// Edits the text of the caller's message.
+    /// Edits the caller's message: text, entities, media (see `commands::edit_message`).
     pub async fn edit_message(&self, actor: UserId, request: messages::EditMessage) -> Result<(), EngineError> {
         self.command(None, replay_done, move |ctx, limits| commands::edit_message(ctx, limits, actor, &request)).await.map(drop)
     }
@@ -299,9 +329,40 @@ impl ChatEngine {
             .map(drop)
     }
 
-    /// Mutes or unmutes a chat for the caller.
+    /// Sets who notifies the caller of new messages in a chat (`Conversation.notif_prefs`).
+    /// The chat subset has no call for it: the embedding backend sets it.
+    pub async fn set_notif_prefs(&self, actor: UserId, chat_ref: ChatRef, prefs: types::NotifPrefs) -> Result<(), EngineError> {
+        let prefs = match prefs {
+            types::NotifPrefs::All => NotifPrefs::All,
+            types::NotifPrefs::Mentions => NotifPrefs::Mentions,
+            types::NotifPrefs::None => NotifPrefs::None,
+            types::NotifPrefs::Default => NotifPrefs::Default,
+        };
+        self.command(None, replay_done, move |ctx, _| commands::set_notif_prefs(ctx, actor, Some(&chat_ref), prefs))
+            .await
+            .map(drop)
+    }
+
+    /// Mutes (`NotifPrefs::None`) or unmutes (`NotifPrefs::All`) a chat for the caller.
     pub async fn set_muted(&self, actor: UserId, chat_ref: ChatRef, muted: bool) -> Result<(), EngineError> {
-        self.command(None, replay_done, move |ctx, _| commands::set_muted(ctx, actor, Some(&chat_ref), muted)).await.map(drop)
+        let prefs = if muted { types::NotifPrefs::None } else { types::NotifPrefs::All };
+        self.set_notif_prefs(actor, chat_ref, prefs).await
+    }
+
+    /// The caller's unread mentions in a chat: the ids of the non-deleted messages after
+    /// their read position that mention them, oldest first, at most
+    /// `unread_mentions_ids_max`.
+    pub async fn get_unread_mentions(
+        &self,
+        actor: UserId,
+        request: core::GetUnreadMentions,
+    ) -> Result<core::UnreadMentions, EngineError> {
+        let limit = self.inner.limits.unread_mentions_ids_max;
+        self.read(|view| {
+            let chat = resolve::resolve_member(&mut Tables(view), actor, request.chat_ref.as_ref())?;
+            let mentions = osmium_projections::records::load_mentions_after(view, chat.id, actor, chat.member.read_seq, limit)?;
+            Ok(core::UnreadMentions { message_ids: mentions.into_iter().map(|(_, message)| message.get()).collect() })
+        })
     }
 
     /// Sets a member's permission overrides (owner only).

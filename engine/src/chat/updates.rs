@@ -29,8 +29,9 @@ pub struct TaggedUpdate {
     pub position: Position,
     /// The protocol update.
     pub update: updates::Update,
-    /// Whether a client should notify the user (a new message from someone else in a
-    /// conversation they have not muted).
+    /// Whether a client should notify the user: a new message from someone else, as the
+    /// user's notification preferences for the conversation say (NONE: never; MENTIONS:
+    /// only when it mentions them; ALL, DEFAULT: always). False for every other update.
     pub notify: bool,
 }
 
@@ -190,7 +191,8 @@ fn publish_effect(inner: &FanOut, position: Position, effect: Effect) -> Result<
                     author: Some(author_view.clone()),
                     client_id: if recipient.user == author { message.client_id } else { None },
                 };
-                let notify = recipient.user != author && !recipient.muted;
+                let mentioned = message.mentions.binary_search(&recipient.user).is_ok();
+                let notify = recipient.user != author && recipient.notif_prefs.notifies(mentioned);
                 tell(recipient.user, updates::update::Update::MessageCreated(created), notify);
             }
         }
@@ -210,12 +212,12 @@ fn publish_effect(inner: &FanOut, position: Position, effect: Effect) -> Result<
                 tell(recipient.user, updates::update::Update::MessageDeleted(deleted), false);
             }
         }
-        Effect::ReadPositionMoved { chat, addressing, user, last_read_message_id, unread_count } => {
+        Effect::ReadPositionMoved { chat, addressing, user, last_read_message_id, unread_count, unread_mentions_count } => {
             let last_read = updates::UpdateConversationLastRead {
                 chat_ref: Some(query::chat_ref_by(user, chat, addressing)),
                 last_read_message_id: last_read_message_id.get(),
                 unread_count: Some(unread_count),
-                unread_mentions_count: None,
+                unread_mentions_count: Some(unread_mentions_count),
             };
             tell(user, updates::update::Update::ConversationLastRead(last_read), false);
         }

@@ -42,7 +42,14 @@ pub(crate) fn chat_of_snapshot(
     snapshot: &ConversationSnapshot,
 ) -> Result<chats::Chat, EngineError> {
     let chat = &snapshot.chat;
-    let conversation = query::conversation_of(viewer, chat_id, chat, &snapshot.member, snapshot.unread_count);
+    let conversation = query::conversation_of(
+        viewer,
+        chat_id,
+        chat,
+        &snapshot.member,
+        snapshot.unread_count,
+        snapshot.unread_mentions_count,
+    );
     let message = match &snapshot.last_message {
         Some((id, record)) => Some(query::message_view(query::chat_ref_for(viewer, chat_id, chat), chat_id, *id, record)?),
         None => None,
@@ -93,11 +100,30 @@ pub(crate) fn chat_view(view: &dyn StoreRead, viewer: UserId, chat_id: ChatId) -
     }))
 }
 
+/// How many group members `GetChats.users` lists (see [`super::limits::Limits`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct UsersBound {
+    /// The first members of each group, in join order.
+    pub(crate) per_group: usize,
+    /// Group members are added while the answer holds fewer users than this.
+    pub(crate) total: usize,
+}
+
 /// `GetChats`' answer: one page of the viewer's conversations, newest first, with the
-/// users, groups and last messages they reference.
-pub(crate) fn chats_view(view: &dyn StoreRead, viewer: UserId, page: ChatListPage) -> Result<chats::Chats, ProjectionError> {
+/// users, groups and last messages they reference. `users` holds every DM peer (and the
+/// viewer, for DMs), every last message's author, and group members, bounded: the first
+/// `per_group` of each group in join order, group by group in page order, while fewer than
+/// `total` users are listed (so a page holding a 10,000-member group lists its first
+/// `per_group` members, not 10,000).
+pub(crate) fn chats_view(
+    view: &dyn StoreRead,
+    viewer: UserId,
+    page: ChatListPage,
+    bound: UsersBound,
+) -> Result<chats::Chats, ProjectionError> {
     let mut response = chats::Chats::default();
     let mut ids = BTreeSet::new();
+    let mut group_members: Vec<UserId> = Vec::new();
     for (_, chat_id) in query::chat_list(view, viewer, page)? {
         let chat = load_chat(view, chat_id)?.ok_or_else(|| ProjectionError::Inconsistent {
             position: 0,
@@ -110,11 +136,20 @@ pub(crate) fn chats_view(view: &dyn StoreRead, viewer: UserId, page: ChatListPag
         response.chats.push(query::conversation(view, viewer, chat_id, &chat, &member)?);
         let group = query::group_view(view, viewer, chat_id, &chat)?;
         referenced_users(&chat, None, &mut ids);
+        if let Some(group) = &group {
+            group_members.extend(group.participant_ids.iter().take(bound.per_group).map(|&id| UserId(id)));
+        }
         if let Some(message) = last_message(view, viewer, chat_id, &chat)? {
             ids.insert(UserId(message.author_id));
             response.messages.push(message);
         }
         response.groups.extend(group);
+    }
+    for member in group_members {
+        if ids.len() >= bound.total {
+            break;
+        }
+        ids.insert(member);
     }
     response.users = users(view, ids)?;
     Ok(response)
