@@ -19,7 +19,7 @@
 //! (the raw event log of `osmium-engine` is not re-exported).
 
 pub use osmium_engine::chat::updates::{Subscription, TaggedUpdate};
-pub use osmium_engine::chat::{InviteInfo, limits::Limits};
+pub use osmium_engine::chat::{InviteInfo, InvitePurge, limits::{INVITE_PURGE_GRACE_MS_DEFAULT, Limits}};
 pub use osmium_engine::{
     ChatEngine, Clock, CommittedBatch, Durability, EngineConfig, EngineError, EngineStats, LogConfig, LogReader,
     ManualClock, OpenError, StateConfig, SystemClock,

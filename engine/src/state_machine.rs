@@ -45,6 +45,8 @@ pub enum Output {
     Chat(ChatId),
     /// The invite code created.
     Invite(String),
+    /// How many invites a purge deleted.
+    Purged(usize),
 }
 
 /// What a command's decision sees: the state (read it; never change it: the fold does),

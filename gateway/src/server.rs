@@ -117,6 +117,7 @@ impl Gateway {
         let mut background = vec![
             tokio::spawn(tail(engine.log().subscribe(), metrics.clone())),
             tokio::spawn(poll_tokens(shared.clone())),
+            tokio::spawn(purge_invites(engine.clone())),
         ];
         let mut metrics_addr = None;
         if let Some(addr) = config.metrics_listen {
@@ -236,6 +237,22 @@ async fn poll_tokens(shared: Arc<Shared>) {
         tick.tick().await;
         if let Err(err) = shared.tokens.refresh() {
             tracing::warn!(%err, "could not re-read the tokens file");
+        }
+    }
+}
+
+/// How often the server purges invites expired or used up for the engine's
+/// `invite_purge_grace_ms` (each round looks at `invite_purge_scan_max` invites).
+pub const INVITE_PURGE_INTERVAL_MS: u64 = 60 * 60 * 1000;
+
+async fn purge_invites(engine: ChatEngine) {
+    let mut tick = tokio::time::interval(Duration::from_millis(INVITE_PURGE_INTERVAL_MS));
+    loop {
+        tick.tick().await;
+        match engine.purge_invites().await {
+            Ok(purge) if purge.purged > 0 => tracing::info!(purged = purge.purged, scanned = purge.scanned, "invites purged"),
+            Ok(_) => {}
+            Err(err) => tracing::warn!(%err, "could not purge invites"),
         }
     }
 }

@@ -595,12 +595,13 @@ impl<S: StoreRead> ChatFold<'_, S> {
             expires_at_ms: created.expires_at_ms,
             max_uses: created.max_uses,
             uses: 0,
+            used_up_at_ms: None,
         };
         self.state.insert_invite(self.chat, &created.code, record)
     }
 
     fn invite_used(&mut self, used: &events::InviteUsed) -> Result<(), ProjectionError> {
-        let (chat, position) = (self.chat, self.position);
+        let (chat, position, recorded_at_ms) = (self.chat, self.position, self.recorded_at_ms);
         let invite = self
             .state
             .invite_mut(&used.code)?
@@ -610,6 +611,9 @@ impl<S: StoreRead> ChatFold<'_, S> {
             return Err(self.inconsistent(format!("invite {} used beyond its max_uses", used.code)));
         }
         invite.uses += 1;
+        if invite.is_used_up() {
+            invite.used_up_at_ms = Some(recorded_at_ms);
+        }
         Ok(())
     }
 

@@ -222,6 +222,8 @@ pub struct InviteRecord {
     pub max_uses: Option<u32>,
     /// Successful uses so far (never above `max_uses`).
     pub uses: u32,
+    /// When the last allowed use was recorded (unix ms), once used up.
+    pub used_up_at_ms: Option<u64>,
 }
 
 impl InviteRecord {
@@ -238,6 +240,14 @@ impl InviteRecord {
     /// Whether it can still be used at `now_ms`.
     pub fn is_active(&self, now_ms: u64) -> bool {
         !self.is_expired(now_ms) && !self.is_used_up()
+    }
+
+    /// Whether it has been unusable (expired, or used up) for at least `grace_ms` at
+    /// `now_ms`: then the engine purges it.
+    pub fn is_purgeable(&self, now_ms: u64, grace_ms: u64) -> bool {
+        let expired_at = self.expires_at_ms.filter(|&expires| now_ms >= expires);
+        let unusable_since = expired_at.into_iter().chain(self.used_up_at_ms).min();
+        unusable_since.is_some_and(|since| now_ms >= since.saturating_add(grace_ms))
     }
 }
 

@@ -39,6 +39,9 @@ fn bytes_within(limits: &Limits, request: &impl osmium_proto::prost::Message) ->
 }
 
 /// A decision appending `events` to `chat`'s stream.
+/// The actor of what the engine does on its own (purges): no user.
+const ENGINE_ACTOR: UserId = UserId(0);
+
 fn decision(chat: ChatId, actor: UserId, events: Vec<Event>, output: Output) -> Decision {
     let append =
         Append { stream: StreamId::Chat(chat), expected_version: ExpectedVersion::Any, actor, events, idempotency_key: None, fingerprint: None };
@@ -622,8 +625,18 @@ pub(crate) fn create_chat_invite(
     if request.max_uses == Some(0) {
         return Err(EngineError::invalid("max_uses", "must be at least 1 when given"));
     }
+    let codes = ctx.state.invite_codes(group.id)?;
+    if codes.len() >= limits.invites_kept_per_chat_max {
+        return Err(EngineError::invalid(
+            "chat_ref",
+            format!(
+                "a chat keeps at most {} invites, active or awaiting their purge ({} ms after they expire or are used up): delete some",
+                limits.invites_kept_per_chat_max, limits.invite_purge_grace_ms
+            ),
+        ));
+    }
     let mut active = 0;
-    for code in ctx.state.invite_codes(group.id)? {
+    for code in codes {
         if ctx.state.invite(&code)?.is_some_and(|invite| invite.is_active(ctx.now_ms)) {
             active += 1;
         }
@@ -662,6 +675,29 @@ pub(crate) fn delete_chat_invite(
     }
     let deleted = events::InviteDeleted { code: request.code.clone(), deleted_by: actor.get() };
     Ok(decision(group.id, actor, vec![Event::InviteDeleted(deleted)], Output::Done))
+}
+
+/// `purge_invites`, for one chat: deletes those of `codes` that are still in the chat and
+/// have been unusable for `invite_purge_grace_ms` (re-checked here, against the state the
+/// events will follow). The engine itself is the actor (`deleted_by` 0).
+pub(crate) fn purge_invites(
+    ctx: &mut DecideContext<'_>,
+    limits: &Limits,
+    chat: ChatId,
+    codes: &[String],
+) -> Result<Decision, EngineError> {
+    let mut events = Vec::new();
+    for code in codes {
+        let purgeable = ctx
+            .state
+            .invite(code)?
+            .is_some_and(|invite| invite.chat == chat && invite.is_purgeable(ctx.now_ms, limits.invite_purge_grace_ms));
+        if purgeable {
+            events.push(Event::InviteDeleted(events::InviteDeleted { code: code.clone(), deleted_by: 0 }));
+        }
+    }
+    let purged = events.len();
+    Ok(decision(chat, ENGINE_ACTOR, events, Output::Purged(purged)))
 }
 
 /// The checks shared by `lookup_invite` and `use_invite`: the invite exists, is not

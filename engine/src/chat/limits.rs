@@ -14,6 +14,16 @@ pub struct Limits {
     pub group_members_max: u32,
     /// Most active invites one chat can have.
     pub invites_per_chat_max: usize,
+    /// Most invites one chat keeps, active or awaiting their purge: bounds every invite
+    /// listing and the storage of a chat's invites.
+    pub invites_kept_per_chat_max: usize,
+    /// How long an expired or used-up invite is kept (so `lookup_invite` still says
+    /// "expired" or "used up") before [`crate::ChatEngine::purge_invites`] deletes it,
+    /// in milliseconds.
+    pub invite_purge_grace_ms: u64,
+    /// Invites one [`crate::ChatEngine::purge_invites`] call looks at (it goes on from
+    /// where the previous call stopped).
+    pub invite_purge_scan_max: usize,
     /// Most attachments on one message.
     pub media_per_message_max: usize,
     /// Most entities on one message.
@@ -53,6 +63,9 @@ pub struct Limits {
     pub request_bytes_max: usize,
 }
 
+/// Default [`Limits::invite_purge_grace_ms`]: 7 days.
+pub const INVITE_PURGE_GRACE_MS_DEFAULT: u64 = 7 * 24 * 60 * 60 * 1000;
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
@@ -61,6 +74,9 @@ impl Default for Limits {
             group_name_max_chars: 100,
             group_members_max: 20_000,
             invites_per_chat_max: 100,
+            invites_kept_per_chat_max: 1_000,
+            invite_purge_grace_ms: INVITE_PURGE_GRACE_MS_DEFAULT,
+            invite_purge_scan_max: 10_000,
             media_per_message_max: 10,
             entities_per_message_max: 100,
             delete_message_ids_max: 100,

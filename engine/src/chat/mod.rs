@@ -78,6 +78,17 @@ use std::sync::Arc;
 use updates::{Subscription, TaggedUpdate, TypingState, UpdateHub};
 pub use views::InviteInfo;
 
+/// What one [`ChatEngine::purge_invites`] call did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InvitePurge {
+    /// Invites looked at.
+    pub scanned: usize,
+    /// Invites deleted.
+    pub purged: usize,
+    /// Whether the scan reached the last invite (the next call starts from the first).
+    pub swept: bool,
+}
+
 /// How to open a [`ChatEngine`].
 #[derive(Clone, Debug, Default)]
 pub struct EngineConfig {
@@ -105,6 +116,8 @@ struct EngineInner {
     typing: Arc<TypingState>,
     clock: Arc<dyn crate::clock::Clock>,
     background: Vec<tokio::task::JoinHandle<()>>,
+    /// Where the next [`ChatEngine::purge_invites`] goes on scanning (`None`: from the start).
+    purge_cursor: std::sync::Mutex<Option<String>>,
 }
 
 impl Drop for EngineInner {
@@ -163,7 +176,7 @@ impl ChatEngine {
                 targets.expire_typing();
             }
         });
-        let inner = Arc::new(EngineInner { core, limits: config.limits, hub, typing, clock, background: vec![fan_out, expiry] });
+        let inner = Arc::new(EngineInner { core, limits: config.limits, hub, typing, clock, background: vec![fan_out, expiry], purge_cursor: std::sync::Mutex::new(None) });
         Ok(ChatEngine { inner })
     }
 
@@ -474,6 +487,49 @@ impl ChatEngine {
     /// Joins a group with an invite code, counting one use.
     pub async fn use_invite(&self, actor: UserId, request: auth::UseInvite) -> Result<(), EngineError> {
         self.command(None, replay_done, move |ctx, limits| commands::use_invite(ctx, limits, actor, &request)).await.map(drop)
+    }
+
+    /// Deletes invites that have been expired or used up for `invite_purge_grace_ms`
+    /// (until then `lookup_invite` still answers "expired" or "used up"), through
+    /// `invite_deleted` events with `deleted_by` 0 (the engine), so a rebuild agrees.
+    /// Looks at `invite_purge_scan_max` invites per call, going on from where the last
+    /// call stopped; call it periodically (osmium-server does, every
+    /// `invite_purge_interval_ms`) or until [`InvitePurge::swept`].
+    pub async fn purge_invites(&self) -> Result<InvitePurge, EngineError> {
+        let (now_ms, grace_ms, scan_max) =
+            (self.inner.clock.now_ms(), self.inner.limits.invite_purge_grace_ms, self.inner.limits.invite_purge_scan_max);
+        let cursor = self.inner.purge_cursor.lock().map_err(|_| EngineError::Closed)?.clone();
+        let (candidates, scanned, next) = self.read(|view| {
+            let mut codes = Vec::new();
+            let start = cursor.as_deref().map(str::as_bytes).unwrap_or_default();
+            view.scan(Table::CodeInvite, osmium_projections::store::ScanRange::prefix(&[]).starting_at(start), &mut |key, _| {
+                codes.push(String::from_utf8_lossy(key).into_owned());
+                if codes.len() > scan_max { std::ops::ControlFlow::Break(()) } else { std::ops::ControlFlow::Continue(()) }
+            })?;
+            // One more than scanned, when there is more: where the next call starts.
+            let next = if codes.len() > scan_max { codes.pop() } else { None };
+            let mut by_chat: std::collections::BTreeMap<ChatId, Vec<String>> = std::collections::BTreeMap::new();
+            for code in &codes {
+                if let Some(invite) = osmium_projections::records::load_invite(view, code)?
+                    && invite.is_purgeable(now_ms, grace_ms)
+                {
+                    by_chat.entry(invite.chat).or_default().push(code.clone());
+                }
+            }
+            Ok((by_chat, codes.len(), next))
+        })?;
+        let mut purged = 0;
+        for (chat, codes) in candidates {
+            let output =
+                self.command(None, replay_done, move |ctx, limits| commands::purge_invites(ctx, limits, chat, &codes)).await?;
+            match output {
+                Output::Purged(count) => purged += count,
+                other => return Err(unexpected_output("a purge count", &other)),
+            }
+        }
+        let swept = next.is_none();
+        *self.inner.purge_cursor.lock().map_err(|_| EngineError::Closed)? = next;
+        Ok(InvitePurge { scanned, purged, swept })
     }
 
     /// Whether `user` is a member of the group `chat` (for embedders' authorization checks).
