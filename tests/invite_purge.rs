@@ -127,7 +127,7 @@ async fn a_chat_keeps_at_most_invites_kept_per_chat_max_until_the_purge_frees_ro
     }
     f.clock.advance_ms(2);
     let request = chats::CreateChatInvite { chat_ref: Some(group(id)), expires_at: None, max_uses: None };
-    let refused = f.engine.create_chat_invite(ANN, request.clone()).await;
+    let refused = f.engine.create_chat_invite(ANN, request).await;
     assert!(matches!(refused, Err(EngineError::InvalidArgument { field: "chat_ref", .. })), "{refused:?}");
     assert_eq!(kept_codes(&f, id).await.len(), 3);
     f.clock.advance_ms(GRACE_MS);
