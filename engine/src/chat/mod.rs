@@ -78,6 +78,36 @@ use std::sync::Arc;
 use updates::{Subscription, TaggedUpdate, TypingState, UpdateHub};
 pub use views::InviteInfo;
 
+/// Invites to purge among the `scan_max` codes from `cursor` on, by chat; the codes
+/// scanned; and the code the next scan starts from (`None`: the scan reached the end).
+type PurgeCandidates = (std::collections::BTreeMap<ChatId, Vec<String>>, usize, Option<String>);
+
+fn purge_candidates(
+    view: &dyn StoreRead,
+    cursor: Option<&str>,
+    scan_max: usize,
+    purgeable: impl Fn(&osmium_projections::records::InviteRecord) -> bool,
+) -> Result<PurgeCandidates, EngineError> {
+    use std::ops::ControlFlow;
+    let mut codes = Vec::new();
+    let range = osmium_projections::ScanRange::prefix(&[]).starting_at(cursor.unwrap_or_default().as_bytes());
+    view.scan(Table::CodeInvite, range, &mut |key, _| {
+        codes.push(String::from_utf8_lossy(key).into_owned());
+        if codes.len() > scan_max { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+    })?;
+    // The one past `scan_max`, when there is more: where the next call starts.
+    let next = if codes.len() > scan_max { codes.pop() } else { None };
+    let mut by_chat: std::collections::BTreeMap<ChatId, Vec<String>> = std::collections::BTreeMap::new();
+    for code in &codes {
+        if let Some(invite) = osmium_projections::records::load_invite(view, code)?
+            && purgeable(&invite)
+        {
+            by_chat.entry(invite.chat).or_default().push(code.clone());
+        }
+    }
+    Ok((by_chat, codes.len(), next))
+}
+
 /// What one [`ChatEngine::purge_invites`] call did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct InvitePurge {
@@ -493,31 +523,14 @@ impl ChatEngine {
     /// (until then `lookup_invite` still answers "expired" or "used up"), through
     /// `invite_deleted` events with `deleted_by` 0 (the engine), so a rebuild agrees.
     /// Looks at `invite_purge_scan_max` invites per call, going on from where the last
-    /// call stopped; call it periodically (osmium-server does, every
-    /// `invite_purge_interval_ms`) or until [`InvitePurge::swept`].
+    /// call stopped; call it periodically (osmium-server does, hourly) or until
+    /// [`InvitePurge::swept`].
     pub async fn purge_invites(&self) -> Result<InvitePurge, EngineError> {
         let (now_ms, grace_ms, scan_max) =
             (self.inner.clock.now_ms(), self.inner.limits.invite_purge_grace_ms, self.inner.limits.invite_purge_scan_max);
         let cursor = self.inner.purge_cursor.lock().map_err(|_| EngineError::Closed)?.clone();
-        let (candidates, scanned, next) = self.read(|view| {
-            let mut codes = Vec::new();
-            let start = cursor.as_deref().map(str::as_bytes).unwrap_or_default();
-            view.scan(Table::CodeInvite, osmium_projections::store::ScanRange::prefix(&[]).starting_at(start), &mut |key, _| {
-                codes.push(String::from_utf8_lossy(key).into_owned());
-                if codes.len() > scan_max { std::ops::ControlFlow::Break(()) } else { std::ops::ControlFlow::Continue(()) }
-            })?;
-            // One more than scanned, when there is more: where the next call starts.
-            let next = if codes.len() > scan_max { codes.pop() } else { None };
-            let mut by_chat: std::collections::BTreeMap<ChatId, Vec<String>> = std::collections::BTreeMap::new();
-            for code in &codes {
-                if let Some(invite) = osmium_projections::records::load_invite(view, code)?
-                    && invite.is_purgeable(now_ms, grace_ms)
-                {
-                    by_chat.entry(invite.chat).or_default().push(code.clone());
-                }
-            }
-            Ok((by_chat, codes.len(), next))
-        })?;
+        let (candidates, scanned, next) =
+            self.read(|view| purge_candidates(view, cursor.as_deref(), scan_max, |invite| invite.is_purgeable(now_ms, grace_ms)))?;
         let mut purged = 0;
         for (chat, codes) in candidates {
             let output =
