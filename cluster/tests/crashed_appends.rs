@@ -9,6 +9,7 @@
 
 mod common;
 
+use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::message::PublishMessage;
 use common::{bounded, chat, message, message_ids, read_all, start_with};
 use osmium_cluster::{EventBatch, ExpectedLast, JetStreamLogConfig};
@@ -36,6 +37,27 @@ fn hex(bytes: &[u8]) -> String {
     })
 }
 
+/// Publishes `message` and waits for its acknowledgement. A new connection may reach a
+/// server that does not know the streams yet (their assignment is still spreading through
+/// the cluster, slowly on a loaded machine: `StreamNotFound`); that is retried for up to
+/// 10 s with the same message (a `Nats-Msg-Id` or expected sequence keeps it single).
+async fn publish_acked(js: &async_nats::jetstream::Context, subject: String, message: PublishMessage) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let acked = match js.send_publish(subject.clone(), message.clone()).await {
+            Ok(ack) => ack.await.map(drop),
+            Err(err) => Err(err),
+        };
+        match acked {
+            Ok(()) => return,
+            Err(err) if std::time::Instant::now() < deadline && err.kind() == PublishErrorKind::StreamNotFound => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(err) => panic!("publishing to {subject}: {err}"),
+        }
+    }
+}
+
 /// Publishes what a crashed appender of `key` left: its claim, and when `stored`, its record
 /// of message `id` on chat 1.
 async fn crashed_append(urls: &[String], key: &[u8], after: u64, stored: Option<u64>) {
@@ -45,16 +67,10 @@ async fn crashed_append(urls: &[String], key: &[u8], after: u64, stored: Option<
     let js = async_nats::jetstream::new(client);
     let hash = hex(&Sha256::digest(key));
     let claim = serde_json::json!({ "state": "claimed", "key": hex(key), "subject": "osmium.chat.1", "after": after });
-    js.send_publish(
-        format!("osmium.idem.{hash}"),
-        PublishMessage::build()
-            .payload(serde_json::to_vec(&claim).unwrap().into())
-            .expected_last_subject_sequence(0),
-    )
-    .await
-    .unwrap()
-    .await
-    .unwrap();
+    let claim = PublishMessage::build()
+        .payload(serde_json::to_vec(&claim).unwrap().into())
+        .expected_last_subject_sequence(0);
+    publish_acked(&js, format!("osmium.idem.{hash}"), claim).await;
     if let Some(id) = stored {
         let envelope = EventEnvelope {
             stream: Some(StreamRef {
@@ -68,16 +84,8 @@ async fn crashed_append(urls: &[String], key: &[u8], after: u64, stored: Option<
             events: vec![envelope],
         }
         .encode_to_vec();
-        js.send_publish(
-            "osmium.chat.1",
-            PublishMessage::build()
-                .payload(body.into())
-                .message_id(format!("k-{hash}")),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+        let record = PublishMessage::build().payload(body.into()).message_id(format!("k-{hash}"));
+        publish_acked(&js, "osmium.chat.1".to_string(), record).await;
     }
 }
 
