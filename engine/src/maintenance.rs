@@ -17,6 +17,7 @@ use osmium_proto::ids::{Position, StreamVersion};
 use rocksdb::{WriteBatch, WriteOptions};
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Events folded between two writes of the rebuilt slot, by default (each write is one
 /// atomic batch with its checkpoint: where an interrupted rebuild resumes).
@@ -339,24 +340,54 @@ impl DataDirectory {
         let batch_events = options.batch_events.max(1) as u64;
         let (mut folded, mut unwritten) = (0u64, 0u64);
         let reader = EventReader::start(self.dir.db.clone(), from, last_position);
-        for events in reader.batches() {
-            // (the reader holds the database until it is dropped below)
-            let events = events?;
-            for event in &events {
-                osmium_projections::apply(&mut state, event)?;
-            }
-            folded += events.len() as u64;
-            unwritten += events.len() as u64;
-            from = Position(resumed_at + folded + 1);
-            if unwritten >= batch_events || from > last_position || state.over_budget() {
-                let writes = state.take_writes(true)?;
-                persist::flush_writes(&self.dir.db, target, &writes.writes)?;
-                state.mark_persisted(state.cuts());
-                state.evict();
-                unwritten = 0;
-                progress(resumed_at + folded, last_position.get());
-            }
-        }
+        // Batches are written on a thread of their own while the next one folds; at most
+        // one waits. A batch's records count as written (evictable) once it landed, and
+        // progress reports the events of the batches landed (what a resume keeps).
+        let (landed, landed_events) = (AtomicU64::new(0), AtomicU64::new(0));
+        let (batches, to_write) = crossbeam_channel::bounded::<(u64, u64, Vec<osmium_projections::KvWrite>)>(1);
+        let db = &self.dir.db;
+        std::thread::scope(|scope| -> Result<(), EngineError> {
+            let writer = scope.spawn(|| -> Result<(), EngineError> {
+                for (cut, events, writes) in to_write {
+                    persist::flush_writes(db, target, &writes)?;
+                    landed_events.store(events, Ordering::Release);
+                    landed.store(cut, Ordering::Release);
+                }
+                Ok(())
+            });
+            let mut reported = 0;
+            let folding = (|| -> Result<(), EngineError> {
+                for events in reader.batches() {
+                    let events = events?;
+                    for event in &events {
+                        osmium_projections::apply(&mut state, event)?;
+                    }
+                    folded += events.len() as u64;
+                    unwritten += events.len() as u64;
+                    from = Position(resumed_at + folded + 1);
+                    if unwritten >= batch_events || from > last_position || state.over_budget() {
+                        let writes = state.take_writes(true)?;
+                        if batches.send((state.cuts(), folded, writes.writes)).is_err() {
+                            return Ok(()); // the writer stopped: its error is reported below
+                        }
+                        state.mark_persisted(landed.load(Ordering::Acquire));
+                        state.evict();
+                        unwritten = 0;
+                        let written = landed_events.load(Ordering::Acquire);
+                        if written > reported {
+                            reported = written;
+                            progress(resumed_at + written, last_position.get());
+                        }
+                    }
+                }
+                Ok(())
+            })();
+            drop(batches);
+            let written = writer.join().unwrap_or_else(|_| {
+                Err(EngineError::Io { path: db.path().to_path_buf(), source: std::io::Error::other("the rebuild's writer thread panicked") })
+            });
+            folding.and(written)
+        })?;
         drop(reader);
         drop(state);
         if let Some(only) = options.only {
