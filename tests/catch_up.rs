@@ -263,7 +263,7 @@ async fn a_client_missing_an_update_sees_the_gap_in_the_sequence() {
     let updates = receive_until(&mut phone, second).await;
     let second_update = updates.iter().find(|update| update.position == second).unwrap();
     // A client that applied only up to the first message's position ...
-    let first_update = updates.iter().filter(|update| update.position <= first).last().unwrap();
+    let first_update = updates.iter().rfind(|update| update.position <= first).unwrap();
     assert_eq!(second_update.sequence.previous(), Some(first_update.position));
     // ... and one that lost it sees that the second one follows something it never got.
     let token_without_first = Position(first.get() - 1);
