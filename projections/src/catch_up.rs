@@ -41,6 +41,8 @@ pub struct EffectsRecord {
     pub chat: ChatId,
     /// Its effects in the order the fold told them, each with whether it went to the
     /// chat's large-chat sequence (`chatid_position_update`) rather than to each member's.
+    /// A `MessageCreated` is kept without the message's content (text, entities, media,
+    /// reply: see [`elide_content`]), which the event at the same position holds.
     pub effects: Vec<(Effect, bool)>,
     /// For an event in a large chat's sequence: that sequence's previous position (zero
     /// when it is the first).
@@ -66,6 +68,35 @@ pub struct Told {
     /// previous position is `previous` (zero for the first); `None` for the recipients'
     /// own sequences.
     pub chat_sequence: Option<Position>,
+}
+
+/// The effect as `position_effect` keeps it: a new message without its content (text,
+/// entities, media, reply), which the `message_sent` event at the same position holds, so
+/// that a message is not stored a second time; [`restore_content`] puts it back.
+pub fn elide_content(effect: &Effect) -> Effect {
+    match effect {
+        Effect::MessageCreated { audience, message_id, message } => {
+            let mut message = message.clone();
+            message.text = String::new();
+            message.entities = Vec::new();
+            message.media = Vec::new();
+            message.reply = None;
+            Effect::MessageCreated { audience: audience.clone(), message_id: *message_id, message }
+        }
+        other => other.clone(),
+    }
+}
+
+/// Puts back the content [`elide_content`] left out, from the `message_sent` event that
+/// made the message (as the fold took it).
+pub fn restore_content(effect: &mut Effect, sent: &osmium_proto::events::MessageSent) {
+    use osmium_proto::prost::Message as _;
+    if let Effect::MessageCreated { message, .. } = effect {
+        message.text = sent.text.clone();
+        message.entities = sent.entities.iter().map(|entity| entity.encode_to_vec()).collect();
+        message.media = sent.media.iter().map(|media| media.encode_to_vec()).collect();
+        message.reply = sent.reply.as_ref().map(|reply| reply.encode_to_vec());
+    }
 }
 
 /// Who one event told through their own sequence, with what (see [`UserEntry`]).

@@ -16,7 +16,7 @@
 //! Architecture invariant: no I/O of its own (the source is the only way out), no clock,
 //! no ids; the same events folded into a fresh state give the same records.
 
-use crate::catch_up::{EFFECTS_PER_EVENT_MAX, EffectsRecord, Told, user_entries};
+use crate::catch_up::{EFFECTS_PER_EVENT_MAX, EffectsRecord, Told, elide_content, user_entries};
 use crate::chat_list::ListChange;
 use crate::effects::Effect;
 use crate::error::ProjectionError;
@@ -298,8 +298,9 @@ impl<S: StoreRead> ProjectionState<S> {
         for (user, entry) in user_entries(&stored) {
             self.catch_up.push((Table::UseridPositionUpdate, keys::user_update(user, position), Some(records::encode(&entry))));
         }
-        let record = EffectsRecord { chat, effects: stored, previous_in_chat };
-        self.catch_up.push((Table::PositionEffect, keys::position_effect(position), Some(records::encode(&record))));
+        let kept: Vec<(Effect, bool)> = stored.iter().map(|(effect, via_chat)| (elide_content(effect), *via_chat)).collect();
+        let kept = EffectsRecord { chat, effects: kept, previous_in_chat };
+        self.catch_up.push((Table::PositionEffect, keys::position_effect(position), Some(records::encode(&kept))));
         if let Some(kept) = self.catch_up_kept.as_mut() {
             for (table, key, value) in &self.catch_up[start..] {
                 if let Some(value) = value {
@@ -307,8 +308,7 @@ impl<S: StoreRead> ProjectionState<S> {
                 }
             }
         }
-        Ok(record
-            .effects
+        Ok(stored
             .into_iter()
             .map(|(effect, via_chat)| Told { effect, chat_sequence: via_chat.then_some(previous_in_chat) })
             .collect())

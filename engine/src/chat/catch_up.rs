@@ -4,12 +4,16 @@
 //!
 //! Cost: O(updates missed + the user's large chats): one scan of the user's
 //! `userid_position_update` keys after the token, one scan per large chat of its
-//! `chatid_position_update` keys after the token, and one `position_effect` read per
-//! event missed. Never O(chats) of small chats, never O(log).
+//! `chatid_position_update` keys after the token, one `position_effect` read per event
+//! missed, and one log read per new message missed (its content). Never O(chats) of
+//! small chats, never O(log).
 
 use super::updates::{Sequence, TaggedUpdate, effect_updates, previous_in_user_sequence};
 use crate::error::EngineError;
-use osmium_projections::catch_up::{EffectsRecord, UserEntry};
+use crate::log::LogReader;
+use osmium_projections::Effect;
+use osmium_projections::catch_up::{EffectsRecord, UserEntry, restore_content};
+use osmium_proto::events::event_envelope::Event;
 use osmium_projections::records::{NotifPrefs, decode, load, load_member};
 use osmium_projections::state::Recipient;
 use osmium_projections::{ScanRange, StoreRead, Table, keys};
@@ -49,9 +53,11 @@ struct Missed {
 }
 
 /// The updates of `user` after `token` up to `at` (the read position of `view`), at most
-/// `limit` events' worth, or `TooFarBehind` beyond `updates_max` events.
+/// `limit` events' worth, or `TooFarBehind` beyond `updates_max` events. New messages'
+/// contents are read from their events in `log` (the index does not keep them twice).
 pub(crate) fn updates_since(
     view: &dyn StoreRead,
+    log: &LogReader,
     at: Position,
     user: UserId,
     token: Position,
@@ -121,13 +127,26 @@ pub(crate) fn updates_since(
     let mut updates = Vec::new();
     let mut last = token;
     for (position, missed) in missed.into_iter().take(limit.max(1)) {
-        let record: EffectsRecord = load(view, Table::PositionEffect, &keys::position_effect(position))?.ok_or_else(|| {
+        let mut record: EffectsRecord = load(view, Table::PositionEffect, &keys::position_effect(position))?.ok_or_else(|| {
             EngineError::Corrupt {
                 what: format!("the catch-up index at position {position}"),
                 expected: "a position_effect record".into(),
                 found: "none".into(),
             }
         })?;
+        if record.effects.iter().any(|(effect, _)| matches!(effect, Effect::MessageCreated { .. })) {
+            let sent = log.read_all(position, 1)?.into_iter().next().filter(|event| event.position == position.get());
+            let Some(Event::MessageSent(sent)) = sent.and_then(|event| event.event) else {
+                return Err(EngineError::Corrupt {
+                    what: format!("the event at position {position}"),
+                    expected: "message_sent (the catch-up index has a new message there)".into(),
+                    found: "another event or none".into(),
+                });
+            };
+            for (effect, _) in &mut record.effects {
+                restore_content(effect, &sent);
+            }
+        }
         for (index, (effect, via_chat)) in record.effects.iter().enumerate() {
             let (recipient, sequence) = if *via_chat {
                 if !missed.large_chat {

@@ -209,7 +209,8 @@ impl ChatEngine {
     pub fn updates_since(&self, user: UserId, token: Position, limit: usize) -> Result<CatchUp, EngineError> {
         let updates_max = self.inner.limits.catch_up_updates_max;
         let limit = limit.clamp(1, updates_max.max(1));
-        self.inner.core.views.read_at(|view, at| catch_up::updates_since(view, at, user, token, limit, updates_max))
+        let log = &self.inner.core.reader;
+        self.inner.core.views.read_at(|view, at| catch_up::updates_since(view, log, at, user, token, limit, updates_max))
     }
 
     /// Updates for `user` after `token`: the missed ones first, then live ones, with no
