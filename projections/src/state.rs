@@ -125,7 +125,8 @@ pub struct ProjectionState<S> {
     /// Catch-up index writes of the current batch (append only: never read by the fold).
     catch_up: Vec<KvWrite>,
     /// Every catch-up index entry ever written, for [`Self::to_memstore`]: kept by states
-    /// that keep everything ([`ProjectionState::in_memory`]) only.
+    /// that keep everything ([`ProjectionState::in_memory`]) only, whose
+    /// [`Self::take_writes`] then leaves them out.
     catch_up_kept: Option<MemStore>,
     checkpoint: Position,
     changed: Vec<Changed>,
@@ -286,7 +287,6 @@ impl<S: StoreRead> ProjectionState<S> {
         let large = self.chat(chat)?.is_some_and(|record| record.large);
         let stored: Vec<(Effect, bool)> =
             effects.into_iter().map(|effect| { let via_chat = large && effect.audience().is_some(); (effect, via_chat) }).collect();
-        let start = self.catch_up.len();
         let mut previous_in_chat = Position::ZERO;
         if stored.iter().any(|(_, via_chat)| *via_chat)
             && let Some(record) = self.chat_mut(chat)?
@@ -302,9 +302,11 @@ impl<S: StoreRead> ProjectionState<S> {
         let kept = EffectsRecord { chat, effects: kept, previous_in_chat };
         self.catch_up.push((Table::PositionEffect, keys::position_effect(position), Some(records::encode(&kept))));
         if let Some(kept) = self.catch_up_kept.as_mut() {
-            for (table, key, value) in &self.catch_up[start..] {
+            // A state that keeps everything holds them for `to_memstore` only: its folds
+            // (verification) never take their writes, which would pile up.
+            for (table, key, value) in self.catch_up.drain(..) {
                 if let Some(value) = value {
-                    kept.put(*table, key.clone(), value.clone());
+                    kept.put(table, key, value);
                 }
             }
         }
