@@ -87,11 +87,15 @@ impl UpdateTags {
     }
 }
 
+/// One message of the outbound queue: the message, its update's extension fields, and
+/// the bytes it was counted as in `queued_bytes`.
+type Queued = (server_message::Message, Option<UpdateTags>, usize);
+
 /// The sending side of the outbound queue.
 #[derive(Clone, Debug)]
 struct Outbound {
     /// Each message with the bytes it was counted as in `queued_bytes`.
-    queue: mpsc::Sender<(server_message::Message, Option<UpdateTags>, usize)>,
+    queue: mpsc::Sender<Queued>,
     /// Encoded bytes of the messages in `queue` (the writer subtracts what it takes).
     queued_bytes: Arc<AtomicUsize>,
     queued_bytes_max: usize,
@@ -387,7 +391,7 @@ type FrameSink = futures_util::stream::SplitSink<tokio_tungstenite::WebSocketStr
 
 async fn write_loop(
     mut sink: FrameSink,
-    (mut queue, queued_bytes): (mpsc::Receiver<(server_message::Message, Option<UpdateTags>, usize)>, Arc<AtomicUsize>),
+    (mut queue, queued_bytes): (mpsc::Receiver<Queued>, Arc<AtomicUsize>),
     mut abort: watch::Receiver<Option<(CloseCode, String)>>,
     final_reason: FinalReason,
     shutdown: watch::Receiver<bool>,
