@@ -223,6 +223,15 @@ impl UpdateHub {
         }
     }
 
+    /// Closes every subscription of `user` with the resume token before `position`,
+    /// whose updates could not be built: the subscriber catches up rather than skip them.
+    pub(crate) fn close_before(&self, user: UserId, position: Position) {
+        let Ok(mut subscribers) = self.subscribers.lock() else { return };
+        for subscriber in subscribers.remove(&user).unwrap_or_default() {
+            let _ = subscriber.shared.cut.compare_exchange(0, position.get().max(1), Ordering::AcqRel, Ordering::Acquire);
+        }
+    }
+
     pub(crate) fn has_subscribers(&self) -> bool {
         self.subscribers.lock().map(|subscribers| !subscribers.is_empty()).unwrap_or(false)
     }
@@ -326,7 +335,7 @@ fn publish_effect(inner: &FanOut, position: Position, told: Told) -> Result<(), 
         return Ok(());
     }
     let chat = effect.chat();
-    let told = inner.read(|view| {
+    let built = inner.read(|view| {
         let mut built = Vec::new();
         effect_updates(view, &effect, &targets, &mut |user, kind, notify| built.push((user, kind, notify)))?;
         let mut previous: HashMap<UserId, Position> = HashMap::new();
@@ -349,7 +358,17 @@ fn publish_effect(inner: &FanOut, position: Position, told: Told) -> Result<(), 
             told.push((user, TaggedUpdate { position, update: update(kind), notify, sequence }));
         }
         Ok(told)
-    })?;
+    });
+    let told = match built {
+        Ok(told) => told,
+        Err(err) => {
+            // Never skipped silently: each subscriber told is closed with its resume token.
+            for target in &targets {
+                hub.close_before(target.user, position);
+            }
+            return Err(err);
+        }
+    };
     for (user, update) in told {
         hub.publish(user, update);
     }
