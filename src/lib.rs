@@ -18,8 +18,9 @@
 //! directory without a command's validation: every change goes through [`ChatEngine`]
 //! (the raw event log of `osmium-engine` is not re-exported).
 
-pub use osmium_engine::chat::updates::{Subscription, TaggedUpdate};
-pub use osmium_engine::chat::{InviteInfo, InvitePurge, limits::{INVITE_PURGE_GRACE_MS_DEFAULT, Limits}};
+pub use osmium_engine::chat::catch_up::CatchUp;
+pub use osmium_engine::chat::updates::{Sequence, Subscription, TaggedUpdate};
+pub use osmium_engine::chat::{InviteInfo, InvitePurge, Resumed, limits::{INVITE_PURGE_GRACE_MS_DEFAULT, Limits}};
 pub use osmium_engine::{
     ChatEngine, Clock, CommittedBatch, Durability, EngineConfig, EngineError, EngineStats, LogConfig, LogReader,
     ManualClock, OpenError, StateConfig, SystemClock,

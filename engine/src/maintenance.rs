@@ -123,6 +123,9 @@ fn describe_key(table: Table, key: &[u8]) -> String {
         Table::ChatidUseridSeqMention => word(0).zip(word(8)).zip(word(16)).map(|((chat, user), seq)| format!("chat {chat} user {user} mention seq {seq}")),
         Table::UsernameUserid => text(0).map(|name| format!("username {name}")),
         Table::ChatidUseridOverride => word(0).zip(word(8)).map(|(chat, user)| format!("chat {chat} user {user} (not a member)")),
+        Table::UseridPositionUpdate => word(0).zip(word(8)).map(|(user, position)| format!("user {user} update at position {position}")),
+        Table::ChatidPositionUpdate => word(0).zip(word(8)).map(|(chat, position)| format!("chat {chat} update at position {position}")),
+        Table::PositionEffect => word(0).map(|position| format!("effects of position {position}")),
         Table::ProjectionMeta => text(0),
     };
     parts.unwrap_or_else(|| format!("key {key:02x?}"))

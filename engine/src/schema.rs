@@ -94,6 +94,9 @@ macro_rules! slot_names {
             concat!("chatid_userid_seq_mention", $suffix),
             concat!("username_userid", $suffix),
             concat!("chatid_userid_override", $suffix),
+            concat!("userid_position_update", $suffix),
+            concat!("chatid_position_update", $suffix),
+            concat!("position_effect", $suffix),
             concat!("projection_meta", $suffix),
         ]
     };

@@ -22,7 +22,8 @@ use crate::log::{Append, LogBatch, LogWriter, Sequencer, panic_reason};
 use crate::persist::{FlushState, Flusher};
 use crate::view::{RocksSource, Views};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
-use osmium_projections::{Effect, ProjectionState};
+use osmium_projections::ProjectionState;
+use osmium_projections::catch_up::Told;
 use osmium_proto::events::EventEnvelope;
 use osmium_proto::ids::{ChatId, MessageId, Position};
 use std::sync::Arc;
@@ -107,7 +108,7 @@ pub(crate) enum Request {
 }
 
 /// Effects of one durable batch, each with the position of the event that caused it.
-pub(crate) type EffectBatch = Vec<(Position, Effect)>;
+pub(crate) type EffectBatch = Vec<(Position, Told)>;
 
 /// When the state is cut for a flush.
 #[derive(Clone, Copy, Debug)]

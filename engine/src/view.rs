@@ -187,6 +187,19 @@ impl Views {
         }
     }
 
+    /// Runs `read` on one consistent state like [`Self::read`], with the position that
+    /// state is folded up to.
+    pub(crate) fn read_at<T>(&self, read: impl FnOnce(&dyn StoreRead, Position) -> T) -> T {
+        loop {
+            let landed = self.landed.load(Ordering::Acquire);
+            let base = RocksView::snapshot(&self.db, self.slot);
+            let published = self.current.load_full();
+            if published.epoch <= landed {
+                return read(&LayeredView::new(&base, &published.layers, published.visible), published.position);
+            }
+        }
+    }
+
     /// The last position folded into what readers see.
     pub(crate) fn position(&self) -> Position {
         self.current.load().position

@@ -19,12 +19,14 @@ use crate::tokens::{TokenHash, TokenStore};
 use crate::{GatewayLimits, dispatch};
 use futures_util::{FutureExt as _, SinkExt as _, StreamExt as _};
 use osmium_engine::ChatEngine;
+use osmium_engine::chat::Resumed;
+use osmium_engine::chat::updates::{Sequence, Subscription, TaggedUpdate};
 use osmium_proto::core::client_message::Message as Call;
 use osmium_proto::core::rpc_result::Result as Answer;
 use osmium_proto::core::{
-    ClientMessage, Entrypoints, Initialize, Initialized, RpcError, RpcResult, ServerMessage, server_message,
+    ClientMessage, Entrypoints, Initialize, Initialized, RpcError, RpcResult, ServerMessage, UpdatesResumed, server_message,
 };
-use osmium_proto::ids::UserId;
+use osmium_proto::ids::{Position, UserId};
 use osmium_proto::{auth, types};
 use prost::Message as _;
 use std::net::{IpAddr, SocketAddr};
@@ -66,11 +68,34 @@ type FinalReason = Arc<std::sync::Mutex<Option<(CloseCode, String)>>>;
 /// milliseconds (so that the socket is not reset under unread data).
 const CLOSE_LINGER_MS: u64 = 2_000;
 
+/// The osmium-state extension fields of a logged update (`ServerMessage` 1300-1302).
+#[derive(Clone, Copy, Debug)]
+struct UpdateTags {
+    position: u64,
+    previous: u64,
+    chat: Option<u64>,
+}
+
+impl UpdateTags {
+    fn of(update: &TaggedUpdate) -> Option<UpdateTags> {
+        let position = update.position.get();
+        match update.sequence {
+            Sequence::Unlogged => None,
+            Sequence::User { previous } => Some(UpdateTags { position, previous: previous.get(), chat: None }),
+            Sequence::Chat { chat, previous } => Some(UpdateTags { position, previous: previous.get(), chat: Some(chat.get()) }),
+        }
+    }
+}
+
+/// One message of the outbound queue: the message, its update's extension fields, and
+/// the bytes it was counted as in `queued_bytes`.
+type Queued = (server_message::Message, Option<UpdateTags>, usize);
+
 /// The sending side of the outbound queue.
 #[derive(Clone, Debug)]
 struct Outbound {
     /// Each message with the bytes it was counted as in `queued_bytes`.
-    queue: mpsc::Sender<(server_message::Message, usize)>,
+    queue: mpsc::Sender<Queued>,
     /// Encoded bytes of the messages in `queue` (the writer subtracts what it takes).
     queued_bytes: Arc<AtomicUsize>,
     queued_bytes_max: usize,
@@ -84,7 +109,13 @@ impl Outbound {
     /// is empty: one large message alone is always taken) closes the connection and says
     /// `false`.
     fn push(&self, message: server_message::Message) -> bool {
-        let bytes = message.encoded_len();
+        self.push_tagged(message, None)
+    }
+
+    /// Queues a server message with the catch-up fields of the update it carries (the
+    /// osmium-state extension), like [`Self::push`].
+    fn push_tagged(&self, message: server_message::Message, tags: Option<UpdateTags>) -> bool {
+        let bytes = message.encoded_len() + if tags.is_some() { 3 * 11 } else { 0 };
         let max = self.queued_bytes_max;
         let reserved = self.queued_bytes.fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| {
             (queued == 0 || queued.saturating_add(bytes) <= max).then(|| queued.saturating_add(bytes))
@@ -93,7 +124,7 @@ impl Outbound {
             self.close_slow();
             return false;
         }
-        match self.queue.try_send((message, bytes)) {
+        match self.queue.try_send((message, tags, bytes)) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
@@ -360,7 +391,7 @@ type FrameSink = futures_util::stream::SplitSink<tokio_tungstenite::WebSocketStr
 
 async fn write_loop(
     mut sink: FrameSink,
-    (mut queue, queued_bytes): (mpsc::Receiver<(server_message::Message, usize)>, Arc<AtomicUsize>),
+    (mut queue, queued_bytes): (mpsc::Receiver<Queued>, Arc<AtomicUsize>),
     mut abort: watch::Receiver<Option<(CloseCode, String)>>,
     final_reason: FinalReason,
     shutdown: watch::Receiver<bool>,
@@ -384,10 +415,17 @@ async fn write_loop(
                 }
             }
             next = queue.recv() => match next {
-                Some((message, queued)) => {
+                Some((message, tags, queued)) => {
                     queued_bytes.fetch_sub(queued, Ordering::AcqRel);
                     sequence = sequence.wrapping_add(1);
-                    let bytes = ServerMessage { id: sequence, message: Some(message) }.encode_to_vec();
+                    let bytes = ServerMessage {
+                        id: sequence,
+                        message: Some(message),
+                        osmium_update_position: tags.map(|tags| tags.position),
+                        osmium_update_previous: tags.map(|tags| tags.previous),
+                        osmium_update_sequence_chat: tags.and_then(|tags| tags.chat),
+                    }
+                    .encode_to_vec();
                     if sink.feed(Frame::Binary(bytes.into())).await.is_err() {
                         return;
                     }
@@ -554,6 +592,15 @@ impl Connection {
                 };
                 self.outbound.result(req_id, Some(Answer::Initialized(initialized)))
             }
+            Call::OsmiumResumeUpdates(resume) => {
+                let Some(user) = self.session.as_ref().map(|session| session.user) else {
+                    metrics.request(kind, Some(codes::UNAUTHORIZED), None);
+                    return self.outbound.error(req_id, codes::error(codes::UNAUTHORIZED, "not signed in: send Authorize first"));
+                };
+                let queued = self.resume_updates(req_id, user, resume.token);
+                metrics.request(kind, None, Some(started.elapsed().as_secs_f64()));
+                queued
+            }
             Call::AuthAuthorize(authorize) => {
                 let answer = self.authorize(&authorize.token).await;
                 let code = match &answer {
@@ -646,19 +693,59 @@ impl Connection {
 
     /// Forwards `user`'s live updates into the outbound queue from now on.
     fn start_updates(&mut self, user: UserId) {
+        let updates = self.shared.engine.subscribe(user);
+        self.forward(updates);
+    }
+
+    /// Forwards a subscription's updates into the outbound queue (each with its catch-up
+    /// fields); when the subscription falls behind, closes with 1013 naming the token to
+    /// resume from.
+    fn forward(&mut self, mut updates: Subscription) {
         let engine = self.shared.engine.clone();
-        let mut updates = engine.subscribe(user);
         let outbound = self.outbound.clone();
         self.forwarder.spawn(async move {
             while let Some(tagged) = updates.next().await {
                 outbound.metrics.update_queued(engine.last_position().get(), tagged.position.get());
-                if !outbound.push(server_message::Message::Update(tagged.update)) {
+                let tags = UpdateTags::of(&tagged);
+                if !outbound.push_tagged(server_message::Message::Update(tagged.update), tags) {
                     return;
                 }
             }
-            close_now(&outbound.abort, CloseCode::Again, "update stream fell behind: reconnect and resync");
+            let reason = match updates.resume_token() {
+                Some(token) => format!("update stream fell behind: resume from token {token} (ResumeUpdates)"),
+                None => "update stream fell behind: reconnect and resync".to_owned(),
+            };
+            close_now(&outbound.abort, CloseCode::Again, &reason);
         });
         self.updates_on = true;
+    }
+
+    /// `ResumeUpdates` (osmium-state extension): replaces the live updates with the ones
+    /// missed after `token`, then live ones; answered before the first of them.
+    fn resume_updates(&mut self, req_id: u32, user: UserId, token: u64) -> bool {
+        self.forwarder.abort_all();
+        self.updates_on = false;
+        let engine = self.shared.engine.clone();
+        let resumed = match engine.subscribe_from(user, Position(token)) {
+            Ok(Resumed::Subscribed(subscription)) => Ok((UpdatesResumed { too_far_behind: false, resume_token: token }, subscription)),
+            Ok(Resumed::TooFarBehind { resume_token }) => match engine.subscribe_from(user, resume_token) {
+                Ok(Resumed::Subscribed(subscription)) => {
+                    Ok((UpdatesResumed { too_far_behind: true, resume_token: resume_token.get() }, subscription))
+                }
+                Ok(Resumed::TooFarBehind { .. }) => Err(codes::error(codes::INTERNAL, "too far behind the engine's own position")),
+                Err(err) => Err(err.to_rpc_error()),
+            },
+            Err(err) => Err(err.to_rpc_error()),
+        };
+        match resumed {
+            Ok((answer, subscription)) => {
+                let queued = self.outbound.result(req_id, Some(Answer::OsmiumUpdatesResumed(answer)));
+                self.subscribe = true;
+                self.forward(subscription);
+                queued
+            }
+            Err(error) => self.outbound.error(req_id, error),
+        }
     }
 
     /// Refuses a sign-in over a failure limit (429, counted), before the token is looked

@@ -31,6 +31,7 @@ pub fn kind(message: &Message) -> &'static str {
         Message::ChatsAddChatMember(_) => "chats_add_chat_member",
         Message::CoreInitialize(_) => "core_initialize",
         Message::MessagesGetUnreadMentions(_) => "messages_get_unread_mentions",
+        Message::OsmiumResumeUpdates(_) => "osmium_resume_updates",
     }
 }
 
@@ -65,10 +66,10 @@ async fn engine_call(engine: &ChatEngine, user: UserId, message: Message) -> Res
         Message::MessagesGetUnreadMentions(request) => {
             Some(Answer::UnreadMentions(engine.get_unread_mentions(user, request).await?))
         }
-        Message::AuthAuthorize(_) | Message::CoreInitialize(_) => {
+        Message::AuthAuthorize(_) | Message::CoreInitialize(_) | Message::OsmiumResumeUpdates(_) => {
             return Err(EngineError::InvalidArgument {
                 field: "message",
-                reason: "Initialize and Authorize are answered by the connection".into(),
+                reason: "Initialize, Authorize and ResumeUpdates are answered by the connection".into(),
             });
         }
     })

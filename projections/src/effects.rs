@@ -9,10 +9,11 @@
 use crate::records::{ChatKind, ChatRecord, MemberRecord, MessageRecord};
 use crate::state::Recipient;
 use osmium_proto::ids::{ChatId, MessageId, UserId};
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
 /// How members address a chat: a group by its id, a DM by the other user.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub enum Addressing {
     /// A group.
     Group,
@@ -36,18 +37,20 @@ impl Addressing {
 }
 
 /// A chat and the members to tell about it, as of an event.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Audience {
     /// The chat.
     pub chat: ChatId,
     /// Group or DM (each recipient's `ChatRef` depends on it).
     pub addressing: Addressing,
-    /// The members, in user id order.
+    /// The members, in user id order. Not kept in [`crate::catch_up::EffectsRecord`]s
+    /// (empty when read back): the catch-up index says who was told.
+    #[serde(skip)]
     pub recipients: Arc<[Recipient]>,
 }
 
 /// A member's own view of a chat, as of an event.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ConversationSnapshot {
     /// The chat's record.
     pub chat: ChatRecord,
@@ -64,7 +67,7 @@ pub struct ConversationSnapshot {
 }
 
 /// One thing to tell.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Effect {
     /// A new message, for every member; the author's own copy carries `client_id`. Who is
     /// notified follows each recipient's notification preferences and the message's
@@ -146,6 +149,27 @@ pub enum Effect {
 }
 
 impl Effect {
+    /// The members told, for the effects addressed to a whole chat.
+    pub fn audience(&self) -> Option<&Audience> {
+        match self {
+            Effect::MessageCreated { audience, .. }
+            | Effect::MessageEdited { audience, .. }
+            | Effect::MessagesDeleted { audience, .. }
+            | Effect::GroupChanged { audience, .. } => Some(audience),
+            Effect::ReadPositionMoved { .. } | Effect::ConversationChanged { .. } | Effect::PermissionsChanged { .. } => None,
+        }
+    }
+
+    /// The one member told, for the effects addressed to one member.
+    pub fn member(&self) -> Option<UserId> {
+        match self {
+            Effect::ReadPositionMoved { user, .. }
+            | Effect::ConversationChanged { user, .. }
+            | Effect::PermissionsChanged { user, .. } => Some(*user),
+            Effect::MessageCreated { .. } | Effect::MessageEdited { .. } | Effect::MessagesDeleted { .. } | Effect::GroupChanged { .. } => None,
+        }
+    }
+
     /// The chat the effect is about.
     pub fn chat(&self) -> ChatId {
         match self {

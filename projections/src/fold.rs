@@ -16,6 +16,7 @@
 //! deleted sequence numbers; unread mention counts likewise, from the mention keys after
 //! the member's read sequence (a deleted message's keys are removed with it).
 
+use crate::catch_up::Told;
 use crate::effects::{Addressing, Audience, ConversationSnapshot, Effect};
 use crate::error::ProjectionError;
 use crate::limits::CHAT_LIST_FANOUT_MAX;
@@ -40,20 +41,23 @@ pub fn apply<S: StoreRead>(state: &mut ProjectionState<S>, envelope: &events::Ev
     fold(state, envelope, None)
 }
 
-/// Folds one event like [`apply`] and appends what it means for live updates to `effects`.
+/// Folds one event like [`apply`] and appends what it means for live updates to `told`.
 pub fn apply_with_effects<S: StoreRead>(
     state: &mut ProjectionState<S>,
     envelope: &events::EventEnvelope,
-    effects: &mut Vec<Effect>,
+    told: &mut Vec<Told>,
 ) -> Result<(), ProjectionError> {
-    fold(state, envelope, Some(effects))
+    fold(state, envelope, Some(told))
 }
 
+/// Every event's effects are computed, also when nobody listens: they make the catch-up
+/// index ([`crate::catch_up`]), which a fold from scratch must write the same way.
 fn fold<S: StoreRead>(
     state: &mut ProjectionState<S>,
     envelope: &events::EventEnvelope,
-    effects: Option<&mut Vec<Effect>>,
+    told: Option<&mut Vec<Told>>,
 ) -> Result<(), ProjectionError> {
+    let mut effects = Vec::new();
     let position = envelope.position;
     let malformed = |reason: String| ProjectionError::MalformedEvent { position, reason };
     let event = envelope.event.as_ref().ok_or_else(|| malformed("no event".into()))?;
@@ -66,10 +70,15 @@ fn fold<S: StoreRead>(
     match (stream_of(envelope)?, event) {
         (StreamId::User(user), Event::UserUpserted(upserted)) => upsert_user(state, user, upserted, position)?,
         (StreamId::Chat(chat), event) if !matches!(event, Event::UserUpserted(_)) => {
-            let mut fold = ChatFold { state, chat, position, recorded_at_ms: envelope.recorded_at_ms, effects };
+            let mut fold =
+                ChatFold { state, chat, position, recorded_at_ms: envelope.recorded_at_ms, effects: Some(&mut effects) };
             fold.apply(event)?;
         }
         (stream, event) => return Err(malformed(format!("{} does not belong in stream {stream}", event_kind(event)))),
+    }
+    let recorded = state.record_effects(Position(position), effects)?;
+    if let Some(told) = told {
+        told.extend(recorded);
     }
     state.set_checkpoint(Position(position));
     Ok(())
@@ -274,6 +283,7 @@ impl<S: StoreRead> ChatFold<'_, S> {
             member_count: 0,
             joins: 0,
             large: false,
+            last_update_position: Position::ZERO,
         };
         self.state.insert_chat(self.chat, record)
     }

@@ -4,7 +4,7 @@
 
 use crate::error::ProjectionError;
 use crate::tables::Table;
-use osmium_proto::ids::{ChatId, MessageId, UserId};
+use osmium_proto::ids::{ChatId, MessageId, Position, UserId};
 
 /// Projection meta key: the last applied log position (u64 BE).
 pub const META_CHECKPOINT: &[u8] = b"checkpoint";
@@ -75,6 +75,31 @@ pub fn large_chat(user: UserId, chat: ChatId) -> Vec<u8> {
 /// The chat of a `userid_chatid_largechat` key.
 pub fn large_chat_chat(key: &[u8]) -> Result<ChatId, ProjectionError> {
     u64_at(Table::UseridChatidLargechat, key, 8).map(ChatId)
+}
+
+/// `userid_position_update`: `user_id (8) | position (8)`.
+pub fn user_update(user: UserId, position: Position) -> Vec<u8> {
+    concat::<16>(&[&user.to_be_bytes(), &position.to_be_bytes()])
+}
+
+/// The position of a `userid_position_update` key.
+pub fn user_update_position(key: &[u8]) -> Result<Position, ProjectionError> {
+    u64_at(Table::UseridPositionUpdate, key, 8).map(Position)
+}
+
+/// `chatid_position_update`: `chat_id (8) | position (8)`.
+pub fn chat_update(chat: ChatId, position: Position) -> Vec<u8> {
+    concat::<16>(&[&chat.to_be_bytes(), &position.to_be_bytes()])
+}
+
+/// The position of a `chatid_position_update` key.
+pub fn chat_update_position(key: &[u8]) -> Result<Position, ProjectionError> {
+    u64_at(Table::ChatidPositionUpdate, key, 8).map(Position)
+}
+
+/// `position_effect`: `position (8)`.
+pub fn position_effect(position: Position) -> Vec<u8> {
+    position.to_be_bytes().to_vec()
 }
 
 /// `chatid_msgid_message`: `chat_id (8) | message_id (8)`.

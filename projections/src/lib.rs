@@ -27,6 +27,7 @@
 //! through a per-user set placed by the chat record at query time, so a user's
 //! `get_chats` costs grow with the number of such large chats they are in.
 
+pub mod catch_up;
 pub mod chat_list;
 pub mod effects;
 pub mod error;

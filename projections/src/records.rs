@@ -95,6 +95,9 @@ pub struct ChatRecord {
     /// Whether the chat list is kept through `userid_chatid_largechat` (see
     /// [`crate::limits::CHAT_LIST_FANOUT_MAX`]). Once set it stays set.
     pub large: bool,
+    /// The last position of the chat's large-chat catch-up sequence (`chatid_position_update`),
+    /// zero before any (see [`crate::catch_up`]).
+    pub last_update_position: Position,
 }
 
 impl ChatRecord {

@@ -16,7 +16,9 @@
 //! Architecture invariant: no I/O of its own (the source is the only way out), no clock,
 //! no ids; the same events folded into a fresh state give the same records.
 
+use crate::catch_up::{EFFECTS_PER_EVENT_MAX, EffectsRecord, Told, elide_content, user_entries};
 use crate::chat_list::ListChange;
+use crate::effects::Effect;
 use crate::error::ProjectionError;
 use crate::keys;
 use crate::layers::KvWrite;
@@ -120,6 +122,12 @@ pub struct ProjectionState<S> {
     usernames: HashMap<Vec<u8>, Slot<UserId>>,
     /// Permission overrides `(pos, neg)` of users who are not members.
     parked_overrides: HashMap<(ChatId, UserId), Slot<(u64, u64)>>,
+    /// Catch-up index writes of the current batch (append only: never read by the fold).
+    catch_up: Vec<KvWrite>,
+    /// Every catch-up index entry ever written, for [`Self::to_memstore`]: kept by states
+    /// that keep everything ([`ProjectionState::in_memory`]) only, whose
+    /// [`Self::take_writes`] then leaves them out.
+    catch_up_kept: Option<MemStore>,
     checkpoint: Position,
     changed: Vec<Changed>,
     changed_set: HashSet<Changed>,
@@ -173,7 +181,9 @@ impl ProjectionState<MemStore> {
     /// A state with nothing flushed yet and no memory budget: for folds from scratch
     /// (verification, tests), which keep everything.
     pub fn in_memory() -> Self {
-        ProjectionState::new(MemStore::new(), usize::MAX)
+        let mut state = ProjectionState::new(MemStore::new(), usize::MAX);
+        state.catch_up_kept = Some(MemStore::new());
+        state
     }
 }
 
@@ -189,6 +199,8 @@ impl<S: StoreRead> ProjectionState<S> {
             invites: HashMap::new(),
             usernames: HashMap::new(),
             parked_overrides: HashMap::new(),
+            catch_up: Vec::new(),
+            catch_up_kept: None,
             checkpoint: Position::ZERO,
             changed: Vec::new(),
             changed_set: HashSet::new(),
@@ -257,6 +269,51 @@ impl<S: StoreRead> ProjectionState<S> {
 
     fn next_cut(&self) -> u64 {
         self.cuts + 1
+    }
+
+    // ---- the catch-up index -----------------------------------------------------
+
+    /// Writes the catch-up index entries of the event at `position`, which told `effects`
+    /// (see [`crate::catch_up`]), and says which sequence each effect's updates belong to.
+    pub fn record_effects(&mut self, position: Position, effects: Vec<Effect>) -> Result<Vec<Told>, ProjectionError> {
+        let Some(first) = effects.first() else { return Ok(Vec::new()) };
+        let chat = first.chat();
+        if effects.len() > EFFECTS_PER_EVENT_MAX || effects.iter().any(|effect| effect.chat() != chat) {
+            return Err(ProjectionError::Inconsistent {
+                position: position.get(),
+                reason: format!("{} effects, not all about chat {chat}", effects.len()),
+            });
+        }
+        let large = self.chat(chat)?.is_some_and(|record| record.large);
+        let stored: Vec<(Effect, bool)> =
+            effects.into_iter().map(|effect| { let via_chat = large && effect.audience().is_some(); (effect, via_chat) }).collect();
+        let mut previous_in_chat = Position::ZERO;
+        if stored.iter().any(|(_, via_chat)| *via_chat)
+            && let Some(record) = self.chat_mut(chat)?
+        {
+            previous_in_chat = record.last_update_position;
+            record.last_update_position = position;
+            self.catch_up.push((Table::ChatidPositionUpdate, keys::chat_update(chat, position), Some(Vec::new())));
+        }
+        for (user, entry) in user_entries(&stored) {
+            self.catch_up.push((Table::UseridPositionUpdate, keys::user_update(user, position), Some(records::encode(&entry))));
+        }
+        let kept: Vec<(Effect, bool)> = stored.iter().map(|(effect, via_chat)| (elide_content(effect), *via_chat)).collect();
+        let kept = EffectsRecord { chat, effects: kept, previous_in_chat };
+        self.catch_up.push((Table::PositionEffect, keys::position_effect(position), Some(records::encode(&kept))));
+        if let Some(kept) = self.catch_up_kept.as_mut() {
+            // A state that keeps everything holds them for `to_memstore` only: its folds
+            // (verification) never take their writes, which would pile up.
+            for (table, key, value) in self.catch_up.drain(..) {
+                if let Some(value) = value {
+                    kept.put(table, key, value);
+                }
+            }
+        }
+        Ok(stored
+            .into_iter()
+            .map(|(effect, via_chat)| Told { effect, chat_sequence: via_chat.then_some(previous_in_chat) })
+            .collect())
     }
 
     // ---- chats and members ------------------------------------------------------
@@ -885,10 +942,11 @@ impl<S: StoreRead> ProjectionState<S> {
     pub fn take_writes(&mut self, cut: bool) -> Result<BatchWrites, ProjectionError> {
         let changed = std::mem::take(&mut self.changed);
         self.changed_set.clear();
-        let mut writes = Vec::with_capacity(changed.len());
+        let mut writes = Vec::with_capacity(changed.len() + self.catch_up.len());
         for key in changed {
             writes.push(self.encode(key)?);
         }
+        writes.append(&mut self.catch_up);
         if cut {
             let changes = std::mem::take(&mut self.list_changes);
             for (chat, change) in changes {
@@ -1133,6 +1191,13 @@ impl<S: StoreRead> ProjectionState<S> {
                 store.put(Table::ChatidUseridOverride, keys::parked_overrides(chat, user), records::encode_overrides(overrides));
             }
         }
+        if let Some(kept) = &self.catch_up_kept {
+            for table in [Table::UseridPositionUpdate, Table::ChatidPositionUpdate, Table::PositionEffect] {
+                for (key, value) in kept.entries(table) {
+                    store.put(table, key.to_vec(), value.to_vec());
+                }
+            }
+        }
         records::save_checkpoint(&mut store, self.checkpoint);
         if self.checkpoint == Position::ZERO {
             // Nothing folded: a slot that was never flushed has no checkpoint key either.
@@ -1156,7 +1221,7 @@ mod tests {
 
     fn group(owner: UserId) -> ChatRecord {
         let info = GroupInfo { name: "g".into(), owner, photo: None, highlighted: None, closed: false };
-        ChatRecord { kind: ChatKind::Group(info), last_seq: 0, last_message_id: MessageId(1), member_count: 0, joins: 0, large: false }
+        ChatRecord { kind: ChatKind::Group(info), last_seq: 0, last_message_id: MessageId(1), member_count: 0, joins: 0, large: false, last_update_position: Position::ZERO }
     }
 
     fn member() -> MemberRecord {

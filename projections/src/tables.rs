@@ -36,13 +36,23 @@ pub enum Table {
     /// user who is not a member (left, removed, or never joined), kept until the owner
     /// clears them and restored when the user joins again: bans stick.
     ChatidUseridOverride,
+    /// `user_id | position` -> [`crate::catch_up::UserEntry`]: the user's catch-up sequence,
+    /// one key per event that tells the user something outside the chats above
+    /// [`crate::limits::CHAT_LIST_FANOUT_MAX`] members (see [`crate::catch_up`]).
+    UseridPositionUpdate,
+    /// `chat_id | position` -> empty: a large chat's catch-up sequence, one key per event
+    /// that tells all its members something (what its members read instead of a key each).
+    ChatidPositionUpdate,
+    /// `position` -> [`crate::catch_up::EffectsRecord`]: what an event told, once, for
+    /// catch-up after a disconnect.
+    PositionEffect,
     /// Fixed keys: checkpoint and schema version of this projection slot.
     ProjectionMeta,
 }
 
 impl Table {
     /// All tables, in a fixed order.
-    pub const ALL: [Table; 14] = [
+    pub const ALL: [Table; 17] = [
         Table::ChatidChat,
         Table::ChatidUseridMember,
         Table::UseridLastmsgidChatidChatlist,
@@ -56,6 +66,9 @@ impl Table {
         Table::ChatidUseridSeqMention,
         Table::UsernameUserid,
         Table::ChatidUseridOverride,
+        Table::UseridPositionUpdate,
+        Table::ChatidPositionUpdate,
+        Table::PositionEffect,
         Table::ProjectionMeta,
     ];
 
@@ -75,6 +88,9 @@ impl Table {
             Table::ChatidUseridSeqMention => "chatid_userid_seq_mention",
             Table::UsernameUserid => "username_userid",
             Table::ChatidUseridOverride => "chatid_userid_override",
+            Table::UseridPositionUpdate => "userid_position_update",
+            Table::ChatidPositionUpdate => "chatid_position_update",
+            Table::PositionEffect => "position_effect",
             Table::ProjectionMeta => "projection_meta",
         }
     }

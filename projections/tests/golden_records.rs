@@ -51,8 +51,9 @@ fn a_group_chat_record_keeps_its_bytes() {
         member_count: 3,
         joins: 4,
         large: false,
+        last_update_position: Position(0),
     };
-    assert_golden(Table::ChatidChat, &record, "0004637265770701fb2c0102aabb0109012afbe803030400");
+    assert_golden(Table::ChatidChat, &record, "0004637265770701fb2c0102aabb0109012afbe80303040000");
 }
 
 #[test]
@@ -64,8 +65,9 @@ fn a_direct_chat_record_keeps_its_bytes() {
         member_count: 2,
         joins: 2,
         large: true,
+        last_update_position: Position(300),
     };
-    assert_golden(Table::ChatidChat, &record, "010102004d020201");
+    assert_golden(Table::ChatidChat, &record, "010102004d020201fb2c01");
 }
 
 #[test]
@@ -171,6 +173,15 @@ fn every_key_layout_keeps_its_bytes() {
     assert_eq!(keys::invite("Ab-9"), b"Ab-9");
     assert_eq!(hex(&keys::chat_invite(CHAT, "Ab")), format!("{chat}4162"));
     assert_eq!(hex(&keys::user(USER)), user);
+    assert_eq!(hex(&keys::user_update(USER, Position(9))), format!("{user}0000000000000009"));
+    assert_eq!(hex(&keys::chat_update(CHAT, Position(9))), format!("{chat}0000000000000009"));
+    assert_eq!(hex(&keys::position_effect(Position(9))), "0000000000000009");
+}
+
+#[test]
+fn a_catch_up_user_entry_keeps_its_bytes() {
+    let entry = osmium_projections::catch_up::UserEntry { effects_mask: 0b101, notif_prefs: NotifPrefs::None };
+    assert_golden(Table::UseridPositionUpdate, &entry, "0502");
 }
 
 #[test]
@@ -192,6 +203,9 @@ fn every_table_keeps_its_column_family_name() {
             "chatid_userid_seq_mention",
             "username_userid",
             "chatid_userid_override",
+            "userid_position_update",
+            "chatid_position_update",
+            "position_effect",
             "projection_meta",
         ]
     );

@@ -56,6 +56,10 @@ pub struct Limits {
     pub typing_expiry_ms: u64,
     /// Updates buffered per subscription before a slow subscriber is disconnected.
     pub subscription_queue_max: usize,
+    /// Events with updates for a user that a catch-up (`updates_since`, `subscribe_from`)
+    /// serves from one token, in events; a client further behind is told
+    /// `TooFarBehind` and refetches its chat list.
+    pub catch_up_updates_max: usize,
     /// Largest request that stores client-provided bytes (`send_message`, `edit_chat`,
     /// `upsert_user`: attachments, previews, names), protobuf-encoded, in bytes. At most
     /// half of [`osmium_projections::limits::RECORD_BYTES_MAX`] (checked at open), so that
@@ -91,6 +95,7 @@ impl Default for Limits {
             unread_mentions_ids_max: 1_000,
             typing_expiry_ms: 6_000,
             subscription_queue_max: 1_024,
+            catch_up_updates_max: 10_000,
             request_bytes_max: 1024 * 1024,
         }
     }

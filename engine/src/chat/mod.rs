@@ -53,6 +53,7 @@
 //! - Typing expires `typing_expiry_ms` after the last refresh (publishing `typing = false`);
 //!   sending a message clears it.
 
+pub mod catch_up;
 mod commands;
 pub mod limits;
 pub mod mentions;
@@ -75,6 +76,7 @@ use osmium_proto::{auth, chats, core, messages, types};
 use resolve::{Resolved, Tables};
 use std::path::Path;
 use std::sync::Arc;
+use catch_up::CatchUp;
 use updates::{Subscription, TaggedUpdate, TypingState, UpdateHub};
 pub use views::InviteInfo;
 
@@ -239,7 +241,45 @@ impl ChatEngine {
 
     /// Live updates for `user`, from now on, on every chat they are in.
     pub fn subscribe(&self, user: UserId) -> Subscription {
-        self.inner.hub.subscribe(user, self.inner.limits.subscription_queue_max)
+        self.inner.hub.subscribe(user, self.inner.limits.subscription_queue_max, self.read_position())
+    }
+
+    /// The updates `user` missed after `token` (the position of the last update they
+    /// applied, or a `token` answered before), in order, at most `limit` events' worth
+    /// (capped at `catch_up_updates_max`), with the token to continue from; or
+    /// [`CatchUp::TooFarBehind`] when more than `catch_up_updates_max` events are missed.
+    /// Cost: O(updates missed + the user's large chats), see [`catch_up`].
+    pub fn updates_since(&self, user: UserId, token: Position, limit: usize) -> Result<CatchUp, EngineError> {
+        let updates_max = self.inner.limits.catch_up_updates_max;
+        let limit = limit.clamp(1, updates_max.max(1));
+        let log = &self.inner.core.reader;
+        self.inner.core.views.read_at(|view, at| catch_up::updates_since(view, log, at, user, token, limit, updates_max))
+    }
+
+    /// Updates for `user` after `token`: the missed ones first, then live ones, with no
+    /// gap and no duplicate at the seam; or [`Resumed::TooFarBehind`] (see
+    /// [`Self::updates_since`]).
+    pub fn subscribe_from(&self, user: UserId, token: Position) -> Result<Resumed, EngineError> {
+        // Subscribed first: every batch the catch-up below does not see is published to
+        // subscribers after it is visible to reads, so the live queue has it.
+        let mut subscription = self.inner.hub.subscribe(user, self.inner.limits.subscription_queue_max, token);
+        let updates_max = self.inner.limits.catch_up_updates_max;
+        let mut backlog = Vec::new();
+        let mut token = token;
+        loop {
+            match self.updates_since(user, token, updates_max)? {
+                CatchUp::Updates { updates, token: next, complete } => {
+                    backlog.extend(updates);
+                    token = next;
+                    if complete {
+                        break;
+                    }
+                }
+                CatchUp::TooFarBehind { resume_token } => return Ok(Resumed::TooFarBehind { resume_token }),
+            }
+        }
+        subscription.set_backlog(backlog, token);
+        Ok(Resumed::Subscribed(subscription))
     }
 
     // ---- users ------------------------------------------------------------------
@@ -611,6 +651,18 @@ impl ChatEngine {
             meters: self.inner.core.meters(),
         }
     }
+}
+
+/// What [`ChatEngine::subscribe_from`] answers.
+#[derive(Debug)]
+pub enum Resumed {
+    /// The missed updates, then live ones.
+    Subscribed(Subscription),
+    /// Too far behind: refetch the chat list, then subscribe from `resume_token`.
+    TooFarBehind {
+        /// The token to continue from after the refetch.
+        resume_token: Position,
+    },
 }
 
 /// What [`ChatEngine::stats`] reports.
