@@ -370,7 +370,7 @@ impl DataDirectory {
                     from = Position(resumed_at + folded + 1);
                     if unwritten >= batch_events || from > last_position || state.over_budget() {
                         let writes = state.take_writes(true)?;
-                        if batches.send((state.cuts(), folded, writes.writes)).is_err() {
+                        if batches.send((state.cuts(), folded, writes.into_all())).is_err() {
                             return Ok(()); // the writer stopped: its error is reported below
                         }
                         state.mark_persisted(landed.load(Ordering::Acquire));

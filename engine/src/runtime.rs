@@ -298,7 +298,7 @@ fn recover(dir: &DataDir, state_bytes_max: usize) -> Result<(LiveState, u64), Op
         // A long catch-up (projections far behind) flushes as it goes: memory stays bounded.
         if from > dir.last_position || state.over_budget() || unflushed >= RECOVERY_FLUSH_EVENTS {
             let writes = state.take_writes(true)?;
-            persist::flush_writes(&dir.db, dir.slot, &writes.writes)?;
+            persist::flush_writes(&dir.db, dir.slot, &writes.into_all())?;
             state.mark_persisted(state.cuts());
             state.evict();
             unflushed = 0;

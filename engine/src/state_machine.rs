@@ -272,7 +272,7 @@ impl StateMachine {
         // The batch's writes go into the active layer on the writer thread, in its
         // completion (batches complete in order): the state machine never reads the
         // layers, and the skiplist inserts were a third of its time per event.
-        let visible = if batch_writes.writes.is_empty() && batch_writes.touched.is_empty() {
+        let visible = if batch_writes.writes.is_empty() && batch_writes.appended.is_empty() && batch_writes.touched.is_empty() {
             None
         } else {
             self.batch_seq += 1;
@@ -370,7 +370,7 @@ impl StateMachine {
         Box::new(move |written| match written {
             Ok(()) => {
                 if let Some(LayerWrites { layer, seq, writes }) = visible {
-                    layer.insert(seq, writes.writes, &writes.touched);
+                    layer.insert(seq, writes.writes, writes.appended, &writes.touched);
                     views.publish_batch(seq, position.unwrap_or(Position::ZERO));
                 }
                 if let Some((number, next)) = flush {

@@ -99,27 +99,33 @@ pub fn restore_content(effect: &mut Effect, sent: &osmium_proto::events::Message
     }
 }
 
-/// Who one event told through their own sequence, with what (see [`UserEntry`]).
+/// Who one event told through their own sequence, with what (see [`UserEntry`]), in user
+/// id order. (A sorted `Vec`, not a map: an effect's recipients come in user id order, and
+/// this runs for every member of every chat of up to 256 members per event.)
 pub fn user_entries(effects: &[(Effect, bool)]) -> Vec<(UserId, UserEntry)> {
-    let mut users: std::collections::BTreeMap<UserId, UserEntry> = std::collections::BTreeMap::new();
-    let mut mark = |user: UserId, prefs: NotifPrefs, bit: u32| {
-        users.entry(user).or_insert(UserEntry { effects_mask: 0, notif_prefs: prefs }).effects_mask |= bit;
-    };
+    let mut told: Vec<(UserId, UserEntry)> = Vec::new();
     for (index, (effect, large)) in effects.iter().enumerate().take(EFFECTS_PER_EVENT_MAX) {
-        let bit = 1u32 << index;
+        let entry = |prefs: NotifPrefs| UserEntry { effects_mask: 1u32 << index, notif_prefs: prefs };
         if let Some(user) = effect.member() {
-            mark(user, NotifPrefs::All, bit);
+            told.push((user, entry(NotifPrefs::All)));
         }
         if let Some(audience) = effect.audience()
             && !large
         {
-            for recipient in audience.recipients.iter() {
-                mark(recipient.user, recipient.notif_prefs, bit);
-            }
+            told.extend(audience.recipients.iter().map(|recipient| (recipient.user, entry(recipient.notif_prefs))));
         }
         if let Effect::GroupChanged { removed: Some(user), .. } = effect {
-            mark(*user, NotifPrefs::All, bit);
+            told.push((*user, entry(NotifPrefs::All)));
         }
     }
-    users.into_iter().collect()
+    // Stable: a user's first entry (the earliest effect) keeps its preferences.
+    told.sort_by_key(|(user, _)| *user);
+    told.dedup_by(|later, earlier| {
+        let same = later.0 == earlier.0;
+        if same {
+            earlier.1.effects_mask |= later.1.effects_mask;
+        }
+        same
+    });
+    told
 }

@@ -21,7 +21,7 @@ use crate::chat_list::ListChange;
 use crate::effects::Effect;
 use crate::error::ProjectionError;
 use crate::keys;
-use crate::layers::KvWrite;
+use crate::layers::{AppendWrite, KvWrite};
 use crate::records::{self, ChatRecord, InviteRecord, MemberRecord, MessageRecord, NotifPrefs, UserRecord, decode};
 use crate::store::{MemStore, ScanRange, Store, StoreRead, collect_prefix};
 use crate::tables::Table;
@@ -104,9 +104,21 @@ enum Changed {
 pub struct BatchWrites {
     /// Puts and deletes, each key once.
     pub writes: Vec<KvWrite>,
+    /// Puts of new keys in append-only tables ([`Table::is_append_only`]): the catch-up
+    /// index.
+    pub appended: Vec<AppendWrite>,
     /// `(user, chat)`: the chat's entry in the user's chat-list index is stale until the
     /// next cut is flushed.
     pub touched: Vec<(UserId, ChatId)>,
+}
+
+impl BatchWrites {
+    /// Every write of the batch, for a store that takes them all alike (a flush).
+    pub fn into_all(self) -> Vec<KvWrite> {
+        let mut writes = self.writes;
+        writes.extend(self.appended.into_iter().map(|(table, key, value)| (table, key, Some(value))));
+        writes
+    }
 }
 
 /// The projections in memory over a source of flushed records.
@@ -123,7 +135,7 @@ pub struct ProjectionState<S> {
     /// Permission overrides `(pos, neg)` of users who are not members.
     parked_overrides: HashMap<(ChatId, UserId), Slot<(u64, u64)>>,
     /// Catch-up index writes of the current batch (append only: never read by the fold).
-    catch_up: Vec<KvWrite>,
+    catch_up: Vec<AppendWrite>,
     /// Every catch-up index entry ever written, for [`Self::to_memstore`]: kept by states
     /// that keep everything ([`ProjectionState::in_memory`]) only, whose
     /// [`Self::take_writes`] then leaves them out.
@@ -293,21 +305,19 @@ impl<S: StoreRead> ProjectionState<S> {
         {
             previous_in_chat = record.last_update_position;
             record.last_update_position = position;
-            self.catch_up.push((Table::ChatidPositionUpdate, keys::chat_update(chat, position), Some(Vec::new())));
+            self.catch_up.push((Table::ChatidPositionUpdate, keys::chat_update(chat, position), Vec::new()));
         }
         for (user, entry) in user_entries(&stored) {
-            self.catch_up.push((Table::UseridPositionUpdate, keys::user_update(user, position), Some(records::encode(&entry))));
+            self.catch_up.push((Table::UseridPositionUpdate, keys::user_update(user, position), records::encode(&entry)));
         }
         let kept: Vec<(Effect, bool)> = stored.iter().map(|(effect, via_chat)| (elide_content(effect), *via_chat)).collect();
         let kept = EffectsRecord { chat, effects: kept, previous_in_chat };
-        self.catch_up.push((Table::PositionEffect, keys::position_effect(position), Some(records::encode(&kept))));
+        self.catch_up.push((Table::PositionEffect, keys::position_effect(position), records::encode(&kept)));
         if let Some(kept) = self.catch_up_kept.as_mut() {
             // A state that keeps everything holds them for `to_memstore` only: its folds
             // (verification) never take their writes, which would pile up.
             for (table, key, value) in self.catch_up.drain(..) {
-                if let Some(value) = value {
-                    kept.put(table, key, value);
-                }
+                kept.put(table, key, value);
             }
         }
         Ok(stored
@@ -942,11 +952,10 @@ impl<S: StoreRead> ProjectionState<S> {
     pub fn take_writes(&mut self, cut: bool) -> Result<BatchWrites, ProjectionError> {
         let changed = std::mem::take(&mut self.changed);
         self.changed_set.clear();
-        let mut writes = Vec::with_capacity(changed.len() + self.catch_up.len());
+        let mut writes = Vec::with_capacity(changed.len());
         for key in changed {
             writes.push(self.encode(key)?);
         }
-        writes.append(&mut self.catch_up);
         if cut {
             let changes = std::mem::take(&mut self.list_changes);
             for (chat, change) in changes {
@@ -959,7 +968,7 @@ impl<S: StoreRead> ProjectionState<S> {
             self.cuts += 1;
         }
         self.tick += 1;
-        Ok(BatchWrites { writes, touched: std::mem::take(&mut self.touched) })
+        Ok(BatchWrites { writes, appended: std::mem::take(&mut self.catch_up), touched: std::mem::take(&mut self.touched) })
     }
 
     fn encode(&mut self, key: Changed) -> Result<KvWrite, ProjectionError> {

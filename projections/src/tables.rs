@@ -104,4 +104,12 @@ impl Table {
     pub fn index(self) -> usize {
         self as usize
     }
+
+    /// Whether the fold only ever appends to the table: each key is put once, by the event
+    /// at the position it names, and never changed or deleted by the fold (the catch-up
+    /// index). Layers keep such writes as one sorted chunk per batch rather than a skip-list
+    /// insert per key ([`crate::layers::Layer`]).
+    pub const fn is_append_only(self) -> bool {
+        matches!(self, Table::UseridPositionUpdate | Table::ChatidPositionUpdate | Table::PositionEffect)
+    }
 }

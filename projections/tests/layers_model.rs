@@ -38,9 +38,13 @@ fn apply(store: &mut impl Store, ops: &[Op]) {
 }
 
 fn scan(store: &impl StoreRead, range: ScanRange<'_>, limit: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
+    scan_table(store, Table::ChatidChat, range, limit)
+}
+
+fn scan_table(store: &impl StoreRead, table: Table, range: ScanRange<'_>, limit: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
     let mut seen = Vec::new();
     store
-        .scan(Table::ChatidChat, range, &mut |key, value| {
+        .scan(table, range, &mut |key, value| {
             seen.push((key.to_vec(), value.to_vec()));
             if seen.len() >= limit { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
         })
@@ -77,14 +81,14 @@ proptest! {
             let layer = Layer::new();
             for ops in batches {
                 seq += 1;
-                layer.insert(seq, writes(ops), &[]);
+                layer.insert(seq, writes(ops), Vec::new(), &[]);
                 apply(&mut model, ops);
             }
             layers.push(Arc::new(layer));
         }
         let visible = seq;
         // A batch decided but not durable yet: in the newest layer, past `visible`.
-        layers.last().unwrap().insert(seq + 1, writes(&invisible_ops), &[]);
+        layers.last().unwrap().insert(seq + 1, writes(&invisible_ops), Vec::new(), &[]);
         layers.reverse(); // newest first
         let view = LayeredView::new(&base, &layers, visible);
 
@@ -95,5 +99,64 @@ proptest! {
         for probe in [vec![], vec![0], vec![1, 2], vec![3, 3, 3]] {
             prop_assert_eq!(view.get(Table::ChatidChat, &probe).unwrap(), model.get(Table::ChatidChat, &probe).unwrap());
         }
+    }
+}
+
+proptest! {
+    /// Append-only tables (the catch-up index) go into per-batch chunks, not the skip
+    /// list: the same reads, with keys that are each put once (in the base or a batch).
+    #[test]
+    fn append_only_chunks_read_like_their_puts_applied_to_the_base(
+        keys in proptest::collection::btree_set(proptest::collection::vec(0u8..4, 1..4), 0..40),
+        cuts in proptest::collection::vec(0usize..40, 0..8),
+        invisible in 0usize..5,
+        prefix in proptest::collection::vec(0u8..4, 0..2),
+        start in proptest::option::of(key()),
+        reverse in any::<bool>(),
+        limit in 1usize..50,
+    ) {
+        let table = Table::UseridPositionUpdate;
+        let mut keys: Vec<Vec<u8>> = keys.into_iter().collect();
+        // Puts come in any key order: shuffle deterministically by a rotation.
+        let rotation = cuts.first().copied().unwrap_or(0) % keys.len().max(1);
+        keys.rotate_left(rotation);
+        let invisible: Vec<Vec<u8>> = keys.split_off(keys.len().saturating_sub(invisible));
+        let mut bounds: Vec<usize> = cuts.iter().map(|cut| cut % (keys.len() + 1)).collect();
+        bounds.push(0);
+        bounds.push(keys.len());
+        bounds.sort_unstable();
+        bounds.dedup();
+        let mut base = MemStore::new();
+        let mut model = MemStore::new();
+        let layer = Layer::new();
+        let value = |key: &[u8]| key.iter().rev().copied().collect::<Vec<u8>>();
+        for (seq, window) in bounds.windows(2).enumerate() {
+            let batch: Vec<(Table, Vec<u8>, Vec<u8>)> =
+                keys[window[0]..window[1]].iter().map(|key| (table, key.clone(), value(key))).collect();
+            for (_, key, value) in &batch {
+                model.put(table, key.clone(), value.clone());
+                if seq == 0 {
+                    base.put(table, key.clone(), value.clone()); // the first batch stands for the flushed base
+                }
+            }
+            if seq > 0 {
+                layer.insert(seq as u64, Vec::new(), batch, &[]);
+            }
+        }
+        let visible = bounds.len() as u64;
+        let hidden: Vec<(Table, Vec<u8>, Vec<u8>)> = invisible.iter().map(|key| (table, key.clone(), value(key))).collect();
+        layer.insert(visible + 1, Vec::new(), hidden, &[]);
+        let layers = vec![Arc::new(layer)];
+        let view = LayeredView::new(&base, &layers, visible);
+
+        let start = start.filter(|start| start.starts_with(&prefix));
+        let direction = if reverse { Direction::Reverse } else { Direction::Forward };
+        let range = ScanRange { prefix: &prefix, start: start.as_deref(), direction };
+        prop_assert_eq!(scan_table(&view, table, range, limit), scan_table(&model, table, range, limit));
+        for probe in keys.iter().chain(&invisible).chain([vec![9u8]].iter()) {
+            prop_assert_eq!(view.get(table, probe).unwrap(), model.get(table, probe).unwrap());
+        }
+        let flushed: usize = layers[0].entries().count();
+        prop_assert_eq!(flushed, keys.len() - bounds.get(1).copied().unwrap_or(0) + invisible.len());
     }
 }
