@@ -20,7 +20,8 @@
 
 pub use osmium_engine::chat::catch_up::CatchUp;
 pub use osmium_engine::chat::updates::{Sequence, Subscription, TaggedUpdate};
-pub use osmium_engine::chat::{InviteInfo, InvitePurge, Resumed, limits::{INVITE_PURGE_GRACE_MS_DEFAULT, Limits}};
+pub use osmium_engine::chat::{InviteInfo, InvitePurge, Resumed, limits::{CATCH_UP_RETENTION_MS_DEFAULT, INVITE_PURGE_GRACE_MS_DEFAULT, Limits}};
+pub use osmium_engine::retention::CatchUpTrim;
 pub use osmium_engine::{
     ChatEngine, Clock, CommittedBatch, Durability, EngineConfig, EngineError, EngineStats, LogConfig, LogReader,
     ManualClock, OpenError, StateConfig, SystemClock,

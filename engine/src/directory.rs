@@ -12,6 +12,7 @@ use rocksdb::{ColumnFamilyDescriptor, DB, Options, WriteBatch, WriteOptions};
 use std::fs::{File, TryLockError};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 /// Name of the lock file that keeps a second engine out of a data directory.
 pub const LOCK_FILE_NAME: &str = "osmium.lock";
@@ -79,6 +80,9 @@ pub struct DataDir {
     pub(crate) last_position: Position,
     /// Held while the directory is open for writing.
     pub(crate) lock: Option<File>,
+    /// Catch-up index entries of positions below this are trimmed (`META_CATCH_UP_FLOOR`;
+    /// shared with the compaction filters that drop them, see [`crate::retention`]).
+    pub(crate) catch_up_floor: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for DataDir {
@@ -96,9 +100,10 @@ impl DataDir {
     /// opens the database, checks (or, for a new directory, writes) the format version.
     pub fn open(path: impl AsRef<Path>) -> Result<DataDir, OpenError> {
         let path = path.as_ref();
-        let (db, lock) = open_database(path)?;
+        let (db, lock, catch_up_floor) = open_database(path)?;
         let (slot, last_position) = check_format(&db, path, true)?;
-        Ok(DataDir { db: Arc::new(db), path: path.to_path_buf(), slot, last_position, lock: Some(lock) })
+        load_catch_up_floor(&db, &catch_up_floor)?;
+        Ok(DataDir { db: Arc::new(db), path: path.to_path_buf(), slot, last_position, lock: Some(lock), catch_up_floor })
     }
 
     /// Opens an existing directory for writing, refusing to create one.
@@ -110,9 +115,10 @@ impl DataDir {
                 reason: "it holds no RocksDB database".into(),
             });
         }
-        let (db, lock) = open_database(path)?;
+        let (db, lock, catch_up_floor) = open_database(path)?;
         let (slot, last_position) = check_format(&db, path, false)?;
-        Ok(DataDir { db: Arc::new(db), path: path.to_path_buf(), slot, last_position, lock: Some(lock) })
+        load_catch_up_floor(&db, &catch_up_floor)?;
+        Ok(DataDir { db: Arc::new(db), path: path.to_path_buf(), slot, last_position, lock: Some(lock), catch_up_floor })
     }
 
     /// Opens the directory read-only (works while an engine runs; sees the state as of now).
@@ -120,7 +126,9 @@ impl DataDir {
         let path = path.as_ref();
         let db = open_database_read_only(path)?;
         let (slot, last_position) = check_format(&db, path, false)?;
-        Ok(DataDir { db: Arc::new(db), path: path.to_path_buf(), slot, last_position, lock: None })
+        let catch_up_floor = Arc::new(AtomicU64::new(0));
+        load_catch_up_floor(&db, &catch_up_floor)?;
+        Ok(DataDir { db: Arc::new(db), path: path.to_path_buf(), slot, last_position, lock: None, catch_up_floor })
     }
 
     /// The directory.
@@ -192,7 +200,7 @@ pub(crate) fn open_database_read_only(path: &Path) -> Result<DB, OpenError> {
 
 /// Opens (creating when missing) the RocksDB database of a data directory after checking
 /// that it is one, and returns it with the directory lock held.
-pub(crate) fn open_database(path: &Path) -> Result<(DB, File), OpenError> {
+pub(crate) fn open_database(path: &Path) -> Result<(DB, File, Arc<AtomicU64>), OpenError> {
     let lock = lock_directory(path)?;
     let has_rocksdb = path.join("CURRENT").exists();
     if !has_rocksdb {
@@ -219,20 +227,33 @@ pub(crate) fn open_database(path: &Path) -> Result<(DB, File), OpenError> {
             }
         }
     }
+    let catch_up_floor = Arc::new(AtomicU64::new(0));
+    let catch_up_families = crate::retention::catch_up_column_families();
     let descriptors = names.into_iter().map(|name| {
         let mut family_options = db_options();
         if name == schema::CF_IDEMKEY_POSITION {
             forget_expired_idempotency_keys(&mut family_options);
         }
+        if catch_up_families.contains(&name.as_str()) {
+            crate::retention::drop_trimmed_catch_up_keys(&mut family_options, catch_up_floor.clone());
+        }
         ColumnFamilyDescriptor::new(name, family_options)
     });
     let db = DB::open_cf_descriptors(&options, path, descriptors)
         .map_err(|err| OpenError::Engine(crate::storage_error::opening(path, "opening the database")(err)))?;
-    Ok((db, lock))
+    Ok((db, lock, catch_up_floor))
 }
 
 pub(crate) fn read_meta(db: &DB, key: &[u8]) -> Result<Option<Vec<u8>>, crate::EngineError> {
     db.get_cf(column_family(db, CF_META)?, key).map_err(crate::EngineError::storage("reading meta"))
+}
+
+/// Loads `META_CATCH_UP_FLOOR` (absent: 0, nothing trimmed) into `floor`.
+fn load_catch_up_floor(db: &DB, floor: &AtomicU64) -> Result<(), OpenError> {
+    if let Some(bytes) = read_meta(db, schema::META_CATCH_UP_FLOOR).map_err(OpenError::Engine)? {
+        floor.store(parse_position("the catch-up floor", &bytes)?.get(), std::sync::atomic::Ordering::Release);
+    }
+    Ok(())
 }
 
 fn parse_position(what: &str, bytes: &[u8]) -> Result<Position, OpenError> {

@@ -33,6 +33,7 @@ pub mod error;
 pub mod log;
 pub mod maintenance;
 mod meters;
+pub mod retention;
 pub mod persist;
 mod runtime;
 pub mod schema;

@@ -286,7 +286,12 @@ impl DataDirectory {
                 found: checkpoint.to_string(),
             });
         }
-        let expected = self.fold_in_memory(checkpoint, progress)?;
+        let mut expected = self.fold_in_memory(checkpoint, progress)?;
+        // The catch-up index below the floor is trimmed on purpose (or about to be).
+        let floor = self.dir.catch_up_floor.load(std::sync::atomic::Ordering::Acquire);
+        let mut found = found;
+        crate::retention::without_trimmed(&mut expected, floor);
+        crate::retention::without_trimmed(&mut found, floor);
         Ok((checkpoint, diff_projections(&expected, &found, limit)))
     }
 

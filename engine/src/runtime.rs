@@ -243,6 +243,17 @@ impl Core {
         self.flush_state.meters.read()
     }
 
+    /// The catch-up floor (see [`crate::retention`]).
+    pub(crate) fn catch_up_floor(&self) -> u64 {
+        self.dir.catch_up_floor.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Raises the catch-up floor to the first event recorded at `cutoff_ms` or later, up
+    /// to `read_position`, and deletes what lies below it.
+    pub(crate) fn trim_catch_up(&self, read_position: Position, cutoff_ms: u64) -> Result<crate::retention::CatchUpTrim, EngineError> {
+        crate::retention::trim(&self.dir.db, self.dir.slot, &self.reader, &self.dir.catch_up_floor, read_position, cutoff_ms)
+    }
+
     /// The number of the last flush that landed.
     pub(crate) fn flushes_landed(&self) -> u64 {
         self.flush_state.landed.load(std::sync::atomic::Ordering::Acquire)

@@ -30,6 +30,10 @@ pub const META_LAST_POSITION: &[u8] = b"last_position";
 /// Meta key: the largest snowflake id issued so far (u64 BE), written in every commit
 /// batch, so that ids never repeat across restarts even if the clock went back.
 pub const META_SNOWFLAKE_FLOOR: &[u8] = b"snowflake_floor";
+/// Meta key: the catch-up floor (u64 BE, absent = 0): catch-up index entries of positions
+/// below it are trimmed, and a catch-up from a token before it is answered "too far
+/// behind" (written by `ChatEngine::trim_catch_up`; never lowered).
+pub const META_CATCH_UP_FLOOR: &[u8] = b"catch_up_floor";
 /// Meta key: the projection slot being served (`a` or `b`).
 pub const META_PROJECTION_SLOT: &[u8] = b"projection_slot";
 

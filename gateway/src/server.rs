@@ -242,7 +242,8 @@ async fn poll_tokens(shared: Arc<Shared>) {
 }
 
 /// How often the server purges invites expired or used up for the engine's
-/// `invite_purge_grace_ms` (each round looks at `invite_purge_scan_max` invites).
+/// `invite_purge_grace_ms` (each round looks at `invite_purge_scan_max` invites) and trims
+/// the catch-up index of updates older than `catch_up_retention_ms`.
 pub const INVITE_PURGE_INTERVAL_MS: u64 = 60 * 60 * 1000;
 
 async fn purge_invites(engine: ChatEngine) {
@@ -253,6 +254,13 @@ async fn purge_invites(engine: ChatEngine) {
             Ok(purge) if purge.purged > 0 => tracing::info!(purged = purge.purged, scanned = purge.scanned, "invites purged"),
             Ok(_) => {}
             Err(err) => tracing::warn!(%err, "could not purge invites"),
+        }
+        match engine.trim_catch_up().await {
+            Ok(trim) if trim.floor > trim.previous_floor => {
+                tracing::info!(floor = trim.floor.get(), previous = trim.previous_floor.get(), "catch-up index trimmed")
+            }
+            Ok(_) => {}
+            Err(err) => tracing::warn!(%err, "could not trim the catch-up index"),
         }
     }
 }

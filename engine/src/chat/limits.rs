@@ -60,12 +60,20 @@ pub struct Limits {
     /// serves from one token, in events; a client further behind is told
     /// `TooFarBehind` and refetches its chat list.
     pub catch_up_updates_max: usize,
+    /// How long the catch-up index keeps an event's updates, in milliseconds (by the time
+    /// the event was recorded): `ChatEngine::trim_catch_up` trims what is older, and a
+    /// catch-up from before that is `TooFarBehind`. At least 1.
+    pub catch_up_retention_ms: u64,
     /// Largest request that stores client-provided bytes (`send_message`, `edit_chat`,
     /// `upsert_user`: attachments, previews, names), protobuf-encoded, in bytes. At most
     /// half of [`osmium_projections::limits::RECORD_BYTES_MAX`] (checked at open), so that
     /// every record written can be read back.
     pub request_bytes_max: usize,
 }
+
+/// Default [`Limits::catch_up_retention_ms`]: 7 days (a phone switched off for a week
+/// still catches up; the index costs about 190 B per event on disk, BENCHMARKS.md).
+pub const CATCH_UP_RETENTION_MS_DEFAULT: u64 = 7 * 24 * 60 * 60 * 1000;
 
 /// Default [`Limits::invite_purge_grace_ms`]: 7 days.
 pub const INVITE_PURGE_GRACE_MS_DEFAULT: u64 = 7 * 24 * 60 * 60 * 1000;
@@ -96,6 +104,7 @@ impl Default for Limits {
             typing_expiry_ms: 6_000,
             subscription_queue_max: 1_024,
             catch_up_updates_max: 10_000,
+            catch_up_retention_ms: CATCH_UP_RETENTION_MS_DEFAULT,
             request_bytes_max: 1024 * 1024,
         }
     }

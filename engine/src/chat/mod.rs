@@ -77,6 +77,7 @@ use resolve::{Resolved, Tables};
 use std::path::Path;
 use std::sync::Arc;
 use catch_up::CatchUp;
+use crate::retention::CatchUpTrim;
 use updates::{Subscription, TaggedUpdate, TypingState, UpdateHub};
 pub use views::InviteInfo;
 
@@ -150,6 +151,8 @@ struct EngineInner {
     background: Vec<tokio::task::JoinHandle<()>>,
     /// Where the next [`ChatEngine::purge_invites`] goes on scanning (`None`: from the start).
     purge_cursor: std::sync::Mutex<Option<String>>,
+    /// Held by a [`ChatEngine::trim_catch_up`]: one at a time.
+    trimming: tokio::sync::Mutex<()>,
 }
 
 impl Drop for EngineInner {
@@ -186,6 +189,12 @@ impl ChatEngine {
                 reason: format!("must be at most {} bytes (half the largest readable record)", record_bytes_max / 2),
             });
         }
+        if config.limits.catch_up_retention_ms == 0 {
+            return Err(OpenError::InvalidConfig {
+                setting: "limits.catch_up_retention_ms",
+                reason: "must be at least 1 (0 would trim every update as it is written)".into(),
+            });
+        }
         let clock = config.log.clock.clone();
         let path = path.as_ref().to_path_buf();
         let (log, state) = (config.log.clone(), config.state.clone());
@@ -208,7 +217,7 @@ impl ChatEngine {
                 targets.expire_typing();
             }
         });
-        let inner = Arc::new(EngineInner { core, limits: config.limits, hub, typing, clock, background: vec![fan_out, expiry], purge_cursor: std::sync::Mutex::new(None) });
+        let inner = Arc::new(EngineInner { core, limits: config.limits, hub, typing, clock, background: vec![fan_out, expiry], purge_cursor: std::sync::Mutex::new(None), trimming: tokio::sync::Mutex::new(()) });
         Ok(ChatEngine { inner })
     }
 
@@ -252,8 +261,29 @@ impl ChatEngine {
     pub fn updates_since(&self, user: UserId, token: Position, limit: usize) -> Result<CatchUp, EngineError> {
         let updates_max = self.inner.limits.catch_up_updates_max;
         let limit = limit.clamp(1, updates_max.max(1));
-        let log = &self.inner.core.reader;
-        self.inner.core.views.read_at(|view, at| catch_up::updates_since(view, log, at, user, token, limit, updates_max))
+        let core = &self.inner.core;
+        core.views.read_at(|view, at| {
+            // Loaded after the snapshot `view` reads: a trim that raises it later deletes
+            // nothing this snapshot sees (see `crate::retention`).
+            if crate::retention::below_floor(token, core.catch_up_floor()) {
+                return Ok(CatchUp::TooFarBehind { resume_token: at });
+            }
+            catch_up::updates_since(view, &core.reader, at, user, token, limit, updates_max)
+        })
+    }
+
+    /// Trims the catch-up index of events recorded more than `catch_up_retention_ms` ago
+    /// (see [`crate::retention`]): a catch-up from before them is `TooFarBehind` from now
+    /// on, and their entries' disk space is returned (the effect records at once, the
+    /// per-user and per-chat keys as compactions reach them). Call it periodically
+    /// (osmium-server does, hourly); idempotent.
+    pub async fn trim_catch_up(&self) -> Result<CatchUpTrim, EngineError> {
+        let inner = self.inner.clone();
+        let cutoff_ms = self.inner.clock.now_ms().saturating_sub(self.inner.limits.catch_up_retention_ms);
+        let _trimming = self.inner.trimming.lock().await;
+        tokio::task::spawn_blocking(move || inner.core.trim_catch_up(inner.core.views.position(), cutoff_ms))
+            .await
+            .map_err(|_| EngineError::Closed)?
     }
 
     /// Updates for `user` after `token`: the missed ones first, then live ones, with no
