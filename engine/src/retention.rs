@@ -83,56 +83,53 @@ pub(crate) fn below_floor(token: Position, floor: u64) -> bool {
     token.get().saturating_add(1) < floor
 }
 
-/// Raises the floor to the first position in `(floor, read_position]` recorded at or after
-/// `cutoff_ms` (just past `read_position` when every event there is older), persists it,
-/// then deletes what lies below. Idempotent; the floor never goes down.
-pub(crate) fn trim(
-    db: &DB,
-    slot: ProjectionSlot,
-    reader: &LogReader,
-    floor: &AtomicU64,
-    read_position: Position,
-    cutoff_ms: u64,
-) -> Result<CatchUpTrim, EngineError> {
-    let previous = floor.load(Ordering::Acquire);
-    let new_floor = first_recorded_since(reader, previous.max(1), read_position.get(), cutoff_ms)?;
-    if new_floor <= previous {
-        return Ok(CatchUpTrim { floor: Position(previous), previous_floor: Position(previous) });
+/// What a trim works on, owned (it runs on a blocking thread; holding only the database,
+/// not the engine, it never keeps a closed engine's directory locked: closing waits for it,
+/// bounded by `CLOSE_WAIT_MAX_MS`).
+pub(crate) struct Trimmer {
+    pub(crate) db: Arc<DB>,
+    pub(crate) slot: ProjectionSlot,
+    pub(crate) reader: LogReader,
+    pub(crate) floor: Arc<AtomicU64>,
+}
+
+impl Trimmer {
+    /// Raises the floor to the first position in `(floor, read_position]` recorded at or
+    /// after `cutoff_ms` (just past `read_position` when every event there is older),
+    /// persists it, then deletes what lies below. Idempotent; the floor never goes down,
+    /// and a trim with nothing below the new floor writes nothing.
+    pub(crate) fn trim(&self, read_position: Position, cutoff_ms: u64) -> Result<CatchUpTrim, EngineError> {
+        let (db, floor) = (&*self.db, &*self.floor);
+        let previous = floor.load(Ordering::Acquire);
+        let new_floor = first_recorded_since(&self.reader, previous.max(1), read_position.get(), cutoff_ms)?;
+        if new_floor <= previous.max(1) {
+            return Ok(CatchUpTrim { floor: Position(previous), previous_floor: Position(previous) });
+        }
+        // Readers refuse first, the floor is durable next, and only then is anything deleted.
+        floor.fetch_max(new_floor, Ordering::AcqRel);
+        let mut synced = WriteOptions::default();
+        synced.set_sync(true);
+        db.put_cf_opt(column_family(db, CF_META)?, schema::META_CATCH_UP_FLOOR, new_floor.to_be_bytes(), &synced)
+            .map_err(EngineError::storage("writing the catch-up floor"))?;
+        for slot in [self.slot, self.slot.other()] {
+            let effects = column_family(db, slot.column_family(Table::PositionEffect))?;
+            let (from, to) = (0u64.to_be_bytes(), new_floor.to_be_bytes());
+            db.delete_range_cf(effects, from, to).map_err(EngineError::storage("trimming the catch-up index"))?;
+            db.compact_range_cf(effects, Some(from), Some(to));
+        }
+        Ok(CatchUpTrim { floor: Position(new_floor), previous_floor: Position(previous) })
     }
-    // Readers refuse first, the floor is durable next, and only then is anything deleted.
-    floor.fetch_max(new_floor, Ordering::AcqRel);
-    let mut synced = WriteOptions::default();
-    synced.set_sync(true);
-    db.put_cf_opt(column_family(db, CF_META)?, schema::META_CATCH_UP_FLOOR, new_floor.to_be_bytes(), &synced)
-        .map_err(EngineError::storage("writing the catch-up floor"))?;
-    for slot in [slot, slot.other()] {
-        let effects = column_family(db, slot.column_family(Table::PositionEffect))?;
-        let (from, to) = (0u64.to_be_bytes(), new_floor.to_be_bytes());
-        db.delete_range_cf(effects, from, to).map_err(EngineError::storage("trimming the catch-up index"))?;
-        db.compact_range_cf(effects, Some(from), Some(to));
-    }
-    Ok(CatchUpTrim { floor: Position(new_floor), previous_floor: Position(previous) })
 }
 
 /// The first position in `[low, high]` whose event was recorded at or after `cutoff_ms`,
-/// or `high + 1` when there is none: a binary search over the log (about 40 reads), which
+/// or `high + 1` when there is none: a binary search over the log (about 40 point reads), which
 /// takes recording times as non-decreasing (a clock that went back only moves the floor
 /// by the events it reordered).
 fn first_recorded_since(reader: &LogReader, low: u64, high: u64, cutoff_ms: u64) -> Result<u64, EngineError> {
     let (mut low, mut high) = (low, high.saturating_add(1)); // the answer lies in [low, high]
     while low < high {
         let middle = low + (high - low) / 2;
-        let recorded_at_ms = reader
-            .read_all(Position(middle), 1)?
-            .into_iter()
-            .next()
-            .filter(|event| event.position == middle)
-            .map(|event| event.recorded_at_ms)
-            .ok_or_else(|| EngineError::Corrupt {
-                what: format!("the log at position {middle}"),
-                expected: "an event (positions are gapless)".into(),
-                found: "none".into(),
-            })?;
+        let recorded_at_ms = reader.read_one(Position(middle))?.recorded_at_ms;
         if recorded_at_ms >= cutoff_ms {
             high = middle;
         } else {

@@ -248,10 +248,14 @@ impl Core {
         self.dir.catch_up_floor.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// Raises the catch-up floor to the first event recorded at `cutoff_ms` or later, up
-    /// to `read_position`, and deletes what lies below it.
-    pub(crate) fn trim_catch_up(&self, read_position: Position, cutoff_ms: u64) -> Result<crate::retention::CatchUpTrim, EngineError> {
-        crate::retention::trim(&self.dir.db, self.dir.slot, &self.reader, &self.dir.catch_up_floor, read_position, cutoff_ms)
+    /// What a catch-up trim needs, owned (see [`crate::retention::Trimmer`]).
+    pub(crate) fn trimmer(&self) -> crate::retention::Trimmer {
+        crate::retention::Trimmer {
+            db: self.dir.db.clone(),
+            slot: self.dir.slot,
+            reader: self.reader.clone(),
+            floor: self.dir.catch_up_floor.clone(),
+        }
     }
 
     /// The number of the last flush that landed.

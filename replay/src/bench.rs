@@ -1020,10 +1020,11 @@ async fn missed_then_caught_up(engine: &ChatEngine, hub: UserId, peers: &[u64], 
 const BIG_LOG_CATCH_UP_MISSED: u64 = 1_000;
 
 /// Part 7: (p50 µs, p99 µs) of a catch-up of [`BIG_LOG_CATCH_UP_MISSED`] updates on the
-/// generated log, for user 1 with as many DMs opened with users 2 and up.
-async fn big_log_catch_up(engine: &ChatEngine, calls: u64) -> Result<(f64, f64), EngineError> {
+/// generated log of `users` users, for user 1 with as many DMs (or one per other user, if
+/// fewer) opened with users 2 and up.
+async fn big_log_catch_up(engine: &ChatEngine, users: u64, calls: u64) -> Result<(f64, f64), EngineError> {
     let hub = UserId(1);
-    let peers: Vec<u64> = (2..2 + BIG_LOG_CATCH_UP_MISSED).collect();
+    let peers: Vec<u64> = (2..2 + BIG_LOG_CATCH_UP_MISSED.min(users.saturating_sub(1)).max(1)).collect();
     open_dms(engine, hub, &peers).await?;
     missed_then_caught_up(engine, hub, &peers, BIG_LOG_CATCH_UP_MISSED, calls).await
 }
@@ -1416,14 +1417,15 @@ fn rebuild_section(plan: &BenchPlan, root: &Path, runtime: tokio::runtime::Runti
     }
     section.rss.push(("rebuild (part 7)".into(), meter.finish()));
     let disk_bytes = directory_bytes(&rebuild_dir)?;
-    progress(format!("catch-up of {BIG_LOG_CATCH_UP_MISSED} updates on the {}-event log", thousands(rebuilt_events as f64)));
+    let big_missed = thousands(BIG_LOG_CATCH_UP_MISSED as f64);
+    progress(format!("catch-up of {big_missed} updates on the {}-event log", thousands(rebuilt_events as f64)));
     let catch_up_runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|source| EngineError::Io { path: PathBuf::from("<tokio runtime>"), source })?;
     let (big_p50, big_p99) = catch_up_runtime.block_on(async {
         let engine = ChatEngine::open(&rebuild_dir, EngineConfig::default()).await?;
-        big_log_catch_up(&engine, plan.catch_up_calls).await.map_err(ReplayError::from)
+        big_log_catch_up(&engine, generated.users, plan.catch_up_calls).await.map_err(ReplayError::from)
     })?;
     drop(catch_up_runtime);
     let raw_iterate_rate = median(&iterate_rates);
@@ -1454,12 +1456,12 @@ fn rebuild_section(plan: &BenchPlan, root: &Path, runtime: tokio::runtime::Runti
     section.rows.extend(rebuild_rows);
     for (percentile_name, value) in [("p50", big_p50), ("p99", big_p99)] {
         section.rows.push(Row::new(
-            5,
-            format!("updates_since {percentile_name}, {BIG_LOG_CATCH_UP_MISSED} updates missed, on the {events_label}-event log"),
+            7,
+            format!("updates_since {percentile_name}, {big_missed} updates missed, on the {events_label}-event log"),
             value,
             Unit::Micros,
             format!(
-                "{} calls; user 1 of part 7's log in {BIG_LOG_CATCH_UP_MISSED} DMs (opened after the rebuilds) plus the log's groups, the updates missed spread across the DMs; flushed",
+                "{} calls; user 1 of this log in up to {big_missed} DMs (opened after the rebuilds) and the log's groups, the updates missed spread across the DMs; flushed",
                 plan.catch_up_calls
             ),
         ));
@@ -1500,6 +1502,8 @@ struct Generated {
     rate: f64,
     seconds: f64,
     chats: u64,
+    /// Users 1 to `users` have directory entries.
+    users: u64,
     mean_event_bytes: f64,
 }
 
@@ -1562,7 +1566,7 @@ async fn generate_log(dir: &Path, events: u64) -> Result<Generated, ReplayError>
     let sample = stored_values(log.reader(), Position(chat_count + 1), 1_024)?;
     let mean_event_bytes = sample.iter().map(Vec::len).sum::<usize>() as f64 / sample.len().max(1) as f64;
     let total = log.last_position().get();
-    Ok(Generated { rate: total as f64 / seconds.max(1e-9), seconds, chats: chat_count, mean_event_bytes })
+    Ok(Generated { rate: total as f64 / seconds.max(1e-9), seconds, chats: chat_count, users, mean_event_bytes })
 }
 
 #[cfg(test)]

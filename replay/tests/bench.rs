@@ -46,6 +46,8 @@ fn bench_prints_every_row_and_cleans_up() {
         "| 7 | rebuild of 5,000 events",
         "| 7 | generating those 5,000 events",
         "| 7 | opening an engine on the 5,000 events",
+        "| 7 | updates_since p50, 1,000 updates missed, on the 5,000-event log",
+        "| 7 | updates_since p99, 1,000 updates missed, on the 5,000-event log",
         "| 8 | peak RSS: Sync appends and their raw baselines",
         "| 8 | peak RSS: Buffered appends and their raw baselines",
         "| 5 | updates_since p50, 5 updates missed",

@@ -135,8 +135,7 @@ pub(crate) fn updates_since(
             }
         })?;
         if record.effects.iter().any(|(effect, _)| matches!(effect, Effect::MessageCreated { .. })) {
-            let sent = log.read_all(position, 1)?.into_iter().next().filter(|event| event.position == position.get());
-            let Some(Event::MessageSent(sent)) = sent.and_then(|event| event.event) else {
+            let Some(Event::MessageSent(sent)) = log.read_one(position)?.event else {
                 return Err(EngineError::Corrupt {
                     what: format!("the event at position {position}"),
                     expected: "message_sent (the catch-up index has a new message there)".into(),

@@ -278,12 +278,10 @@ impl ChatEngine {
     /// per-user and per-chat keys as compactions reach them). Call it periodically
     /// (osmium-server does, hourly); idempotent.
     pub async fn trim_catch_up(&self) -> Result<CatchUpTrim, EngineError> {
-        let inner = self.inner.clone();
         let cutoff_ms = self.inner.clock.now_ms().saturating_sub(self.inner.limits.catch_up_retention_ms);
         let _trimming = self.inner.trimming.lock().await;
-        tokio::task::spawn_blocking(move || inner.core.trim_catch_up(inner.core.views.position(), cutoff_ms))
-            .await
-            .map_err(|_| EngineError::Closed)?
+        let (trimmer, read_position) = (self.inner.core.trimmer(), self.read_position());
+        tokio::task::spawn_blocking(move || trimmer.trim(read_position, cutoff_ms)).await.map_err(|_| EngineError::Closed)?
     }
 
     /// Updates for `user` after `token`: the missed ones first, then live ones, with no

@@ -208,6 +208,15 @@ impl LogReader {
         read::read_stream(&self.db, stream, from_version, self.last_position(), limit)
     }
 
+    /// The durable event at `position`: one point read, where [`Self::read_all`] opens an
+    /// iterator (catch-up reads one event per missed message this way).
+    pub(crate) fn read_one(&self, position: Position) -> Result<EventEnvelope, EngineError> {
+        if position == Position::ZERO || position > self.last_position() {
+            return Err(EngineError::invalid("position", format!("{position} is not a durable position of the log")));
+        }
+        read::read_one(&self.db, position)
+    }
+
     /// The newest durable position, as a `watch` that changes after every commit.
     pub fn watch_position(&self) -> watch::Receiver<Position> {
         self.position_rx.clone()
