@@ -87,6 +87,49 @@ async fn a_group_above_the_fan_out_limit_is_listed_and_ordered_like_any_other() 
     assert_projections_equal_a_fold_of_the_log(&f.engine).await;
 }
 
+/// The groups of `viewer`'s first page, in order.
+async fn listed_groups(engine: &osmium_state::ChatEngine, viewer: UserId) -> Vec<u64> {
+    use osmium_state::proto::refs::chat_ref::Ref;
+    let chats = engine.get_chats(viewer, chats::GetChats::default()).await.unwrap().chats;
+    chats
+        .iter()
+        .filter_map(|conversation| match conversation.chat_ref.as_ref().and_then(|chat| chat.r#ref.as_ref()) {
+            Some(Ref::Group(group)) => Some(group.group_id),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn large_groups_move_up_with_each_new_message_while_chat_lists_are_read_between_messages() {
+    // Large groups are placed from an in-memory cache of their last message ids, filled
+    // both by the writer and by readers: every read between two sends must see the order
+    // as of its own state, never an older or a newer one.
+    let f = fixture().await;
+    for id in 1_000..1_258 {
+        f.engine.upsert_user(types::User { id, name: format!("u{id}"), ..Default::default() }).await.unwrap();
+    }
+    let members: Vec<UserId> = (1_000..1_258).map(UserId).collect();
+    let mut groups = Vec::new();
+    for _ in 0..3 {
+        groups.push(create_group(&f.engine, ANN, &members).await);
+    }
+    let mut expected: Vec<u64> = groups.iter().rev().copied().collect(); // newest created first
+    for (round, &target) in [0usize, 2, 1, 0, 0, 1, 2, 1].iter().enumerate() {
+        for viewer in [ANN, UserId(1_000), UserId(1_257)] {
+            assert_eq!(listed_groups(&f.engine, viewer).await, expected, "round {round}, user {viewer}");
+        }
+        let sent = send(&f.engine, UserId(1_000 + round as u64), &group(groups[target]), "news").await;
+        expected.retain(|&chat| chat != groups[target]);
+        expected.insert(0, groups[target]);
+        assert_eq!(chat_list(&f.engine, ANN, chats::GetChats::default()).await[0], sent.get());
+    }
+    assert_eq!(listed_groups(&f.engine, ANN).await, expected);
+    let f = f.reopen().await;
+    assert_eq!(listed_groups(&f.engine, UserId(1_100)).await, expected, "after a restart");
+    assert_projections_equal_a_fold_of_the_log(&f.engine).await;
+}
+
 /// A day in a small group: created, invite, join by code, chat, read on two devices,
 /// leave, owner hand-over; checked against the expected chat lists.
 #[tokio::test]

@@ -27,7 +27,8 @@ use crate::error::ProjectionError;
 use crate::store::{Direction, ScanRange, StoreRead, Visit};
 use crate::tables::Table;
 use crossbeam_skiplist::{SkipMap, SkipSet};
-use osmium_proto::ids::{ChatId, UserId};
+use crate::last_messages::LastMessages;
+use osmium_proto::ids::{ChatId, MessageId, UserId};
 use std::ops::{Bound, ControlFlow};
 use std::sync::{Arc, RwLock};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -296,12 +297,19 @@ pub struct LayeredView<'a, B: StoreRead + ?Sized> {
     base: &'a B,
     layers: &'a [Arc<Layer>],
     visible: u64,
+    last_messages: Option<&'a LastMessages>,
 }
 
 impl<'a, B: StoreRead + ?Sized> LayeredView<'a, B> {
     /// `layers`, newest first, over `base`, as of batch `visible` (`u64::MAX`: every batch).
     pub fn new(base: &'a B, layers: &'a [Arc<Layer>], visible: u64) -> Self {
-        LayeredView { base, layers, visible }
+        LayeredView { base, layers, visible, last_messages: None }
+    }
+
+    /// The same view, placing large chats by `cache` where it knows them (it must be
+    /// recorded by the writer of these layers' batches, see [`crate::last_messages`]).
+    pub fn with_last_messages(self, cache: &'a LastMessages) -> Self {
+        LayeredView { last_messages: Some(cache), ..self }
     }
 
     /// The newest visible write of `key` in any layer: `Some(None)` when deleted there.
@@ -415,6 +423,19 @@ impl<B: StoreRead + ?Sized> StoreRead for LayeredView<'_, B> {
         chats.sort_unstable();
         chats.dedup();
         chats
+    }
+
+    fn cached_last_message_ids(&self, chats: &[ChatId]) -> Vec<Option<MessageId>> {
+        match self.last_messages {
+            Some(cache) => cache.lookup(self.visible, chats),
+            None => vec![None; chats.len()],
+        }
+    }
+
+    fn remember_last_message_ids(&self, read: &[(ChatId, MessageId)]) {
+        if let Some(cache) = self.last_messages {
+            cache.remember(self.visible, read);
+        }
     }
 
     fn touched_entries(&self) -> Vec<(UserId, ChatId)> {

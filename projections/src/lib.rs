@@ -33,6 +33,7 @@ pub mod effects;
 pub mod error;
 pub mod fold;
 pub mod keys;
+pub mod last_messages;
 pub mod layers;
 pub mod limits;
 pub mod query;

@@ -205,15 +205,28 @@ pub fn chat_list(
             entries.push((record.last_message_id, chat));
         }
     }
-    for chat in large_chats(store, user)? {
-        let record = load_chat(store, chat)?.ok_or_else(|| ProjectionError::Inconsistent {
-            position: 0,
-            reason: format!("user {user} lists large chat {chat}, which does not exist"),
-        })?;
-        if above(record.last_message_id) && below(record.last_message_id) {
-            entries.push((record.last_message_id, chat));
+    // Large chats are placed by their last message id: from the store's cache where it
+    // knows it (one hash lookup), from the chat record otherwise.
+    let large = large_chats(store, user)?;
+    let cached = store.cached_last_message_ids(&large);
+    let mut read = Vec::new();
+    for (chat, cached) in large.into_iter().zip(cached) {
+        let last = match cached {
+            Some(last) => last,
+            None => {
+                let record = load_chat(store, chat)?.ok_or_else(|| ProjectionError::Inconsistent {
+                    position: 0,
+                    reason: format!("user {user} lists large chat {chat}, which does not exist"),
+                })?;
+                read.push((chat, record.last_message_id));
+                record.last_message_id
+            }
+        };
+        if above(last) && below(last) {
+            entries.push((last, chat));
         }
     }
+    store.remember_last_message_ids(&read);
     if forward {
         entries.sort_unstable();
         entries.truncate(page.limit);

@@ -107,6 +107,9 @@ pub struct BatchWrites {
     /// Puts of new keys in append-only tables ([`Table::is_append_only`]): the catch-up
     /// index.
     pub appended: Vec<AppendWrite>,
+    /// The last message id of every large chat whose record the batch changed (for
+    /// [`crate::last_messages::LastMessages::record`]).
+    pub large_last_messages: Vec<(ChatId, MessageId)>,
     /// `(user, chat)`: the chat's entry in the user's chat-list index is stale until the
     /// next cut is flushed.
     pub touched: Vec<(UserId, ChatId)>,
@@ -953,7 +956,14 @@ impl<S: StoreRead> ProjectionState<S> {
         let changed = std::mem::take(&mut self.changed);
         self.changed_set.clear();
         let mut writes = Vec::with_capacity(changed.len());
+        let mut large_last_messages = Vec::new();
         for key in changed {
+            if let Changed::Chat(chat) = key
+                && let Some(record) = self.chats.get(&chat).and_then(|entry| entry.record.as_ref())
+                && record.large
+            {
+                large_last_messages.push((chat, record.last_message_id));
+            }
             writes.push(self.encode(key)?);
         }
         if cut {
@@ -968,7 +978,12 @@ impl<S: StoreRead> ProjectionState<S> {
             self.cuts += 1;
         }
         self.tick += 1;
-        Ok(BatchWrites { writes, appended: std::mem::take(&mut self.catch_up), touched: std::mem::take(&mut self.touched) })
+        Ok(BatchWrites {
+            writes,
+            appended: std::mem::take(&mut self.catch_up),
+            large_last_messages,
+            touched: std::mem::take(&mut self.touched),
+        })
     }
 
     fn encode(&mut self, key: Changed) -> Result<KvWrite, ProjectionError> {

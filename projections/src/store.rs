@@ -129,6 +129,18 @@ pub trait StoreRead {
     fn touched_entries(&self) -> Vec<(osmium_proto::ids::UserId, osmium_proto::ids::ChatId)> {
         Vec::new()
     }
+
+    /// The last message id of each of `chats` (large chats) as of this store, where a cache
+    /// of it knows them ([`crate::last_messages`]); `None`: read the chat record. Stores
+    /// without a cache know none.
+    fn cached_last_message_ids(&self, chats: &[osmium_proto::ids::ChatId]) -> Vec<Option<osmium_proto::ids::MessageId>> {
+        vec![None; chats.len()]
+    }
+
+    /// Tells this store's cache, if any, the last message ids read from these chats' records.
+    fn remember_last_message_ids(&self, read: &[(osmium_proto::ids::ChatId, osmium_proto::ids::MessageId)]) {
+        let _ = read;
+    }
 }
 
 /// `parse(key, value)` of every entry whose key starts with `prefix`, in key order;
