@@ -4,9 +4,9 @@
 //! ([`log`]: one appender, group commit, reads, tail), the state machine that decides
 //! commands against the projections in memory and folds every event
 //! (`state_machine`), projection persistence (`persist`: flushed with their checkpoint
-//! every `flush_interval_ms` / `flush_events_max`), what readers see (`view`), offline
-//! work on a directory ([`maintenance`]), and the async [`ChatEngine`] a backend embeds
-//! ([`chat`]).
+//! every `flush_interval_ms` / `flush_events_max`), what readers see (`view`), the
+//! catch-up index's retention ([`retention`]), offline work on a directory
+//! ([`maintenance`]), and the async [`ChatEngine`] a backend embeds ([`chat`]).
 //!
 //! **What it owns:** the data directory (its lock, format version, column families, see
 //! [`schema`]), position assignment, durability, idempotency, the clock and the id
