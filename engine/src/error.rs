@@ -295,8 +295,9 @@ impl EngineError {
             EngineError::UsernameTaken { .. } => 409,
             EngineError::InviteExpired => 410,
             EngineError::InviteUsedUp => 410,
+            EngineError::DecideRetriesExhausted { .. } => 409,
             EngineError::Overloaded { .. } => 429,
-            EngineError::Closed | EngineError::WriterFailed { .. } => 503,
+            EngineError::Closed | EngineError::WriterFailed { .. } | EngineError::LogUnavailable { .. } => 503,
             EngineError::DiskFull { .. } => 507,
             _ => 500,
         }
