@@ -48,6 +48,6 @@ pub use clock::{Clock, ManualClock, SnowflakeGenerator, SystemClock};
 pub use error::{EngineError, OpenError};
 pub use meters::MeterReadings;
 pub use log::{Appended, CommittedBatch, Durability, EventLog, ExpectedVersion, LogConfig, LogReader};
-pub use replica::{DECIDE_RETRIES_MAX_DEFAULT, FOLD_LAG_POLL_MS, ReplicaConfig};
+pub use replica::{DECIDE_RETRIES_MAX_DEFAULT, FOLD_LAG_POLL_MS, OPEN_CATCH_UP_TIMEOUT_MS_DEFAULT, ReplicaConfig};
 pub use runtime::{CLOSE_WAIT_MAX_MS, StateConfig};
 pub use state_machine::Output;

@@ -49,6 +49,11 @@ use tokio::sync::{mpsc, oneshot};
 
 /// How many times a command is decided again after conflicts, by default.
 pub const DECIDE_RETRIES_MAX_DEFAULT: u32 = 32;
+/// How long opening a node waits, by default, for it to fold the log up to the log's last
+/// position at open, in milliseconds.
+pub const OPEN_CATCH_UP_TIMEOUT_MS_DEFAULT: u64 = 10 * 60 * 1_000;
+/// How often opening checks whether the node caught up, in milliseconds.
+const OPEN_CATCH_UP_POLL_MS: u64 = 10;
 /// How often the log's last position is read for the fold lag, in milliseconds.
 pub const FOLD_LAG_POLL_MS: u64 = 500;
 /// How long a command waits before deciding again when another node's DM creation is
@@ -71,12 +76,19 @@ pub struct ReplicaConfig {
     /// How many times a command is decided again after conflicts before
     /// [`EngineError::DecideRetriesExhausted`].
     pub decide_retries_max: u32,
+    /// Opening waits until the node folded the log up to its last position at open (it
+    /// then serves nothing older than that), at most this long, in milliseconds.
+    pub open_catch_up_timeout_ms: u64,
 }
 
 impl ReplicaConfig {
     /// The defaults for a log on `servers` (`nats://host:port` URLs).
     pub fn with_servers(servers: Vec<String>) -> Self {
-        ReplicaConfig { log: JetStreamLogConfig::with_servers(servers), decide_retries_max: DECIDE_RETRIES_MAX_DEFAULT }
+        ReplicaConfig {
+            log: JetStreamLogConfig::with_servers(servers),
+            decide_retries_max: DECIDE_RETRIES_MAX_DEFAULT,
+            open_catch_up_timeout_ms: OPEN_CATCH_UP_TIMEOUT_MS_DEFAULT,
+        }
     }
 }
 
@@ -245,6 +257,25 @@ pub(crate) fn start(link: &Arc<Link>, log: Arc<JetStreamLog>) {
     if let Ok(mut running) = link.tasks.lock() {
         running.extend(tasks);
     }
+}
+
+/// Waits until the node folded the log up to its last position now (at most `timeout_ms`).
+pub(crate) async fn catch_up(link: &Link, log: &JetStreamLog, timeout_ms: u64) -> Result<(), OpenError> {
+    let last = log.last_position().await.map_err(|err| OpenError::ReplicatedLog { reason: err.to_string() })?.get();
+    link.log_last.fetch_max(last, Ordering::Relaxed);
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
+    while link.folded.load(Ordering::Acquire) < last {
+        if tokio::time::Instant::now() >= deadline {
+            return Err(OpenError::ReplicatedLog {
+                reason: format!(
+                    "folded the log up to position {} of {last} in {timeout_ms} ms (open_catch_up_timeout_ms)",
+                    link.folded.load(Ordering::Acquire)
+                ),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(OPEN_CATCH_UP_POLL_MS)).await;
+    }
+    Ok(())
 }
 
 /// Follows the log from the checkpoint on and hands every record to the state machine.

@@ -78,9 +78,19 @@ async fn add_users(node: &ChatEngine, ids: std::ops::RangeInclusive<u64>) {
     }
 }
 
+/// The whole history of `chat`, oldest first (paged backwards, 100 at a time).
 async fn history(node: &ChatEngine, actor: UserId, chat: ChatRef) -> Vec<(u64, String)> {
-    let request = messages::GetHistory { chat_ref: Some(chat), limit: Some(1_000), offset: None };
-    node.get_history(actor, request).await.unwrap().messages.into_iter().map(|m| (m.message_id, m.message)).collect()
+    let mut all = Vec::new();
+    let mut offset = None;
+    loop {
+        let request = messages::GetHistory { chat_ref: Some(chat), limit: Some(100), offset };
+        let page: Vec<(u64, String)> =
+            node.get_history(actor, request).await.unwrap().messages.into_iter().map(|m| (m.message_id, m.message)).collect();
+        let Some(oldest) = page.first().map(|(id, _)| *id) else { break };
+        all.splice(0..0, page);
+        offset = Some(messages::get_history::Offset::Before(oldest));
+    }
+    all
 }
 
 async fn send(node: &ChatEngine, actor: UserId, chat: ChatRef, text: String, client_id: u64) -> Result<u64, EngineError> {
@@ -251,6 +261,156 @@ async fn a_node_closed_and_reopened_catches_up() {
         let id = send(&b, BOB, chat, "after".into(), 2).await.unwrap();
         assert_eq!(history(&b, BOB, chat).await.last().map(|(m, _)| *m), Some(id));
         assert_nodes_agree(&harness.log, &a, &b).await;
+    })
+    .await;
+}
+
+/// Environment of the child node of [`a_node_killed_and_a_nats_node_killed_under_load_lose_and_double_nothing`].
+const CHILD_DIR: &str = "OSMIUM_REPLICA_CHILD_DIR";
+const CHILD_SERVERS: &str = "OSMIUM_REPLICA_CHILD_SERVERS";
+const CHILD_CHAT: &str = "OSMIUM_REPLICA_CHILD_CHAT";
+/// The child's sends: client ids from this on (the parent's are below it).
+const CHILD_CLIENT_IDS_FROM: u64 = 1_000_000;
+
+/// Sends with `client_id`, retrying (with the same `client_id`) what the log or a conflict
+/// made fail: stored once whatever happened to earlier attempts.
+async fn send_until_acknowledged(node: &ChatEngine, actor: UserId, chat: ChatRef, text: String, client_id: u64) -> u64 {
+    loop {
+        match send(node, actor, chat, text.clone(), client_id).await {
+            Ok(id) => return id,
+            Err(EngineError::LogUnavailable { .. } | EngineError::DecideRetriesExhausted { .. } | EngineError::Overloaded { .. }) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(other) => {
+                // What the engine says next tells why (a failed engine names its failure).
+                let next = send(node, actor, chat, text.clone(), client_id).await;
+                panic!("send {client_id}: {other} (then: {next:?})")
+            }
+        }
+    }
+}
+
+/// The child node (run by the test below in its own process, which it SIGKILLs): sends to
+/// the chat forever, printing each acknowledged send. Does nothing when run on its own.
+#[test]
+fn replica_child_node() {
+    let (Ok(dir), Ok(servers), Ok(chat)) = (std::env::var(CHILD_DIR), std::env::var(CHILD_SERVERS), std::env::var(CHILD_CHAT)) else {
+        return;
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    runtime.block_on(async move {
+        let config = EngineConfig {
+            log: LogConfig { durability: Durability::Buffered, snowflake_worker: 2, ..LogConfig::default() },
+            replica: Some(ReplicaConfig::with_servers(servers.split(',').map(str::to_owned).collect())),
+            ..EngineConfig::default()
+        };
+        let node = ChatEngine::open(&dir, config).await.unwrap();
+        let chat = group(chat.parse().unwrap());
+        for i in CHILD_CLIENT_IDS_FROM.. {
+            let id = send_until_acknowledged(&node, BOB, chat, format!("b{i}"), i).await;
+            use std::io::Write as _;
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "acked {id} b{i}").unwrap();
+            out.flush().unwrap();
+        }
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_and_a_nats_node_killed_under_load_lose_and_double_nothing() {
+    use std::io::BufRead as _;
+    let mut harness = start_cluster().await;
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = open_node(dir_a.path(), &harness.cluster, 1).await;
+    add_users(&a, 1..=3).await;
+    let created = a.create_chat(ANN, chats::CreateChat { users: vec![UserRef { user_id: 2 }], name: "crew".into() }).await.unwrap();
+    let chat = group(created.id);
+
+    // Node B in its own process, sending from the start.
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["replica_child_node", "--exact", "--nocapture", "--test-threads", "1"])
+        .env(CHILD_DIR, dir_b.path())
+        .env(CHILD_SERVERS, harness.cluster.urls().join(","))
+        .env(CHILD_CHAT, created.id.to_string())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let child_acked = std::sync::Arc::new(std::sync::Mutex::new(BTreeMap::<u64, String>::new()));
+    let stdout = child.stdout.take().unwrap();
+    let reader = {
+        let child_acked = child_acked.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                // libtest may print the test's name on the same line, before the first.
+                let Some(at) = line.find("acked ") else { continue };
+                let mut words = line[at..].split_whitespace();
+                if words.next() == Some("acked") {
+                    let (id, text) = (words.next().unwrap().parse().unwrap(), words.next().unwrap().to_owned());
+                    assert!(child_acked.lock().unwrap().insert(id, text).is_none(), "{line}: a message id acknowledged twice");
+                }
+            }
+        })
+    };
+    let acked_by_child = |count: usize| {
+        let child_acked = child_acked.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_millis(CATCH_UP_TIMEOUT_MS);
+            while child_acked.lock().unwrap().len() < count {
+                assert!(tokio::time::Instant::now() < deadline, "the child node acknowledged fewer than {count} sends");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+
+    bounded("kills under load", async {
+        // Node A sends meanwhile.
+        let sender = {
+            let a = a.clone();
+            tokio::spawn(async move {
+                let mut acked = BTreeMap::new();
+                for i in 0..150u64 {
+                    let id = send_until_acknowledged(&a, ANN, chat, format!("a{i}"), i).await;
+                    acked.insert(id, format!("a{i}"));
+                }
+                acked
+            })
+        };
+        acked_by_child(20).await;
+        // A NATS node killed mid-load and restarted.
+        harness.cluster.kill(0).unwrap();
+        let seen = child_acked.lock().unwrap().len();
+        acked_by_child(seen + 20).await;
+        harness.cluster.restart(0).unwrap();
+        // The engine node in the child process killed mid-load (SIGKILL).
+        let seen = child_acked.lock().unwrap().len();
+        acked_by_child(seen + 20).await;
+        child.kill().unwrap();
+        child.wait().unwrap();
+        reader.join().unwrap();
+        let mut acked = sender.await.unwrap();
+        let child_acked = std::mem::take(&mut *child_acked.lock().unwrap());
+        let from_child = child_acked.len();
+        acked.extend(child_acked);
+
+        // Node B reopened on its directory catches up, and decides again.
+        let b = open_node(dir_b.path(), &harness.cluster, 2).await;
+        caught_up(&harness.log, &b).await;
+        send_until_acknowledged(&b, BOB, chat, "after".into(), 1).await;
+        assert_nodes_agree(&harness.log, &a, &b).await;
+        let on_a = history(&a, ANN, chat).await;
+        assert_eq!(on_a, history(&b, BOB, chat).await);
+        let texts: std::collections::BTreeSet<&str> = on_a.iter().map(|(_, text)| text.as_str()).collect();
+        assert_eq!(texts.len(), on_a.len(), "no send landed twice");
+        let landed: BTreeMap<u64, String> = on_a.iter().cloned().collect();
+        for (id, text) in &acked {
+            assert_eq!(landed.get(id), Some(text), "acknowledged {text} ({id}) is in the history");
+        }
+        // Besides the acknowledged ones: "after", and at most the child's last send
+        // (stored, its acknowledgement lost with the process).
+        let unacknowledged = on_a.len() - acked.len() - 1;
+        let extra: Vec<&String> = landed.iter().filter(|(id, _)| !acked.contains_key(id)).map(|(_, text)| text).collect();
+        assert!(unacknowledged <= 1, "{unacknowledged} sends landed that nobody acknowledged: {extra:?}");
+        eprintln!("{} sends from node A, {from_child} from the killed node, {unacknowledged} stored but not acknowledged", acked.len() - from_child);
     })
     .await;
 }

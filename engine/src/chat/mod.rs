@@ -198,15 +198,16 @@ impl ChatEngine {
                 let log = osmium_cluster::JetStreamLog::open(replica.log.clone())
                     .await
                     .map_err(|err| OpenError::ReplicatedLog { reason: err.to_string() })?;
-                Some((Arc::new(log), replica.decide_retries_max))
+                Some((Arc::new(log), replica.decide_retries_max, replica.open_catch_up_timeout_ms))
             }
         };
-        let retries = replicated.as_ref().map(|(_, retries)| *retries);
+        let retries = replicated.as_ref().map(|(_, retries, _)| *retries);
         let (core, effects) = tokio::task::spawn_blocking(move || Core::open(&path, &log, &state, retries))
             .await
             .map_err(|_| OpenError::Engine(EngineError::Closed))??;
-        if let (Some(link), Some((log, _))) = (&core.replica, replicated) {
-            crate::replica::start(link, log);
+        if let (Some(link), Some((log, _, timeout_ms))) = (&core.replica, replicated) {
+            crate::replica::start(link, log.clone());
+            crate::replica::catch_up(link, &log, timeout_ms).await?;
         }
         let hub = Arc::new(UpdateHub::default());
         let typing = Arc::new(TypingState::new(clock.clone(), config.limits.typing_expiry_ms));
