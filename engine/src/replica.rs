@@ -63,6 +63,9 @@ const DM_CLAIM_WAIT_MS: u64 = 50;
 /// milliseconds.
 const QUEUE_FULL_WAIT_MS: u64 = 1;
 
+/// The sequence bits of a snowflake id.
+const SNOWFLAKE_SEQUENCE_MASK: u64 = (1 << crate::clock::SNOWFLAKE_SEQUENCE_BITS) - 1;
+
 /// Meta key of the last folded JetStream position (the node's checkpoint).
 const META_FOLDED: &[u8] = b"replica/folded";
 /// Meta key prefix of each stream's last folded JetStream position.
@@ -155,13 +158,20 @@ pub(crate) struct Replica {
 }
 
 /// What the node's tasks share with the engine.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Link {
     /// The state machine's queue; emptied when the engine closes, so that no task keeps
     /// it open.
     commands: Mutex<Option<Sender<Request>>>,
-    /// The last folded JetStream position.
-    pub(crate) folded: AtomicU64,
+    /// The last folded JetStream position that reads see.
+    folded: AtomicU64,
+    /// Where the ingest starts: the checkpoint at open.
+    checkpoint: u64,
+    /// Folded batches not known visible yet: (the local log's last position of the batch,
+    /// the last JetStream position it folded), in order.
+    folds: Mutex<VecDeque<(u64, u64)>>,
+    /// What reads see (weak: the tasks never keep the database open).
+    views: std::sync::Weak<crate::view::Views>,
     /// The log's last position, as last read.
     pub(crate) log_last: AtomicU64,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -181,9 +191,24 @@ impl Link {
         }
     }
 
-    /// How far the fold is behind the log (positions).
+    /// How far the fold (as reads see it) is behind the log (positions).
     pub(crate) fn fold_lag(&self) -> u64 {
-        self.log_last.load(Ordering::Relaxed).saturating_sub(self.folded.load(Ordering::Relaxed))
+        self.log_last.load(Ordering::Relaxed).saturating_sub(self.folded())
+    }
+
+    /// The last JetStream position folded into what reads see.
+    pub(crate) fn folded(&self) -> u64 {
+        if let (Some(views), Ok(mut folds)) = (self.views.upgrade(), self.folds.lock()) {
+            let visible = views.position().get();
+            while let Some(&(local, folded)) = folds.front() {
+                if local > visible {
+                    break;
+                }
+                self.folded.fetch_max(folded, Ordering::AcqRel);
+                folds.pop_front();
+            }
+        }
+        self.folded.load(Ordering::Acquire)
     }
 
     /// Hands `request` to the state machine, waiting while its queue is full. False once
@@ -222,12 +247,20 @@ fn read_u64(db: &DB, key: &[u8]) -> Result<u64, EngineError> {
 }
 
 /// The replica part of a state machine on `db`, and what its tasks share.
-pub(crate) fn open(db: Arc<DB>, commands: Sender<Request>, retries_max: u32) -> Result<(Replica, Arc<Link>), OpenError> {
+pub(crate) fn open(
+    db: Arc<DB>,
+    views: &Arc<crate::view::Views>,
+    commands: Sender<Request>,
+    retries_max: u32,
+) -> Result<(Replica, Arc<Link>), OpenError> {
     let folded = read_u64(&db, META_FOLDED)?;
     let (publish, publish_rx) = mpsc::unbounded_channel();
     let link = Arc::new(Link {
         commands: Mutex::new(Some(commands)),
         folded: AtomicU64::new(folded),
+        checkpoint: folded,
+        folds: Mutex::new(VecDeque::new()),
+        views: Arc::downgrade(views),
         log_last: AtomicU64::new(folded),
         tasks: Mutex::new(Vec::new()),
         publish_rx: Mutex::new(Some(publish_rx)),
@@ -264,12 +297,12 @@ pub(crate) async fn catch_up(link: &Link, log: &JetStreamLog, timeout_ms: u64) -
     let last = log.last_position().await.map_err(|err| OpenError::ReplicatedLog { reason: err.to_string() })?.get();
     link.log_last.fetch_max(last, Ordering::Relaxed);
     let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
-    while link.folded.load(Ordering::Acquire) < last {
+    while link.folded() < last {
         if tokio::time::Instant::now() >= deadline {
             return Err(OpenError::ReplicatedLog {
                 reason: format!(
                     "folded the log up to position {} of {last} in {timeout_ms} ms (open_catch_up_timeout_ms)",
-                    link.folded.load(Ordering::Acquire)
+                    link.folded()
                 ),
             });
         }
@@ -281,7 +314,7 @@ pub(crate) async fn catch_up(link: &Link, log: &JetStreamLog, timeout_ms: u64) -
 /// Follows the log from the checkpoint on and hands every record to the state machine.
 async fn ingest(log: Arc<JetStreamLog>, link: Arc<Link>) {
     use futures_util::StreamExt as _;
-    let from = link.folded.load(Ordering::Acquire) + 1;
+    let from = link.checkpoint + 1;
     let mut tail = log.tail(Position(from));
     while let Some(record) = tail.next().await {
         match record {
@@ -307,6 +340,7 @@ async fn fold_lag(log: Arc<JetStreamLog>, link: Arc<Link>) {
         if let Ok(last) = log.last_position().await {
             link.log_last.fetch_max(last.get(), Ordering::Relaxed);
         }
+        link.folded(); // also keeps the list of folds not known visible short
     }
 }
 
@@ -369,6 +403,7 @@ impl Replica {
         effects: &mut EffectBatch,
     ) -> Result<(), EngineError> {
         let mut ready: VecDeque<Pending> = VecDeque::new();
+        let folded_before = self.folded;
         for request in work {
             match request {
                 Request::Ingest(record) => self.ingest(machine, record, log_batch, effects)?,
@@ -382,7 +417,11 @@ impl Replica {
         while let Some(pending) = ready.pop_front() {
             self.decide(machine, pending, answers)?;
         }
-        self.link.folded.store(self.folded, Ordering::Release);
+        if self.folded > folded_before
+            && let Ok(mut folds) = self.link.folds.lock()
+        {
+            folds.push_back((log_batch.last_position().get(), self.folded));
+        }
         Ok(())
     }
 
@@ -508,8 +547,10 @@ impl Replica {
         for event in &events {
             // This node's ids stay above every folded message's: a chat's messages keep
             // increasing ids whichever node decided them.
+            // (Past the whole millisecond's sequence: a lower worker id in the same
+            // millisecond would make a smaller id.)
             if let Event::MessageSent(sent) = event {
-                machine.ids.advance_past(sent.message_id);
+                machine.ids.advance_past(sent.message_id | SNOWFLAKE_SEQUENCE_MASK);
             }
         }
         let append = Append {

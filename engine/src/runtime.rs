@@ -167,7 +167,7 @@ impl Core {
         let (replica, link) = match replica_retries {
             None => (None, None),
             Some(retries) => {
-                let (replica, link) = crate::replica::open(dir.db.clone(), commands.clone(), retries)?;
+                let (replica, link) = crate::replica::open(dir.db.clone(), &views, commands.clone(), retries)?;
                 (Some(replica), Some(link))
             }
         };

@@ -29,6 +29,7 @@ struct Harness {
 }
 
 async fn start_cluster() -> Harness {
+    let _ = tracing_subscriber::fmt().with_max_level(tracing::Level::WARN).with_writer(std::io::stderr).try_init();
     let guard = ONE_CLUSTER.lock().await;
     let cluster = LocalCluster::start(3).unwrap_or_else(|error| panic!("cannot run a local NATS cluster: {error}"));
     let log = JetStreamLog::open(JetStreamLogConfig::with_servers(cluster.urls())).await.unwrap();
@@ -248,6 +249,7 @@ async fn a_node_closed_and_reopened_catches_up() {
         add_users(&a, 1..=3).await;
         let created = a.create_chat(ANN, chats::CreateChat { users: vec![UserRef { user_id: 2 }], name: "crew".into() }).await.unwrap();
         let chat = group(created.id);
+        caught_up(&harness.log, &b).await;
         send(&b, BOB, chat, "before".into(), 1).await.unwrap();
         caught_up(&harness.log, &b).await;
         drop(b);
@@ -278,7 +280,8 @@ async fn send_until_acknowledged(node: &ChatEngine, actor: UserId, chat: ChatRef
     loop {
         match send(node, actor, chat, text.clone(), client_id).await {
             Ok(id) => return id,
-            Err(EngineError::LogUnavailable { .. } | EngineError::DecideRetriesExhausted { .. } | EngineError::Overloaded { .. }) => {
+            Err(err @ (EngineError::LogUnavailable { .. } | EngineError::DecideRetriesExhausted { .. } | EngineError::Overloaded { .. })) => {
+                eprintln!("send {client_id}: {err}; retrying");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             Err(other) => {
@@ -298,6 +301,7 @@ fn replica_child_node() {
         return;
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let _ = tracing_subscriber::fmt().with_max_level(tracing::Level::WARN).with_writer(std::io::stderr).try_init();
     runtime.block_on(async move {
         let config = EngineConfig {
             log: LogConfig { durability: Durability::Buffered, snowflake_worker: 2, ..LogConfig::default() },

@@ -249,7 +249,7 @@ impl ChatEngine {
     /// Replicated mode: the last position of the replicated log this node folded; `None`
     /// with the embedded log.
     pub fn folded_position(&self) -> Option<u64> {
-        self.inner.core.replica.as_ref().map(|link| link.folded.load(std::sync::atomic::Ordering::Acquire))
+        self.inner.core.replica.as_ref().map(|link| link.folded())
     }
 
     async fn command(
