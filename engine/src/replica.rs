@@ -100,7 +100,19 @@ pub(crate) struct Pending {
     command: Command,
     /// How many times it was decided and conflicted.
     attempts: u32,
+    /// How many of its records (or records found under its key) were void: its
+    /// idempotency key gets this suffix, so that a retry never finds a void record again.
+    voids: u32,
 }
+
+impl Pending {
+    fn new(command: Command) -> Pending {
+        Pending { command, attempts: 0, voids: 0 }
+    }
+}
+
+/// Void records remembered for acknowledgements that arrive after their fold, in positions.
+const VOIDED_KEPT_POSITIONS: u64 = 100_000;
 
 /// One publish, from the state machine to the publisher task.
 pub(crate) struct Publish {
@@ -152,8 +164,14 @@ pub(crate) struct Replica {
     link: Arc<Link>,
     stream_last: HashMap<StreamId, u64>,
     busy: HashMap<StreamId, Busy>,
-    /// Answers waiting for the fold of their record, by its position.
-    waiting: BTreeMap<u64, Vec<Answer>>,
+    /// Commands whose record is stored, waiting for its fold (then answered, or decided
+    /// again when the record is void), by its position.
+    waiting: BTreeMap<u64, Vec<(Pending, Result<Output, EngineError>)>>,
+    /// Positions of recent void records (stored, but not after the record they expected).
+    voided: std::collections::BTreeSet<u64>,
+    /// Checkpoint writes not in a written batch yet: a batch without events (only void
+    /// records) is not written, so they go again into every batch until one is.
+    carry: BTreeMap<Vec<u8>, u64>,
     retries_max: u32,
 }
 
@@ -273,6 +291,8 @@ pub(crate) fn open(
         stream_last: HashMap::new(),
         busy: HashMap::new(),
         waiting: BTreeMap::new(),
+        voided: std::collections::BTreeSet::new(),
+        carry: BTreeMap::new(),
         retries_max,
     };
     Ok((replica, link))
@@ -404,18 +424,25 @@ impl Replica {
     ) -> Result<(), EngineError> {
         let mut ready: VecDeque<Pending> = VecDeque::new();
         let folded_before = self.folded;
+        let meta = meta_cf(&self.db)?;
+        for (key, value) in &self.carry {
+            log_batch.write_batch.put_cf(meta, key, value.to_be_bytes());
+        }
         for request in work {
             match request {
                 Request::Ingest(record) => self.ingest(machine, record, log_batch, effects)?,
                 Request::Published(published) => self.published(published, answers, &mut ready),
-                Request::Command(command) => ready.push_back(Pending { command, attempts: 0 }),
+                Request::Command(command) => ready.push_back(Pending::new(command)),
                 Request::Flush(_) => {}
             }
         }
-        ready.extend(commands.into_iter().map(|command| Pending { command, attempts: 0 }));
+        ready.extend(commands.into_iter().map(Pending::new));
         self.release(answers, &mut ready);
         while let Some(pending) = ready.pop_front() {
             self.decide(machine, pending, answers)?;
+        }
+        if !log_batch.is_empty() {
+            self.carry.clear(); // written with this batch
         }
         if self.folded > folded_before
             && let Ok(mut folds) = self.link.folds.lock()
@@ -431,7 +458,21 @@ impl Replica {
             if *entry.key() > self.folded {
                 break;
             }
-            answers.extend(entry.remove());
+            let void = self.voided.contains(entry.key());
+            for (mut pending, output) in entry.remove() {
+                if void {
+                    pending.attempts += 1;
+                    pending.voids += 1;
+                    ready.push_back(pending);
+                } else {
+                    answers.push((pending.command.reply, output));
+                }
+            }
+        }
+        if let Some(&oldest) = self.voided.first()
+            && oldest + VOIDED_KEPT_POSITIONS < self.folded
+        {
+            self.voided = self.voided.split_off(&(self.folded - VOIDED_KEPT_POSITIONS));
         }
         let folded = self.folded;
         let released: Vec<StreamId> =
@@ -448,10 +489,13 @@ impl Replica {
         match outcome {
             Outcome::Stored { position, output } => {
                 self.busy.entry(stream).or_default().until = Some(position);
-                self.waiting.entry(position).or_default().push((pending.command.reply, output));
+                self.waiting.entry(position).or_default().push((pending, output));
             }
             Outcome::Retry { after } => {
                 pending.attempts += 1;
+                if self.voided.contains(&after) {
+                    pending.voids += 1; // the DM record found under its key is void
+                }
                 let busy = self.busy.entry(stream).or_default();
                 busy.until = Some(after);
                 busy.parked.push_front(pending);
@@ -506,7 +550,12 @@ impl Replica {
         let Append { actor, events, .. } = decision.append;
         let dm = dm_key(&events);
         let dm_key = dm.is_some();
-        let key = dm.or_else(|| pending.command.idempotency.as_ref().map(|idempotency| idempotency.key.clone()));
+        let mut key = dm.or_else(|| pending.command.idempotency.as_ref().map(|idempotency| idempotency.key.clone()));
+        if let Some(key) = key.as_mut()
+            && pending.voids > 0
+        {
+            key.extend_from_slice(format!("#{}", pending.voids).as_bytes());
+        }
         self.busy.insert(stream, Busy::default());
         let publish = Publish { stream, expected, actor, events, key, dm_key, output: decision.output, pending };
         if let Err(mpsc::error::SendError(publish)) = self.publish.send(publish) {
@@ -543,6 +592,23 @@ impl Replica {
             });
         };
         let (actor, recorded_at_ms) = (UserId(first.actor_id), first.recorded_at_ms);
+        // Serializability, checked here because JetStream 2.9 does not (nats-server#4320):
+        // a record that did not follow the stream's record its appender expected was
+        // decided against an older state. Every node voids it alike (same order, same
+        // check): nothing of it is folded, and its appender decides again.
+        let previous = self.stream_last(record.stream)?;
+        let meta = meta_cf(&self.db)?;
+        for key in [META_FOLDED.to_vec(), stream_last_key(record.stream)] {
+            log_batch.write_batch.put_cf(meta, &key, position.to_be_bytes());
+            self.carry.insert(key, position);
+        }
+        self.stream_last.insert(record.stream, position);
+        self.folded = position;
+        if record.expected_last().is_some_and(|expected| expected != previous) {
+            tracing::debug!(position, stream = %record.stream, ?previous, "a void record (not after the record it expected)");
+            self.voided.insert(position);
+            return Ok(());
+        }
         let events: Vec<Event> = record.events.into_iter().filter_map(|envelope| envelope.event).collect();
         for event in &events {
             // This node's ids stay above every folded message's: a chat's messages keep
@@ -567,11 +633,6 @@ impl Replica {
             osmium_projections::apply_with_effects(&mut machine.state, envelope, &mut told)?;
             effects.extend(told.into_iter().map(|effect| (Position(envelope.position), effect)));
         }
-        let meta = meta_cf(&self.db)?;
-        log_batch.write_batch.put_cf(meta, META_FOLDED, position.to_be_bytes());
-        log_batch.write_batch.put_cf(meta, stream_last_key(record.stream), position.to_be_bytes());
-        self.stream_last.insert(record.stream, position);
-        self.folded = position;
         Ok(())
     }
 }
