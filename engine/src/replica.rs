@@ -155,6 +155,9 @@ struct Busy {
 
 type Answer = (oneshot::Sender<Result<Output, EngineError>>, Result<Output, EngineError>);
 
+/// A command whose record is stored, with what it answers once folded.
+type Stored = (Pending, Result<Output, EngineError>);
+
 /// The replicated mode's part of the state machine (lives on its thread).
 pub(crate) struct Replica {
     db: Arc<DB>,
@@ -166,7 +169,7 @@ pub(crate) struct Replica {
     busy: HashMap<StreamId, Busy>,
     /// Commands whose record is stored, waiting for its fold (then answered, or decided
     /// again when the record is void), by its position.
-    waiting: BTreeMap<u64, Vec<(Pending, Result<Output, EngineError>)>>,
+    waiting: BTreeMap<u64, Vec<Stored>>,
     /// Positions of recent void records (stored, but not after the record they expected).
     voided: std::collections::BTreeSet<u64>,
     /// Checkpoint writes not in a written batch yet: a batch without events (only void
