@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
-# A three-node NATS JetStream cluster on loopback for trying osmium-cluster out (the tests
-# start their own on free ports). See --help.
+# A three-node NATS JetStream cluster and two osmium-server nodes on it, on loopback, for
+# trying replicated engine nodes out (the tests start their own on free ports). See --help.
 set -euo pipefail
 
 NODES=3
+ENGINES_DEFAULT=2
 STATE_FILE="${TMPDIR:-/tmp}/osmium-cluster.state"
 READY_TIMEOUT_S=20
 
 usage() {
   cat <<USAGE
-Usage: bash scripts/cluster.sh [start] [--detach] [--client-port PORT] [--keep]
+Usage: bash scripts/cluster.sh [start] [--detach] [--client-port PORT] [--engines N] [--engine-port PORT] [--keep]
        bash scripts/cluster.sh stop [--keep]
        bash scripts/cluster.sh status
        bash scripts/cluster.sh --help
@@ -20,6 +21,13 @@ start (the default) runs three clustered nats-server nodes with JetStream on 127
   (monitoring: /varz, /jsz?streams=1). Their data goes to a new temporary directory.
   In the foreground, Ctrl-C stops them and removes the directory; with --detach they
   keep running until 'stop'. --keep leaves the directory (data and logs) in place.
+  Then N (--engines, default $ENGINES_DEFAULT, 0 for none) osmium-server nodes serve WebSocket
+  clients on 127.0.0.1:PORT, PORT+1.. (--engine-port, default 7070) with /metrics on
+  PORT+100.., each with --log nats://<the three nodes> --node-id K and its own data
+  directory DIR/osmium-K (the binary: \$OSMIUM_SERVER, else target/release/osmium-server
+  under \$CARGO_TARGET_DIR or the workspace; build it with
+  cargo build --release -p osmium-gateway). Sign-in tokens: osmium-server token create
+  --data-dir DIR/osmium-K ... on each node (tokens are per node).
 
 stop    stops a detached cluster and removes its directory (unless --keep).
 status  says which nodes run and where their data and logs are.
@@ -33,13 +41,15 @@ command in DIR/nN.cmd.
 USAGE
 }
 
-command="start"; detach=0; keep=0; client_port=4222
+command="start"; detach=0; keep=0; client_port=4222; engines=$ENGINES_DEFAULT; engine_port=7070
 while [ $# -gt 0 ]; do
   case "$1" in
     start|stop|status) command="$1" ;;
     --detach) detach=1 ;;
     --keep) keep=1 ;;
     --client-port) shift; client_port="${1:?--client-port needs a number}" ;;
+    --engines) shift; engines="${1:?--engines needs a number}" ;;
+    --engine-port) shift; engine_port="${1:?--engine-port needs a number}" ;;
     -h|--help) usage; exit 0 ;;
     *) echo "error: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
@@ -50,6 +60,15 @@ port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 stop_nodes() { # DIR
   local dir="$1" pid
+  # The osmium-server nodes first (SIGTERM: they finish calls in flight), then NATS.
+  for pidfile in "$dir"/osmium-*.pid; do
+    [ -f "$pidfile" ] || continue
+    pid="$(cat "$pidfile")"
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+    rm -f "$pidfile"
+  done
   for pidfile in "$dir"/n*.pid; do
     [ -f "$pidfile" ] || continue
     pid="$(cat "$pidfile")"
@@ -62,7 +81,6 @@ stop_nodes() { # DIR
     kill -9 "$pid" 2>/dev/null || true
     rm -f "$pidfile"
   done
-  # --- osmium-server nodes: the lead stops them here as well (their pid files in $dir). ---
   if [ "$keep" -eq 1 ]; then
     echo "stopped; data and logs kept in $dir"
   else
@@ -86,6 +104,12 @@ case "$command" in
       pid="$(cat "$dir/n$i.pid" 2>/dev/null || echo -)"
       if [ "$pid" != - ] && kill -0 "$pid" 2>/dev/null; then state="running (pid $pid)"; else state="not running"; fi
       echo "n$i: $state, $(sed -n 's/^listen: /nats:\/\//p' "$dir/n$i.conf"), log $dir/n$i.log"
+    done
+    for pidfile in "$dir"/osmium-*.pid; do
+      [ -f "$pidfile" ] || continue
+      node="$(basename "$pidfile" .pid)"; pid="$(cat "$pidfile")"
+      if kill -0 "$pid" 2>/dev/null; then state="running (pid $pid)"; else state="not running"; fi
+      echo "$node: $state, command $dir/$node.cmd, log $dir/$node.log"
     done
     exit 0 ;;
 esac
@@ -138,11 +162,33 @@ for i in $(seq 1 $NODES); do
   fi
 done
 
-# --- osmium-server nodes: the lead starts one per NATS node here (each connecting to all
-# --- three URLs below), writing its pid to $dir/osmium-N.pid so that stop ends it too.
-
 urls="nats://127.0.0.1:$client_port,nats://127.0.0.1:$((client_port + 1)),nats://127.0.0.1:$((client_port + 2))"
 echo "three NATS nodes with JetStream: $urls"
+
+# The osmium-server nodes, each a full replica of the log (--log $urls).
+if [ "$engines" -gt 0 ]; then
+  repo="$(cd "$(dirname "$0")/.." && pwd)"
+  server="${OSMIUM_SERVER:-${CARGO_TARGET_DIR:-$repo/target}/release/osmium-server}"
+  if [ ! -x "$server" ]; then
+    echo "error: no osmium-server at $server: cargo build --release -p osmium-gateway (or set OSMIUM_SERVER)" >&2
+    exit 1
+  fi
+  for k in $(seq 1 "$engines"); do
+    listen="127.0.0.1:$((engine_port + k - 1))"; metrics="127.0.0.1:$((engine_port + 100 + k - 1))"
+    echo "\"$server\" --data-dir \"$dir/osmium-$k\" --listen $listen --metrics-listen $metrics --log $urls --node-id $k >>\"$dir/osmium-$k.log\" 2>&1 & echo \$! >\"$dir/osmium-$k.pid\"" > "$dir/osmium-$k.cmd"
+    bash "$dir/osmium-$k.cmd"
+  done
+  for k in $(seq 1 "$engines"); do
+    port=$((engine_port + k - 1))
+    for _ in $(seq $((READY_TIMEOUT_S * 10))); do port_in_use "$port" && break; sleep 0.1; done
+    if ! port_in_use "$port"; then
+      echo "error: osmium-$k is not listening on $port after ${READY_TIMEOUT_S}s; its log:" >&2
+      tail -n 20 "$dir/osmium-$k.log" >&2
+      exit 1
+    fi
+    echo "osmium-$k: ws://127.0.0.1:$port/ (metrics http://127.0.0.1:$((engine_port + 100 + k - 1))/metrics, data $dir/osmium-$k)"
+  done
+fi
 echo "monitoring: http://127.0.0.1:$((client_port + 4000))/jsz?streams=1 (and +1, +2)"
 echo "data and logs: $dir"
 if [ "$detach" -eq 1 ]; then

@@ -216,7 +216,8 @@ impl JetStreamLog {
             .map(|event| EventEnvelope {
                 position: 0,
                 stream: Some(record::stream_ref(stream)),
-                stream_version: 0,
+                // The expectation travels with the record (see `Record::expected_last`).
+                stream_version: expected.subject_sequence().map_or(0, |last| last + 1),
                 recorded_at_ms,
                 actor_id: actor.get(),
                 event: Some(event),

@@ -64,9 +64,22 @@ pub struct Record {
     /// The stream the events belong to (the message's subject).
     pub stream: StreamId,
     /// The events in append order. Each envelope's `position` is the record's; an event's
-    /// address in the log is (position, index in `events`). `stream_version` is 0: a
+    /// address in the log is (position, index in `events`). `stream_version` carries the
+    /// appender's expectation ([`Record::expected_last`]), not a version: a
     /// replicated stream's version is the position of its last record.
     pub events: Vec<EventEnvelope>,
+}
+
+impl Record {
+    /// Where the appender expected the stream's previous record: `None` for
+    /// [`ExpectedLast::Any`], `Some(0)` for `NoStream`, `Some(p)` for `At(p)` (stored in
+    /// each envelope's `stream_version` as that plus one, 0 for `Any`). A reader checks it
+    /// against the stream's previous record: JetStream 2.9 does not serialize its own
+    /// expected-last-subject-sequence check in a cluster (nats-server#4320, fixed in
+    /// 2.9.21/2.10), so two appends expecting the same record can both be stored.
+    pub fn expected_last(&self) -> Option<u64> {
+        self.events.first().and_then(|event| event.stream_version.checked_sub(1))
+    }
 }
 
 /// The message body: the append's envelopes (field 1, repeated), protobuf.

@@ -73,6 +73,12 @@ pub enum OpenError {
     /// fold rejects while catching the projections up).
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// Replicated mode: the replicated log could not be opened.
+    #[error("opening the replicated log failed: {reason}")]
+    ReplicatedLog {
+        /// What the log said.
+        reason: String,
+    },
 }
 
 impl From<ProjectionError> for OpenError {
@@ -236,6 +242,26 @@ pub enum EngineError {
     /// The engine is shutting down or was dropped.
     #[error("the engine is closed")]
     Closed,
+    /// Replicated mode: the command conflicted with other nodes' writes on its stream
+    /// every time it was decided (`decide_retries_max`). Nothing of it was written; retry.
+    #[error("the command conflicted with other nodes' writes {attempts} times; nothing was written, retry it")]
+    DecideRetriesExhausted {
+        /// How many times it was decided and conflicted.
+        attempts: u32,
+    },
+    /// Replicated mode: the replicated log had no quorum or answered nothing in time.
+    /// Retryable (a send with the same `client_id` is stored once).
+    #[error("the replicated log is unavailable: {reason}")]
+    LogUnavailable {
+        /// What the log said.
+        reason: String,
+    },
+    /// Replicated mode: the replicated log refused an append (not retryable).
+    #[error("the replicated log refused the append: {reason}")]
+    ReplicatedLog {
+        /// What the log said.
+        reason: String,
+    },
 }
 
 impl EngineError {
@@ -269,8 +295,9 @@ impl EngineError {
             EngineError::UsernameTaken { .. } => 409,
             EngineError::InviteExpired => 410,
             EngineError::InviteUsedUp => 410,
+            EngineError::DecideRetriesExhausted { .. } => 409,
             EngineError::Overloaded { .. } => 429,
-            EngineError::Closed | EngineError::WriterFailed { .. } => 503,
+            EngineError::Closed | EngineError::WriterFailed { .. } | EngineError::LogUnavailable { .. } => 503,
             EngineError::DiskFull { .. } => 507,
             _ => 500,
         }

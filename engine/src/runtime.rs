@@ -70,6 +70,8 @@ pub(crate) struct Core {
     flush_state: Arc<FlushState>,
     failure: Arc<Mutex<Option<String>>>,
     commit_queue_max: usize,
+    /// Replicated mode: what the node's tasks share with the engine.
+    pub(crate) replica: Option<Arc<crate::replica::Link>>,
     // Declared last: dropped after every other part let go of the database.
     dir: ClosingDir,
 }
@@ -111,7 +113,14 @@ pub(crate) type Effects = mpsc::UnboundedReceiver<EffectBatch>;
 
 impl Core {
     /// Opens the directory, catches up, starts the threads.
-    pub(crate) fn open(path: &Path, log: &LogConfig, state_config: &StateConfig) -> Result<(Core, Effects), OpenError> {
+    /// `replica_retries`: replicated mode, with at most that many decisions again after
+    /// conflicts (`None`: the embedded log).
+    pub(crate) fn open(
+        path: &Path,
+        log: &LogConfig,
+        state_config: &StateConfig,
+        replica_retries: Option<u32>,
+    ) -> Result<(Core, Effects), OpenError> {
         if state_config.flush_events_max == 0 || state_config.flush_interval_ms == 0 {
             return Err(OpenError::InvalidConfig {
                 setting: "state.flush_events_max / state.flush_interval_ms",
@@ -154,6 +163,14 @@ impl Core {
         ids.advance_past(floor.as_deref().and_then(schema::parse_u64).unwrap_or(0));
         let (effects_tx, effects_rx) = mpsc::unbounded_channel();
         let failure = Arc::new(Mutex::new(None));
+        let (commands, queue) = crossbeam_channel::bounded(log.commit_queue_max.max(1));
+        let (replica, link) = match replica_retries {
+            None => (None, None),
+            Some(retries) => {
+                let (replica, link) = crate::replica::open(dir.db.clone(), &views, commands.clone(), retries)?;
+                (Some(replica), Some(link))
+            }
+        };
         let machine = StateMachine {
             state,
             sequencer: Sequencer::new(dir.db.clone(), dir.last_position, reader.published().durable.clone()),
@@ -171,8 +188,8 @@ impl Core {
             meters,
             active,
             batch_seq: 0,
+            replica,
         };
-        let (commands, queue) = crossbeam_channel::bounded(log.commit_queue_max.max(1));
         let state_machine = std::thread::Builder::new()
             .name("osmium-state".into())
             .spawn(move || machine.run(queue))
@@ -187,6 +204,7 @@ impl Core {
             flush_state,
             failure,
             commit_queue_max: log.commit_queue_max,
+            replica: link,
             dir: ClosingDir(dir),
         };
         Ok((core, effects_rx))
@@ -266,6 +284,9 @@ impl Core {
 
 impl Drop for Core {
     fn drop(&mut self) {
+        if let Some(link) = &self.replica {
+            link.close(); // the node's tasks let go of the queue
+        }
         self.commands.take(); // the state machine decides what is queued, cuts, and stops
         if let Some(thread) = self.state_machine.take()
             && thread.join().is_err()

@@ -57,7 +57,7 @@ pub(crate) struct DecideContext<'a> {
     pub(crate) state: &'a mut LiveState,
     /// The time of this decision (unix ms).
     pub(crate) now_ms: u64,
-    ids: &'a mut SnowflakeGenerator,
+    pub(crate) ids: &'a mut SnowflakeGenerator,
 }
 
 impl DecideContext<'_> {
@@ -74,8 +74,9 @@ pub(crate) struct Decision {
     pub(crate) output: Output,
 }
 
-/// Decides a command on the state machine thread; refusing writes nothing.
-pub(crate) type Decide = Box<dyn FnOnce(&mut DecideContext<'_>) -> Result<Decision, EngineError> + Send>;
+/// Decides a command on the state machine thread; refusing writes nothing. Re-runnable:
+/// a replicated node decides again after a conflict (`replica`).
+pub(crate) type Decide = Box<dyn Fn(&mut DecideContext<'_>) -> Result<Decision, EngineError> + Send>;
 
 /// The output of an earlier append with the same idempotency key, from its events.
 pub(crate) type Replay = fn(&[EventEnvelope]) -> Result<Output, EngineError>;
@@ -105,6 +106,10 @@ pub(crate) enum Request {
     Command(Command),
     /// Cut now; answers the number of the flush that holds everything decided before.
     Flush(oneshot::Sender<u64>),
+    /// Replicated mode: a record of the replicated log to fold (the next position).
+    Ingest(osmium_cluster::Record),
+    /// Replicated mode: the outcome of publishing a decision.
+    Published(crate::replica::Published),
 }
 
 /// Effects of one durable batch, each with the position of the event that caused it.
@@ -140,6 +145,8 @@ pub(crate) struct StateMachine {
     pub(crate) active: Arc<osmium_projections::Layer>,
     /// The sequence number of the last batch with projection writes.
     pub(crate) batch_seq: u64,
+    /// Replicated mode (`None`: the embedded log decides and folds here).
+    pub(crate) replica: Option<crate::replica::Replica>,
 }
 
 /// Outcome of one command inside a batch.
@@ -169,6 +176,7 @@ impl StateMachine {
                 }
             }
             let mut flushes = Vec::new();
+            let mut work = Vec::new(); // replicated mode's records and publish outcomes
             let batch: Vec<Command> = batch
                 .into_iter()
                 .filter_map(|request| match request {
@@ -177,12 +185,16 @@ impl StateMachine {
                         flushes.push(reply);
                         None
                     }
+                    other => {
+                        work.push(other);
+                        None
+                    }
                 })
                 .collect();
             let due = events_since_cut > 0
                 && (!flushes.is_empty() || last_cut.elapsed() >= Duration::from_millis(self.policy.interval_ms));
             let committed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                self.run_batch(batch, due, flushes, &mut events_since_cut)
+                self.run_batch(batch, work, due, flushes, &mut events_since_cut)
             }));
             match committed {
                 Ok(true) => last_cut = Instant::now(),
@@ -193,7 +205,7 @@ impl StateMachine {
         // Clean shutdown: whatever is not flushed yet goes in one last cut.
         if events_since_cut > 0 {
             let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                self.run_batch(Vec::new(), true, Vec::new(), &mut events_since_cut)
+                self.run_batch(Vec::new(), Vec::new(), true, Vec::new(), &mut events_since_cut)
             }));
         }
     }
@@ -215,6 +227,7 @@ impl StateMachine {
     fn run_batch(
         &mut self,
         commands: Vec<Command>,
+        work: Vec<Request>,
         due: bool,
         flushes: Vec<oneshot::Sender<u64>>,
         events_since_cut: &mut u64,
@@ -230,6 +243,23 @@ impl StateMachine {
         let mut log_batch = self.sequencer.batch();
         let mut outcomes: Vec<Outcome> = Vec::with_capacity(commands.len());
         let mut effects: EffectBatch = Vec::new();
+        // Replicated mode: commands are published, not staged; records of the log are folded.
+        let commands = match self.replica.take() {
+            None => commands,
+            Some(mut replica) => {
+                let ran = replica.run(self, commands, work, &mut log_batch, &mut outcomes, &mut effects);
+                self.replica = Some(replica);
+                if let Err(fatal) = ran {
+                    let reason = fatal.to_string();
+                    self.fail(format!("folding a record of the replicated log failed: {reason}"));
+                    for (reply, outcome) in outcomes {
+                        let _ = reply.send(outcome.and(Err(crate::storage_error::writer_failed(&reason))));
+                    }
+                    return false;
+                }
+                Vec::new()
+            }
+        };
         let mut commands = commands.into_iter();
         while let Some(Command { idempotency, decide, replay, reply }) = commands.next() {
             match self.run_command(idempotency, decide, replay, &mut log_batch, &mut effects) {

@@ -106,6 +106,30 @@ struct ServeArgs {
     /// Region number of this server, in `Initialized`'s entrypoint.
     #[arg(long, env = "OSMIUM_REGION", default_value_t = 0)]
     region: u32,
+    /// The event log: `embedded` (the RocksDB log in --data-dir, the default), or
+    /// `nats://host:port,nats://host:port,...`: the NATS JetStream log shared by every
+    /// node, this node being a full replica folding it into --data-dir (issue #15).
+    #[arg(long = "log", env = "OSMIUM_LOG_URL", default_value = "embedded")]
+    event_log: String,
+    /// This node's id (0..=1023): the worker of its snowflake ids. Every node on one
+    /// replicated log needs its own.
+    #[arg(long, env = "OSMIUM_NODE_ID", default_value_t = 0)]
+    node_id: u16,
+}
+
+/// The replicated log of `--log`, or `None` for the embedded one.
+fn replica_config(event_log: &str) -> Result<Option<osmium_engine::ReplicaConfig>, GatewayError> {
+    if event_log == "embedded" {
+        return Ok(None);
+    }
+    let servers: Vec<String> = event_log.split(',').map(str::trim).filter(|server| !server.is_empty()).map(str::to_owned).collect();
+    if servers.is_empty() || servers.iter().any(|server| !server.starts_with("nats://")) {
+        return Err(GatewayError::InvalidArgument {
+            field: "--log",
+            reason: format!("{event_log:?}: use `embedded` or nats://host:port[,nats://host:port...]"),
+        });
+    }
+    Ok(Some(osmium_engine::ReplicaConfig::with_servers(servers)))
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -216,11 +240,22 @@ async fn serve(data_dir: PathBuf, args: ServeArgs) -> Result<(), GatewayError> {
         send_message_per_user_per_second_max: args.send_message_per_user_per_second_max,
         ..GatewayLimits::default()
     };
+    if args.node_id > osmium_engine::clock::SNOWFLAKE_WORKER_MAX {
+        return Err(GatewayError::InvalidArgument {
+            field: "--node-id",
+            reason: format!("{}: use 0 to {}", args.node_id, osmium_engine::clock::SNOWFLAKE_WORKER_MAX),
+        });
+    }
+    let replica = replica_config(&args.event_log)?;
     let config = ServerConfig {
         listen: args.listen,
         metrics_listen: Some(args.metrics_listen),
         data_dir,
-        engine: EngineConfig { log: LogConfig { durability, ..LogConfig::default() }, ..EngineConfig::default() },
+        engine: EngineConfig {
+            log: LogConfig { durability, snowflake_worker: args.node_id, ..LogConfig::default() },
+            replica,
+            ..EngineConfig::default()
+        },
         limits,
         advertise: Advertise { host: args.advertise_host, port: args.advertise_port, region: args.region },
     };

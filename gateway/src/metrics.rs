@@ -13,6 +13,7 @@
 //! | `osmium_gateway_request_duration_seconds{kind}` | histogram | call latency, from decoded frame to queued result |
 //! | `osmium_engine_events_appended_total` | counter | events committed to the log |
 //! | `osmium_engine_commit_batch_events` | histogram | events per group-commit batch |
+//! | `osmium_engine_fold_lag_positions` | gauge | replicated mode (`--log nats://...`): positions of the replicated log this node has not folded yet (the log's last position minus the last folded one; 0 with the embedded log) |
 //! | `osmium_gateway_update_lag_positions` | histogram | per update queued for a connection: log positions committed after the update's own position by then (how far the engine's update fan-out plus the gateway's forwarding run behind the log) |
 //!
 //! "Projection lag" in the sense of projections behind the log is always 0 here: the
@@ -85,6 +86,8 @@ pub struct Metrics {
     /// Events per group-commit batch.
     pub commit_batch_events: Histogram,
     update_lag: Histogram,
+    /// Replicated mode: positions of the replicated log not folded yet by this node.
+    pub fold_lag: Gauge,
 }
 
 impl Default for Metrics {
@@ -108,6 +111,12 @@ impl Metrics {
         let events_appended = Counter::default();
         let commit_batch_events = Histogram::new(exponential_buckets(1.0, 2.0, 12));
         let update_lag = Histogram::new(exponential_buckets(1.0, 2.0, 12));
+        let fold_lag = Gauge::default();
+        registry.register(
+            "osmium_engine_fold_lag_positions",
+            "Positions of the replicated log this node has not folded yet (0 with the embedded log)",
+            fold_lag.clone(),
+        );
         registry.register("osmium_gateway_connections", "WebSocket connections open", connections.clone());
         registry.register(
             "osmium_gateway_connections_accepted",
@@ -156,6 +165,7 @@ impl Metrics {
             events_appended,
             commit_batch_events,
             update_lag,
+            fold_lag,
         }
     }
 

@@ -119,6 +119,9 @@ impl Gateway {
             tokio::spawn(poll_tokens(shared.clone())),
             tokio::spawn(purge_invites(engine.clone())),
         ];
+        if engine.fold_lag().is_some() {
+            background.push(tokio::spawn(fold_lag(engine.clone(), metrics.clone())));
+        }
         let mut metrics_addr = None;
         if let Some(addr) = config.metrics_listen {
             let metrics_listener =
@@ -228,6 +231,17 @@ async fn tail(mut batches: broadcast::Receiver<Arc<osmium_engine::CommittedBatch
             }
             Err(broadcast::error::RecvError::Closed) => return,
         }
+    }
+}
+
+/// Replicated mode: copies the engine's fold lag into the metrics every
+/// [`osmium_engine::FOLD_LAG_POLL_MS`].
+async fn fold_lag(engine: ChatEngine, metrics: Arc<Metrics>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(osmium_engine::FOLD_LAG_POLL_MS));
+    loop {
+        tick.tick().await;
+        let lag = engine.fold_lag().unwrap_or(0);
+        metrics.fold_lag.set(i64::try_from(lag).unwrap_or(i64::MAX));
     }
 }
 

@@ -131,6 +131,9 @@ pub struct EngineConfig {
     pub state: StateConfig,
     /// Request and state limits.
     pub limits: Limits,
+    /// Replicated mode: the node is a full replica of a NATS JetStream log (issue #15,
+    /// `crate::replica`). `None` (the default): the embedded RocksDB log.
+    pub replica: Option<crate::replica::ReplicaConfig>,
 }
 
 /// Bytes of OS randomness in an invite code (128 bits).
@@ -198,9 +201,23 @@ impl ChatEngine {
         let clock = config.log.clock.clone();
         let path = path.as_ref().to_path_buf();
         let (log, state) = (config.log.clone(), config.state.clone());
-        let (core, effects) = tokio::task::spawn_blocking(move || Core::open(&path, &log, &state))
+        let replicated = match &config.replica {
+            None => None,
+            Some(replica) => {
+                let log = osmium_cluster::JetStreamLog::open(replica.log.clone())
+                    .await
+                    .map_err(|err| OpenError::ReplicatedLog { reason: err.to_string() })?;
+                Some((Arc::new(log), replica.decide_retries_max, replica.open_catch_up_timeout_ms))
+            }
+        };
+        let retries = replicated.as_ref().map(|(_, retries, _)| *retries);
+        let (core, effects) = tokio::task::spawn_blocking(move || Core::open(&path, &log, &state, retries))
             .await
             .map_err(|_| OpenError::Engine(EngineError::Closed))??;
+        if let (Some(link), Some((log, _, timeout_ms))) = (&core.replica, replicated) {
+            crate::replica::start(link, log.clone());
+            crate::replica::catch_up(link, &log, timeout_ms).await?;
+        }
         let hub = Arc::new(UpdateHub::default());
         let typing = Arc::new(TypingState::new(clock.clone(), config.limits.typing_expiry_ms));
         let targets = Arc::new(updates::FanOut { hub: hub.clone(), typing: typing.clone(), views: Arc::downgrade(&core.views) });
@@ -231,11 +248,24 @@ impl ChatEngine {
         &self.inner.limits
     }
 
+    /// Replicated mode: how many positions of the replicated log this node has not folded
+    /// yet (the log's last position, read every [`crate::FOLD_LAG_POLL_MS`], minus the
+    /// last folded one); `None` with the embedded log.
+    pub fn fold_lag(&self) -> Option<u64> {
+        self.inner.core.replica.as_ref().map(|link| link.fold_lag())
+    }
+
+    /// Replicated mode: the last position of the replicated log this node folded; `None`
+    /// with the embedded log.
+    pub fn folded_position(&self) -> Option<u64> {
+        self.inner.core.replica.as_ref().map(|link| link.folded())
+    }
+
     async fn command(
         &self,
         idempotency: Option<Idempotency>,
         replay: Replay,
-        decide: impl FnOnce(&mut DecideContext<'_>, &Limits) -> Result<Decision, EngineError> + Send + 'static,
+        decide: impl Fn(&mut DecideContext<'_>, &Limits) -> Result<Decision, EngineError> + Send + 'static,
     ) -> Result<Output, EngineError> {
         let limits = self.inner.limits.clone();
         let decide: Decide = Box::new(move |ctx| decide(ctx, &limits));
@@ -315,7 +345,7 @@ impl ChatEngine {
     /// Adds or replaces a user's directory entry (where responses' `users` come from). A
     /// username held by another user is refused ([`EngineError::UsernameTaken`]).
     pub async fn upsert_user(&self, user: types::User) -> Result<(), EngineError> {
-        self.command(None, replay_done, move |ctx, limits| commands::upsert_user(ctx, limits, user)).await.map(drop)
+        self.command(None, replay_done, move |ctx, limits| commands::upsert_user(ctx, limits, user.clone())).await.map(drop)
     }
 
     // ---- chats ------------------------------------------------------------------
@@ -435,7 +465,7 @@ impl ChatEngine {
 
     /// Saves (or with `None` or an empty string, clears) the caller's draft in a chat.
     pub async fn save_draft(&self, actor: UserId, chat_ref: ChatRef, draft: Option<String>) -> Result<(), EngineError> {
-        self.command(None, replay_done, move |ctx, limits| commands::save_draft(ctx, limits, actor, Some(&chat_ref), draft))
+        self.command(None, replay_done, move |ctx, limits| commands::save_draft(ctx, limits, actor, Some(&chat_ref), draft.clone()))
             .await
             .map(drop)
     }
@@ -533,7 +563,7 @@ impl ChatEngine {
     ) -> Result<auth::CreatedInvite, EngineError> {
         let code = new_invite_code()?;
         let output = self
-            .command(None, replay_done, move |ctx, limits| commands::create_chat_invite(ctx, limits, actor, &request, code))
+            .command(None, replay_done, move |ctx, limits| commands::create_chat_invite(ctx, limits, actor, &request, code.clone()))
             .await?;
         match output {
             Output::Invite(code) => Ok(auth::CreatedInvite { code }),
