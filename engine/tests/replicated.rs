@@ -253,6 +253,44 @@ async fn an_invite_and_a_dm_raced_from_both_nodes_stay_race_free() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_hand_over_raced_from_both_nodes_leaves_one_owner_both_nodes_agree_on() {
+    // The owner leaves on node A while the member next in line leaves on node B: whichever
+    // is folded first, the group ends with bob (who joined right after that member) as its
+    // only owner.
+    let harness = start_cluster().await;
+    bounded("owner hand-over race", async {
+        let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let a = open_node(dir_a.path(), &harness.cluster, 1).await;
+        let b = open_node(dir_b.path(), &harness.cluster, 2).await;
+        add_users(&a, 1..=4).await;
+        let (cat, dan) = (UserId(4), UserId(3)); // cat joins before bob, dan after bob
+        let users = [cat, BOB, dan].iter().map(|user| UserRef { user_id: user.get() }).collect();
+        let created = a.create_chat(ANN, chats::CreateChat { users, name: "crew".into() }).await.unwrap();
+        caught_up(&harness.log, &b).await;
+        let remove = |user: UserId| chats::RemoveChatMember { chat_ref: Some(group(created.id)), user_id: user.get() };
+        let (node_a, node_b) = (a.clone(), b.clone());
+        let (owner_leaves, request) = (remove(ANN), remove(cat));
+        let owner = tokio::spawn(async move { node_a.remove_chat_member(ANN, owner_leaves).await });
+        let next = tokio::spawn(async move { node_b.remove_chat_member(cat, request).await });
+        owner.await.unwrap().unwrap();
+        next.await.unwrap().unwrap();
+        assert_nodes_agree(&harness.log, &a, &b).await;
+        for node in [&a, &b] {
+            for (user, expected_owner) in [(BOB, true), (dan, false)] {
+                let chat = node.get_chat(user, chats::GetChat { chat_ref: Some(group(created.id)) }).await.unwrap();
+                assert_eq!(chat.group.map(|group| group.owner), Some(expected_owner), "user {user}");
+            }
+            assert!(!node.is_member(osmium_proto::ids::ChatId(created.id), ANN).unwrap());
+            assert!(!node.is_member(osmium_proto::ids::ChatId(created.id), cat).unwrap());
+        }
+        // The new owner can act as one on either node.
+        b.add_chat_member(BOB, chats::AddChatMember { chat_ref: Some(group(created.id)), user_id: cat.get() }).await.unwrap();
+        assert_nodes_agree(&harness.log, &a, &b).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_closed_and_reopened_catches_up() {
     let harness = start_cluster().await;
     bounded("node restart", async {
