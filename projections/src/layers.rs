@@ -14,9 +14,12 @@
 //! Writes of append-only tables ([`Table::is_append_only`]: the catch-up index, several
 //! keys per event) skip the skip list: each batch's are one chunk, sorted once by the
 //! writer, that readers binary-search. A key there is written once and never deleted, so
-//! chunks need no versions: a chunk is visible whole at its batch's sequence number. (One
-//! skip-list insert per key cost about 2 µs on the writer thread and made its comparisons
-//! a third of that thread's time.)
+//! a key has one version, tagged with its batch. Like an LSM tree's runs, the newest chunk
+//! is merged into the one before it while that one is at most twice its size (and the
+//! merge at most [`CHUNK_ENTRIES_MAX`]), so a layer holds O(log n) chunks plus one per
+//! `CHUNK_ENTRIES_MAX` entries, and a read costs that many binary searches, however many
+//! small batches the layer took. (One skip-list insert per key cost about 2 µs on the
+//! writer thread and made its comparisons a third of that thread's time.)
 //!
 //! A reader sees `layers` (newest first) over `base` at sequence `visible`: exactly the
 //! state after that batch, provided the base holds every flush older than its oldest
@@ -90,30 +93,68 @@ pub struct Layer {
     writes: AtomicUsize,
 }
 
-/// One batch's writes of append-only tables, sorted by table and key.
+/// Entries up to which chunks are merged (a larger merge would stall the writer thread:
+/// merging 64 Ki entries takes about a millisecond).
+pub const CHUNK_ENTRIES_MAX: usize = 64 * 1024;
+
+/// One put of an append-only table in a chunk, with the batch that wrote it.
+#[derive(Debug, Clone)]
+struct ChunkPut {
+    table: Table,
+    key: Arc<[u8]>,
+    value: Arc<[u8]>,
+    seq: u64,
+}
+
+impl ChunkPut {
+    fn order(&self) -> (usize, &[u8]) {
+        (self.table.index(), &self.key[..])
+    }
+}
+
+/// Writes of append-only tables from consecutive batches `first_seq..=last_seq`, sorted
+/// by table and key.
 #[derive(Debug)]
 struct Chunk {
-    seq: u64,
-    puts: Vec<AppendWrite>,
+    first_seq: u64,
+    last_seq: u64,
+    puts: Vec<ChunkPut>,
 }
 
 impl Chunk {
-    /// The puts of `table` in `range`, in scan order.
-    fn range<'c>(&'c self, table: Table, range: ScanRange<'c>) -> impl Iterator<Item = &'c AppendWrite> + 'c {
+    /// The puts of `table` in `range` visible at `visible`, in key order.
+    fn range<'c>(&'c self, table: Table, range: ScanRange<'c>, visible: u64) -> impl Iterator<Item = &'c ChunkPut> + 'c {
         let lower = match (range.direction, range.start) {
             (Direction::Forward, Some(start)) => start.max(range.prefix),
             _ => range.prefix,
         };
-        let first = self.puts.partition_point(|(t, key, _)| (t.index(), &key[..]) < (table.index(), lower));
+        let first = self.puts.partition_point(|put| put.order() < (table.index(), lower));
         self.puts[first..]
             .iter()
-            .take_while(move |(t, key, _)| *t == table && key.starts_with(range.prefix))
-            .filter(move |(_, key, _)| range.contains(key))
+            .take_while(move |put| put.table == table && put.key.starts_with(range.prefix))
+            .filter(move |put| put.seq <= visible && range.contains(&put.key))
     }
 
-    fn get(&self, table: Table, key: &[u8]) -> Option<&[u8]> {
-        let found = self.puts.binary_search_by(|(t, k, _)| (t.index(), &k[..]).cmp(&(table.index(), key))).ok()?;
-        self.puts.get(found).map(|(_, _, value)| &value[..])
+    fn get(&self, table: Table, key: &[u8], visible: u64) -> Option<&ChunkPut> {
+        let found = self.puts.binary_search_by(|put| put.order().cmp(&(table.index(), key))).ok()?;
+        self.puts.get(found).filter(|put| put.seq <= visible)
+    }
+
+    /// `older` and `newer` (consecutive batches) as one chunk.
+    fn merge(older: &Chunk, newer: &Chunk) -> Chunk {
+        let mut puts = Vec::with_capacity(older.puts.len() + newer.puts.len());
+        let (mut a, mut b) = (older.puts.iter().peekable(), newer.puts.iter().peekable());
+        loop {
+            let next = match (a.peek(), b.peek()) {
+                (Some(x), Some(y)) if x.order() <= y.order() => a.next(),
+                (Some(_), Some(_)) => b.next(),
+                (Some(_), None) => a.next(),
+                (None, Some(_)) => b.next(),
+                (None, None) => break,
+            };
+            puts.extend(next.cloned());
+        }
+        Chunk { first_seq: older.first_seq, last_seq: newer.last_seq, puts }
     }
 }
 
@@ -130,18 +171,11 @@ impl Layer {
         &self,
         seq: u64,
         writes: impl IntoIterator<Item = KvWrite>,
-        mut appended: Vec<AppendWrite>,
+        appended: Vec<AppendWrite>,
         touched: &[(UserId, ChatId)],
     ) {
         if !appended.is_empty() {
-            appended.sort_unstable_by(|(a, a_key, _), (b, b_key, _)| (a.index(), a_key).cmp(&(b.index(), b_key)));
-            debug_assert!(appended.iter().all(|(table, _, _)| table.is_append_only()));
-            debug_assert!(appended.windows(2).all(|pair| (pair[0].0, &pair[0].1) != (pair[1].0, &pair[1].1)), "a key appended twice");
-            self.writes.fetch_add(appended.len(), Ordering::Relaxed);
-            // A poisoned lock means a reader panicked while copying Arcs: the list is intact.
-            let mut chunks = self.chunks.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-            debug_assert!(chunks.last().is_none_or(|last| last.seq < seq));
-            chunks.push(Arc::new(Chunk { seq, puts: appended }));
+            self.append_chunk(seq, appended);
         }
         for (table, key, value) in writes {
             debug_assert!(!table.is_append_only(), "{table:?} writes go in chunks");
@@ -154,6 +188,40 @@ impl Layer {
         }
     }
 
+    /// Adds batch `seq`'s append-only writes as a chunk, then merges it into the chunks
+    /// before it while they are at most twice its size (see the module docs). Runs on the
+    /// one thread that inserts; readers keep the chunks they copied.
+    fn append_chunk(&self, seq: u64, mut appended: Vec<AppendWrite>) {
+        appended.sort_unstable_by(|(a, a_key, _), (b, b_key, _)| (a.index(), a_key).cmp(&(b.index(), b_key)));
+        debug_assert!(appended.iter().all(|(table, _, _)| table.is_append_only()));
+        debug_assert!(appended.windows(2).all(|pair| (pair[0].0, &pair[0].1) != (pair[1].0, &pair[1].1)), "a key appended twice");
+        self.writes.fetch_add(appended.len(), Ordering::Relaxed);
+        let puts = appended
+            .into_iter()
+            .map(|(table, key, value)| ChunkPut { table, key: Arc::from(key), value: Arc::from(value), seq })
+            .collect();
+        let mut chunk = Arc::new(Chunk { first_seq: seq, last_seq: seq, puts });
+        let mut merged_away = 0;
+        {
+            let chunks = self.chunks.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+            debug_assert!(chunks.last().is_none_or(|last| last.last_seq < seq));
+            // Merged outside the write lock: readers are not held up by it.
+            for older in chunks.iter().rev() {
+                let entries = older.puts.len() + chunk.puts.len();
+                if older.puts.len() > 2 * chunk.puts.len() || entries > CHUNK_ENTRIES_MAX {
+                    break;
+                }
+                chunk = Arc::new(Chunk::merge(older, &chunk));
+                merged_away += 1;
+            }
+        }
+        // A poisoned lock means a reader panicked while copying Arcs: the list is intact.
+        let mut chunks = self.chunks.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let kept = chunks.len() - merged_away;
+        chunks.truncate(kept);
+        chunks.push(chunk);
+    }
+
     /// Writes inserted so far (a key written twice counts twice): what the layer costs to flush.
     pub fn writes(&self) -> usize {
         self.writes.load(Ordering::Relaxed)
@@ -164,10 +232,15 @@ impl Layer {
         self.versions.is_empty() && self.touched.is_empty() && self.visible_chunks(u64::MAX).is_empty()
     }
 
-    /// The chunks of batches up to `visible`, in batch order.
+    /// The chunks holding batches up to `visible`, in batch order.
     fn visible_chunks(&self, visible: u64) -> Vec<Arc<Chunk>> {
         let chunks = self.chunks.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        chunks.iter().take_while(|chunk| chunk.seq <= visible).cloned().collect()
+        chunks.iter().take_while(|chunk| chunk.first_seq <= visible).cloned().collect()
+    }
+
+    /// Chunks the append-only writes are kept in (O(log n), see the module docs).
+    pub fn chunks(&self) -> usize {
+        self.chunks.read().unwrap_or_else(std::sync::PoisonError::into_inner).len()
     }
 
     /// Whether a reader of `table` must look at this layer at all.
@@ -183,8 +256,7 @@ impl Layer {
     /// order, then the chunks'.
     pub fn entries(&self) -> impl Iterator<Item = (Table, Entry)> + '_ {
         let appended = self.visible_chunks(u64::MAX).into_iter().flat_map(|chunk| {
-            let puts: Vec<(Table, Entry)> =
-                chunk.puts.iter().map(|(table, key, value)| (*table, (Arc::from(&key[..]), Some(Arc::from(&value[..]))))).collect();
+            let puts: Vec<(Table, Entry)> = chunk.puts.iter().map(|put| (put.table, (put.key.clone(), Some(put.value.clone())))).collect();
             puts
         });
         let mut previous: Option<(u8, Arc<[u8]>)> = None;
@@ -204,7 +276,7 @@ impl Layer {
     /// The newest version of `key` at `visible`: `Some(None)` when deleted there.
     fn lookup_owned(&self, table: Table, key: &[u8], visible: u64) -> Option<Option<Arc<[u8]>>> {
         if table.is_append_only() {
-            return self.visible_chunks(visible).iter().find_map(|chunk| chunk.get(table, key).map(|value| Some(Arc::from(value))));
+            return self.visible_chunks(visible).iter().find_map(|chunk| chunk.get(table, key, visible).map(|put| Some(put.value.clone())));
         }
         let bound = versioned(table, key, visible);
         let entry = self.versions.lower_bound(Bound::Included(&bound[..]))?;
@@ -220,7 +292,7 @@ impl Layer {
         if table.is_append_only() {
             let mut found: Vec<Entry> = Vec::new();
             for chunk in self.visible_chunks(visible) {
-                found.extend(chunk.range(table, range).map(|(_, key, value)| (Arc::from(&key[..]), Some(Arc::from(&value[..])))));
+                found.extend(chunk.range(table, range, visible).map(|put| (put.key.clone(), Some(put.value.clone()))));
             }
             found.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
             if range.direction == Direction::Reverse {

@@ -160,3 +160,33 @@ proptest! {
         prop_assert_eq!(flushed, keys.len() - bounds.get(1).copied().unwrap_or(0) + invisible.len());
     }
 }
+
+/// Many one-key batches (a busy engine's sequential sends) are merged into few chunks, and
+/// a reader at any batch still sees exactly the keys of the batches up to it.
+#[test]
+fn many_small_batches_merge_into_few_chunks_and_keep_each_batchs_visibility() {
+    let table = Table::UseridPositionUpdate;
+    let layer = Layer::new();
+    let key = |batch: u64| [(batch % 7).to_be_bytes(), batch.to_be_bytes()].concat(); // 7 users, interleaved
+    for batch in 1..=5_000u64 {
+        layer.insert(batch, Vec::new(), vec![(table, key(batch), batch.to_be_bytes().to_vec())], &[]);
+    }
+    assert!(layer.chunks() <= 16, "{} chunks for 5,000 batches", layer.chunks());
+    let base = MemStore::new();
+    let layers = vec![Arc::new(layer)];
+    for visible in [0u64, 1, 2, 3, 64, 1_000, 4_097, 4_999, 5_000] {
+        let view = LayeredView::new(&base, &layers, visible);
+        let prefix = 3u64.to_be_bytes();
+        let seen: Vec<u64> = scan_table(&view, table, ScanRange::prefix(&prefix), usize::MAX)
+            .into_iter()
+            .map(|(_, value)| u64::from_be_bytes(value.try_into().unwrap()))
+            .collect();
+        let expected: Vec<u64> = (1..=visible).filter(|batch| batch % 7 == 3).collect();
+        assert_eq!(seen, expected, "visible {visible}");
+        for batch in [1u64, visible, visible + 1] {
+            let got = view.get(table, &key(batch)).unwrap();
+            assert_eq!(got.is_some(), batch >= 1 && batch <= visible, "batch {batch} at visible {visible}");
+        }
+    }
+    assert_eq!(layers[0].entries().count(), 5_000);
+}
