@@ -93,8 +93,8 @@ pub struct Layer {
     writes: AtomicUsize,
 }
 
-/// Entries up to which chunks are merged (a larger merge would stall the writer thread:
-/// merging 64 Ki entries takes about a millisecond).
+/// Entries up to which chunks are merged (a larger merge would hold readers up longer:
+/// moving 64 Ki entries takes well under a millisecond).
 pub const CHUNK_ENTRIES_MAX: usize = 64 * 1024;
 
 /// One put of an append-only table in a chunk, with the batch that wrote it.
@@ -140,10 +140,10 @@ impl Chunk {
         self.puts.get(found).filter(|put| put.seq <= visible)
     }
 
-    /// `older` and `newer` (consecutive batches) as one chunk.
-    fn merge(older: &Chunk, newer: &Chunk) -> Chunk {
+    /// `older` and `newer` (consecutive batches) as one chunk, their puts moved.
+    fn merge(older: Chunk, newer: Chunk) -> Chunk {
         let mut puts = Vec::with_capacity(older.puts.len() + newer.puts.len());
-        let (mut a, mut b) = (older.puts.iter().peekable(), newer.puts.iter().peekable());
+        let (mut a, mut b) = (older.puts.into_iter().peekable(), newer.puts.into_iter().peekable());
         loop {
             let next = match (a.peek(), b.peek()) {
                 (Some(x), Some(y)) if x.order() <= y.order() => a.next(),
@@ -152,7 +152,7 @@ impl Chunk {
                 (None, Some(_)) => b.next(),
                 (None, None) => break,
             };
-            puts.extend(next.cloned());
+            puts.extend(next);
         }
         Chunk { first_seq: older.first_seq, last_seq: newer.last_seq, puts }
     }
@@ -190,7 +190,7 @@ impl Layer {
 
     /// Adds batch `seq`'s append-only writes as a chunk, then merges it into the chunks
     /// before it while they are at most twice its size (see the module docs). Runs on the
-    /// one thread that inserts; readers keep the chunks they copied.
+    /// one thread that inserts.
     fn append_chunk(&self, seq: u64, mut appended: Vec<AppendWrite>) {
         appended.sort_unstable_by(|(a, a_key, _), (b, b_key, _)| (a.index(), a_key).cmp(&(b.index(), b_key)));
         debug_assert!(appended.iter().all(|(table, _, _)| table.is_append_only()));
@@ -200,26 +200,23 @@ impl Layer {
             .into_iter()
             .map(|(table, key, value)| ChunkPut { table, key: Arc::from(key), value: Arc::from(value), seq })
             .collect();
-        let mut chunk = Arc::new(Chunk { first_seq: seq, last_seq: seq, puts });
-        let mut merged_away = 0;
-        {
-            let chunks = self.chunks.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-            debug_assert!(chunks.last().is_none_or(|last| last.last_seq < seq));
-            // Merged outside the write lock: readers are not held up by it.
-            for older in chunks.iter().rev() {
-                let entries = older.puts.len() + chunk.puts.len();
-                if older.puts.len() > 2 * chunk.puts.len() || entries > CHUNK_ENTRIES_MAX {
-                    break;
-                }
-                chunk = Arc::new(Chunk::merge(older, &chunk));
-                merged_away += 1;
-            }
-        }
-        // A poisoned lock means a reader panicked while copying Arcs: the list is intact.
+        let mut chunk = Chunk { first_seq: seq, last_seq: seq, puts };
+        // Merged under the write lock, moving the puts (a merge of small chunks takes
+        // microseconds, the largest about a millisecond; readers wait that long at most). A
+        // poisoned lock means a reader panicked while copying Arcs: the list is intact.
         let mut chunks = self.chunks.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let kept = chunks.len() - merged_away;
-        chunks.truncate(kept);
-        chunks.push(chunk);
+        debug_assert!(chunks.last().is_none_or(|last| last.last_seq < seq));
+        while let Some(older) = chunks.last() {
+            if older.puts.len() > 2 * chunk.puts.len() || older.puts.len() + chunk.puts.len() > CHUNK_ENTRIES_MAX {
+                break;
+            }
+            let Some(older) = chunks.pop() else { break };
+            // A reader may still hold it (it copied the list before this lock): then copy.
+            let older = Arc::try_unwrap(older)
+                .unwrap_or_else(|shared| Chunk { first_seq: shared.first_seq, last_seq: shared.last_seq, puts: shared.puts.clone() });
+            chunk = Chunk::merge(older, chunk);
+        }
+        chunks.push(Arc::new(chunk));
     }
 
     /// Writes inserted so far (a key written twice counts twice): what the layer costs to flush.
