@@ -41,6 +41,13 @@ async fn old_and_new_messages(engine: &ChatEngine, clock: &ManualClock) -> Posit
     last_old
 }
 
+/// A catch-up from before the floor is too far behind; one from the last old message gets
+/// exactly the new ones.
+fn assert_the_floor_holds(engine: &ChatEngine, last_old: Position) {
+    assert!(matches!(engine.updates_since(BOB, Position(1), 100).unwrap(), CatchUp::TooFarBehind { .. }));
+    assert_eq!(texts(engine.updates_since(BOB, last_old, 100).unwrap()), ["new 1", "new 2"]);
+}
+
 fn texts(catch_up: CatchUp) -> Vec<String> {
     let CatchUp::Updates { updates, complete: true, .. } = catch_up else { panic!("expected every update, got {catch_up:?}") };
     let mut texts = Vec::new();
@@ -127,8 +134,7 @@ async fn the_floor_survives_a_restart() {
     engine.trim_catch_up().await.unwrap();
     drop(engine);
     let engine = ChatEngine::open(dir.path(), retaining(&clock)).await.unwrap();
-    assert!(matches!(engine.updates_since(BOB, Position(1), 100).unwrap(), CatchUp::TooFarBehind { .. }));
-    assert_eq!(texts(engine.updates_since(BOB, last_old, 100).unwrap()), ["new 1", "new 2"]);
+    assert_the_floor_holds(&engine, last_old);
 }
 
 #[tokio::test]
@@ -145,8 +151,7 @@ async fn the_floor_holds_after_a_rebuild_and_verification_passes() {
     assert!(differences.is_empty(), "{differences:?}");
     drop(directory);
     let engine = ChatEngine::open(dir.path(), retaining(&clock)).await.unwrap();
-    assert!(matches!(engine.updates_since(BOB, Position(1), 100).unwrap(), CatchUp::TooFarBehind { .. }));
-    assert_eq!(texts(engine.updates_since(BOB, last_old, 100).unwrap()), ["new 1", "new 2"]);
+    assert_the_floor_holds(&engine, last_old);
 }
 
 #[tokio::test]

@@ -226,7 +226,7 @@ impl Layer {
 
     /// Whether nothing was inserted.
     pub fn is_empty(&self) -> bool {
-        self.versions.is_empty() && self.touched.is_empty() && self.visible_chunks(u64::MAX).is_empty()
+        self.versions.is_empty() && self.touched.is_empty() && self.chunks() == 0
     }
 
     /// The chunks holding batches up to `visible`, in batch order.
@@ -243,7 +243,7 @@ impl Layer {
     /// Whether a reader of `table` must look at this layer at all.
     fn holds(&self, table: Table) -> bool {
         if table.is_append_only() {
-            !self.chunks.read().unwrap_or_else(std::sync::PoisonError::into_inner).is_empty()
+            self.chunks() > 0
         } else {
             !self.versions.is_empty()
         }
