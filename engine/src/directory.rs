@@ -17,6 +17,16 @@ use std::sync::atomic::AtomicU64;
 /// Name of the lock file that keeps a second engine out of a data directory.
 pub const LOCK_FILE_NAME: &str = "osmium.lock";
 
+/// How long an open waits for the directory's lock before answering
+/// [`OpenError::DirectoryInUse`]. A child process spawned by any thread of this process
+/// holds an inherited copy of the lock's descriptor from its fork until its `exec` closes
+/// it, and a `flock` lasts while any copy does: a directory closed in that window looks
+/// in use for that long (a loaded machine: milliseconds).
+pub const LOCK_WAIT_MAX_MS: u64 = 1_000;
+
+/// How often a waiting open tries the lock again.
+const LOCK_RETRY_INTERVAL_MS: u64 = 2;
+
 /// RocksDB's memtables of one database, all column families together, in bytes: past it
 /// RocksDB flushes the largest (without a bound, each of the 26 column families could hold
 /// 64 MiB, and a rebuild fills all the projection families at once).
@@ -156,7 +166,7 @@ pub(crate) fn column_family<'db>(db: &'db DB, name: &str) -> Result<&'db rocksdb
     })
 }
 
-/// Takes the directory's lock file, or says who holds it.
+/// Takes the directory's lock file (waiting up to [`LOCK_WAIT_MAX_MS`]), or says who holds it.
 fn lock_directory(path: &Path) -> Result<File, OpenError> {
     std::fs::create_dir_all(path).map_err(OpenError::io(path))?;
     let lock = File::options()
@@ -165,10 +175,16 @@ fn lock_directory(path: &Path) -> Result<File, OpenError> {
         .write(true)
         .open(path.join(LOCK_FILE_NAME))
         .map_err(OpenError::io(path))?;
-    match lock.try_lock() {
-        Ok(()) => Ok(lock),
-        Err(TryLockError::WouldBlock) => Err(OpenError::DirectoryInUse { path: path.to_path_buf() }),
-        Err(TryLockError::Error(source)) => Err(OpenError::io(path)(source)),
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(LOCK_WAIT_MAX_MS);
+    loop {
+        match lock.try_lock() {
+            Ok(()) => return Ok(lock),
+            Err(TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(LOCK_RETRY_INTERVAL_MS));
+            }
+            Err(TryLockError::WouldBlock) => return Err(OpenError::DirectoryInUse { path: path.to_path_buf() }),
+            Err(TryLockError::Error(source)) => return Err(OpenError::io(path)(source)),
+        }
     }
 }
 

@@ -298,3 +298,26 @@ fn poll_without_runtime<F: std::future::Future>(future: F) -> F::Output {
     }
     panic!("the future did not finish within 1,000 polls");
 }
+
+/// Regression: a child process spawned by another thread inherits a copy of the lock
+/// file's descriptor until its `exec` closes it, and a `flock` lasts while any copy does;
+/// a directory closed in that window must still reopen (CI failed on this once).
+#[tokio::test]
+async fn a_closed_directory_reopens_while_another_thread_spawns_child_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let spawner = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::process::Command::new("true").status().unwrap();
+            }
+        })
+    };
+    for _ in 0..50 {
+        let log = EventLog::open(dir.path(), config()).unwrap();
+        drop(log);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    spawner.join().unwrap();
+}
