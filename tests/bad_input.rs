@@ -3,8 +3,7 @@
 //! after (and the log does not grow).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-use common::*;
+use crate::common::*;
 use osmium_state::proto::ids::UserId;
 use osmium_state::proto::refs::{ChannelRef, ChatRef, chat_ref::Ref};
 use osmium_state::proto::{auth, chats, media, messages, refs, types};

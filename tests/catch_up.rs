@@ -5,9 +5,9 @@
 //! subscriber that falls behind is closed with the token to resume from.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
-use common::{ANN, BOB, CAT, DAN, START_MS, create_group, dm, group, own_chat, send};
+use crate::common::{ANN, BOB, CAT, DAN, START_MS, create_group, dm, group, own_chat, send};
 use osmium_state::maintenance::{DataDirectory, RebuildOptions};
 use osmium_state::proto::ids::{MessageId, Position, UserId};
 use osmium_state::proto::refs::ChatRef;

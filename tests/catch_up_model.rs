@@ -16,9 +16,9 @@
 //! Fixed seed; cases: `PROPTEST_CASES` (default 24).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
-use common::{ANN, BOB, CAT, DAN, create_group, dm, group, own_chat, send};
+use crate::common::{ANN, BOB, CAT, DAN, create_group, dm, group, own_chat, send};
 use osmium_state::proto::ids::{MessageId, Position, UserId};
 use osmium_state::proto::refs::ChatRef;
 use osmium_state::proto::updates::update::Update;

@@ -4,9 +4,8 @@
 //! rebuilds and verification.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
 
-use common::{ANN, BOB, START_MS, config, dm, send};
+use crate::common::{ANN, BOB, START_MS, config, dm, send};
 use osmium_state::maintenance::{DataDirectory, RebuildOptions};
 use osmium_state::proto::ids::Position;
 use osmium_state::proto::types;

@@ -1,8 +1,7 @@
 //! `get_chats`: order, paging, limits, large groups, and a whole day in a small group.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-use common::*;
+use crate::common::*;
 use osmium_state::proto::ids::UserId;
 use osmium_state::proto::{auth, chats, types};
 

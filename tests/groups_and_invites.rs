@@ -1,8 +1,8 @@
 //! Owner-based groups, permissions, membership visibility, invites, typing and limits.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-use common::*;
+use crate::common;
+use crate::common::*;
 use osmium_state::proto::ids::UserId;
 use osmium_state::proto::updates::update::Update;
 use osmium_state::proto::{auth, chats, messages, refs, types};

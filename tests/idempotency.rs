@@ -1,8 +1,7 @@
 //! Idempotent sends: a `client_id` is bound to the request it first carried, for a window.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-use common::*;
+use crate::common::*;
 use osmium_state::proto::chats;
 use osmium_state::proto::messages::{self, SendMessage};
 use osmium_state::proto::refs::ChatRef;

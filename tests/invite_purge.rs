@@ -3,8 +3,7 @@
 //! chat keeps at most `invites_kept_per_chat_max` invites.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-use common::*;
+use crate::common::*;
 use osmium_state::proto::{auth, chats};
 use osmium_state::{ChatEngine, EngineConfig, EngineError, INVITE_PURGE_GRACE_MS_DEFAULT, InvitePurge, Limits, ManualClock};
 

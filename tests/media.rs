@@ -3,8 +3,7 @@
 //! sets or removes a group's photo. The engine stores no file bytes.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-use common::*;
+use crate::common::*;
 use osmium_state::proto::{chats, media, messages};
 
 fn image() -> media::FileMetadata {

@@ -3,8 +3,7 @@
 //! held stay within the budget.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-use common::*;
+use crate::common::*;
 use osmium_state::proto::ids::UserId;
 use osmium_state::proto::{chats, types};
 use osmium_state::{ChatEngine, StateConfig};

@@ -3,8 +3,7 @@
 //! `get_unread_mentions`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-use common::*;
+use crate::common::*;
 use osmium_state::proto::core::GetUnreadMentions;
 use osmium_state::proto::ids::{MessageId, UserId};
 use osmium_state::proto::refs::ChatRef;

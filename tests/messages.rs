@@ -1,8 +1,7 @@
 //! Message history, edits, deletions and their permissions.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-use common::*;
+use crate::common::*;
 use osmium_state::proto::ids::MessageId;
 use osmium_state::proto::messages::{self, get_history::Offset};
 use osmium_state::proto::chats;

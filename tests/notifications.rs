@@ -2,8 +2,7 @@
 //! conversation, and what live updates' `notify` follows.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-use common::*;
+use crate::common::*;
 use osmium_state::proto::events::{self, EventEnvelope, StreamRef, event_envelope::Event, stream_ref::Stream};
 use osmium_state::proto::ids::{MessageId, UserId};
 use osmium_state::proto::refs::ChatRef;

@@ -3,8 +3,7 @@
 //! so that drafts, typing and reads work before the first message.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-use common::*;
+use crate::common::*;
 use osmium_state::proto::events::event_envelope::Event;
 use osmium_state::proto::ids::{Position, UserId};
 use osmium_state::proto::updates::update::Update;

@@ -1,8 +1,7 @@
 //! Read state: unread counts, read positions, last message ids, drafts and mute.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-use common::*;
+use crate::common::*;
 use osmium_state::proto::ids::MessageId;
 use osmium_state::proto::updates::update::Update;
 use osmium_state::proto::{chats, messages, types};

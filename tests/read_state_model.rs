@@ -32,8 +32,7 @@
 //! `proptest-regressions/read_state_model.txt` and replayed first.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-use common::*;
+use crate::common::*;
 use osmium_state::projections::limits::{
     CHAT_LIST_FANOUT_MAX, MEMBER_DEFAULT_PERMISSIONS, PERMISSION_SEND_MEDIA, PERMISSION_SEND_MESSAGES,
 };

@@ -2,8 +2,7 @@
 //! protocol has them (`EditMessage` text, entities, media, `remove_media`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-use common::*;
+use crate::common::*;
 use osmium_state::proto::ids::MessageId;
 use osmium_state::proto::messages::{self, send_message::ReplyTo};
 use osmium_state::proto::refs::ChatRef;

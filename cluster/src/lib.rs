@@ -35,4 +35,4 @@ pub use error::LogError;
 pub use local::{ClusterError, LocalCluster, MAX_PAYLOAD_BYTES, NATS_READY_TIMEOUT_MS};
 pub use log::{Appended, Follower, JetStreamLog, Replication};
 pub use record::{EventBatch, ExpectedLast, Record};
-pub use tail::{TAIL_PULL_EXPIRES_MS, Tail};
+pub use tail::{TAIL_PULL_EXPIRES_MS, TAIL_STALL_CHECK_MS, Tail};

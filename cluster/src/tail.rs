@@ -18,6 +18,12 @@ use tokio::task::JoinHandle;
 /// consumer lost with its node is noticed within about this time.
 pub const TAIL_PULL_EXPIRES_MS: u64 = 5_000;
 
+/// A tail that received nothing for this long asks the stream for its last position, and
+/// recreates its consumer when the stream holds the position it waits for: the client's
+/// heartbeat check alone was seen to leave a consumer lost with its node stalled for more
+/// than a minute (regression test `tests/tail.rs`, engine `tests/replicated.rs`).
+pub const TAIL_STALL_CHECK_MS: u64 = TAIL_PULL_EXPIRES_MS;
+
 /// The log's records from a position on, in position order, as they are stored; never
 /// ends by itself. An item is an error only for a record that does not decode
 /// ([`LogError::Decode`], naming its position); the tail then goes on with the next one.
@@ -82,9 +88,17 @@ async fn follow(
         match messages {
             Err(detail) => tracing::debug!(%detail, %next, "tail: no consumer yet; retrying"),
             Ok(mut messages) => loop {
+                let stall_check = tokio::time::sleep(Duration::from_millis(TAIL_STALL_CHECK_MS));
                 let item = tokio::select! {
                     item = messages.next() => item,
                     () = sender.closed() => return,
+                    () = stall_check => {
+                        if stalled(&inner, next).await {
+                            tracing::warn!(%next, "tail: nothing delivered though the stream holds the next position; recreating the consumer");
+                            break;
+                        }
+                        continue;
+                    }
                 };
                 let message = match item {
                     Some(Ok(message)) => message,
@@ -126,5 +140,15 @@ async fn follow(
             () = sender.closed() => return,
         }
         backoff = (backoff * 2).min(backoff_max);
+    }
+}
+
+/// Whether the stream holds position `next`, which the tail has waited
+/// [`TAIL_STALL_CHECK_MS`] for (a stream it cannot ask counts as not: the consumer's own
+/// errors then recreate it).
+async fn stalled(inner: &Inner, next: Position) -> bool {
+    match inner.js.info_once(&inner.config.stream_name).await {
+        Ok(Some(info)) => info.state.last_sequence >= next.get(),
+        Ok(None) | Err(_) => false,
     }
 }

@@ -13,9 +13,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
 
-use common::{ANN, BOB, EVE, WAIT, start_with};
+use crate::common::{ANN, BOB, EVE, WAIT, start_with};
 use futures_util::{SinkExt as _, StreamExt as _};
 use osmium_gateway::{Gateway, GatewayLimits, tokens};
 use osmium_proto::ids::UserId;

@@ -13,9 +13,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
-use common::{ANN, BOB, WAIT, start_with};
+use crate::common::{ANN, BOB, WAIT, start_with};
 use futures_util::{SinkExt as _, StreamExt as _};
 use osmium_gateway::{Advertise, Gateway, GatewayLimits, ServerConfig, tokens};
 use osmium_proto::core::client_message::Message as Call;

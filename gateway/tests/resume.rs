@@ -5,9 +5,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
 
-use common::{ANN, BOB, WAIT, call, connect, config, user_ref};
+use crate::common::{ANN, BOB, WAIT, call, connect, config, user_ref};
 use osmium_engine::EngineConfig;
 use osmium_engine::chat::limits::Limits;
 use osmium_gateway::client::Client;

@@ -4,9 +4,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
+use crate::common;
 
-use common::{ANN, BOB, EVE, call, connect, error_code, group_ref, signed_in, start_with, user_ref};
+use crate::common::{ANN, BOB, EVE, call, connect, error_code, group_ref, signed_in, start_with, user_ref};
 use osmium_gateway::client::Client;
 use osmium_gateway::metrics::Limit;
 use osmium_gateway::{GatewayLimits, codes, tokens};
