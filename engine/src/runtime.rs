@@ -52,8 +52,6 @@ impl Default for StateConfig {
 
 /// Events read per step while catching up at open.
 const RECOVERY_READ_EVENTS: usize = 10_000;
-/// Events folded between two flushes while catching up at open.
-const RECOVERY_FLUSH_EVENTS: u64 = 200_000;
 
 /// How long closing waits for background tasks to let go of the database, so that the
 /// directory is free when the last engine handle is dropped.
@@ -138,7 +136,7 @@ impl Core {
             });
         }
         let dir = DataDir::open(path)?;
-        let (state, recovered) = recover(&dir, state_config.state_bytes_max)?;
+        let (state, recovered) = recover(&dir, state_config)?;
         if recovered > 0 {
             tracing::info!(events = recovered, "folded the log's tail into the projections at open");
         }
@@ -301,7 +299,7 @@ impl Drop for Core {
 
 /// Checks the served projections and folds the log's events after their checkpoint into
 /// a fresh state, flushing them. Returns the state and the number of events folded.
-fn recover(dir: &DataDir, state_bytes_max: usize) -> Result<(LiveState, u64), OpenError> {
+fn recover(dir: &DataDir, config: &StateConfig) -> Result<(LiveState, u64), OpenError> {
     let view = RocksView::latest(&dir.db, dir.slot);
     match records::load_schema_version(&view)? {
         Some(found) if found != PROJECTION_SCHEMA_VERSION => {
@@ -315,7 +313,7 @@ fn recover(dir: &DataDir, state_bytes_max: usize) -> Result<(LiveState, u64), Op
         }
     }
     drop(view);
-    let mut state = ProjectionState::new(RocksSource { db: dir.db.clone(), slot: dir.slot }, state_bytes_max);
+    let mut state = ProjectionState::new(RocksSource { db: dir.db.clone(), slot: dir.slot }, config.state_bytes_max);
     let checkpoint = state.load_checkpoint()?;
     if checkpoint > dir.last_position {
         return Err(OpenError::ProjectionsAhead { checkpoint, last_position: dir.last_position });
@@ -331,8 +329,10 @@ fn recover(dir: &DataDir, state_bytes_max: usize) -> Result<(LiveState, u64), Op
         }
         folded += events.len() as u64;
         unflushed += events.len() as u64;
-        // A long catch-up (projections far behind) flushes as it goes: memory stays bounded.
-        if from > dir.last_position || state.over_budget() || unflushed >= RECOVERY_FLUSH_EVENTS {
+        // A long catch-up (projections far behind) flushes as it goes, every
+        // `flush_events_max` events like the live path: what is unflushed (records, which
+        // are never evicted dirty, and catch-up index writes) stays small.
+        if from > dir.last_position || state.over_budget() || unflushed >= config.flush_events_max {
             let writes = state.take_writes(true)?;
             persist::flush_writes(&dir.db, dir.slot, &writes.into_all())?;
             state.mark_persisted(state.cuts());
