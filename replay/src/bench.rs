@@ -1127,6 +1127,47 @@ fn recovery_after_crash(root: &Path, runtime: &tokio::runtime::Runtime, events: 
     Ok((seconds, unflushed))
 }
 
+/// The child process of part 7's opening (`bench-open-child`): opens an engine on `dir`
+/// with the default configuration (folding what its projections lack), closes it, and
+/// prints `{"seconds": s, "peak_rss_bytes": n}`. A process of its own, so that its peak
+/// RSS holds nothing of the parts before it (heap the allocator kept from them).
+pub fn open_child(dir: &Path) -> Result<(), ReplayError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| EngineError::Io { path: PathBuf::from("<tokio runtime>"), source })?;
+    let opening = Instant::now();
+    drop(runtime.block_on(ChatEngine::open(dir, EngineConfig::default()))?);
+    let seconds = opening.elapsed().as_secs_f64();
+    drop(runtime);
+    println!("{}", serde_json::json!({ "seconds": seconds, "peak_rss_bytes": status_bytes("VmHWM:") }));
+    Ok(())
+}
+
+/// Runs [`open_child`] on `dir` in a child process: its seconds and peak RSS in bytes.
+fn open_in_child(dir: &Path) -> Result<(f64, Option<u64>), ReplayError> {
+    let exe = std::env::current_exe().map_err(io_error(dir))?;
+    let output = std::process::Command::new(exe)
+        .arg("--data-dir")
+        .arg(dir)
+        .arg("bench-open-child")
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(io_error(dir))?;
+    let found = String::from_utf8_lossy(&output.stdout).into_owned();
+    let report: Option<serde_json::Value> = serde_json::from_str(found.trim()).ok();
+    let seconds = report.as_ref().and_then(|report| report["seconds"].as_f64());
+    match (output.status.success(), seconds) {
+        (true, Some(seconds)) => Ok((seconds, report.and_then(|report| report["peak_rss_bytes"].as_u64()))),
+        _ => Err(EngineError::Corrupt {
+            what: "the opening child process".into(),
+            expected: "a clean exit and a line {\"seconds\": .., \"peak_rss_bytes\": ..}".into(),
+            found: format!("{} and {found:?}", output.status),
+        }
+        .into()),
+    }
+}
+
 // ---- the run ----------------------------------------------------------------------
 
 /// Which parts a run measures (`--only`): all when empty.
@@ -1392,17 +1433,8 @@ fn rebuild_section(plan: &BenchPlan, root: &Path, runtime: tokio::runtime::Runti
     section.rss.push(("raw iteration + decode (part 1)".into(), meter.finish()));
     // The generated log was written around an engine: its projections are empty, so an
     // engine opening it folds every event, with the default memory budget.
-    let meter = PartRss::start();
-    progress(format!("opening an engine on it (folds all {} events)", thousands(plan.rebuild_events as f64)));
-    let open_runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|source| EngineError::Io { path: PathBuf::from("<tokio runtime>"), source })?;
-    let opening = Instant::now();
-    drop(open_runtime.block_on(ChatEngine::open(&rebuild_dir, EngineConfig::default()))?);
-    let open_seconds = opening.elapsed().as_secs_f64();
-    drop(open_runtime);
-    let open_rss = meter.finish();
+    progress(format!("opening an engine on it in a child process (folds all {} events)", thousands(plan.rebuild_events as f64)));
+    let (open_seconds, open_rss) = open_in_child(&rebuild_dir)?;
     let budget_mib = StateConfig::default().state_bytes_max as f64 / (1u64 << 20) as f64;
     let meter = PartRss::start();
     let mut rebuild_rates = Vec::new();
@@ -1479,7 +1511,7 @@ fn rebuild_section(plan: &BenchPlan, root: &Path, runtime: tokio::runtime::Runti
         open_rss.map_or(f64::NAN, |bytes| bytes as f64 / (1u64 << 20) as f64),
         Unit::MiB,
         format!(
-            "state_bytes_max {budget_mib:.0} MiB + RocksDB (memtables {} MiB, block cache {} MiB) + the unflushed records of one recovery flush",
+            "VmHWM of a child process that only opens it; state_bytes_max {budget_mib:.0} MiB + RocksDB (memtables {} MiB, block cache {} MiB) + the unflushed records of one recovery flush",
             osmium_engine::directory::MEMTABLES_BYTES_MAX >> 20,
             osmium_engine::directory::BLOCK_CACHE_BYTES >> 20
         ),

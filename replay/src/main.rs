@@ -191,6 +191,11 @@ enum Command {
         #[arg(long)]
         events: u64,
     },
+    /// (For `bench`: the process whose peak RSS is the opening's.) Opens an engine on the
+    /// data directory with the default configuration, closes it, and prints its seconds
+    /// and peak RSS as JSON.
+    #[command(hide = true)]
+    BenchOpenChild,
 }
 
 /// For a damaged table file of `dir`: its column family and what to do about it. `None`
@@ -276,6 +281,7 @@ fn run(cli: &Cli) -> Result<Outcome, ReplayError> {
             bench(&plan, &parent, cli.json).map(|()| Outcome::Clean)
         }
         Command::BenchCrashChild { events } => bench::crash_child(dir, *events).map(|()| Outcome::Clean),
+        Command::BenchOpenChild => bench::open_child(dir).map(|()| Outcome::Clean),
         Command::Demo { seed, users, messages, workers } => {
             let plan = DemoPlan { seed: *seed, users: *users, messages: *messages, workers: *workers };
             demo(dir, &plan, cli.json)
