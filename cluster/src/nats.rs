@@ -26,6 +26,10 @@ const NO_MESSAGE_FOUND_ERROR_CODE: u64 = 10037;
 const STREAM_NOT_FOUND_ERROR_CODE: u64 = 10059;
 /// JetStream's error code for "JetStream cluster not available" (no meta leader yet).
 const CLUSTER_NOT_AVAILABLE_ERROR_CODE: u64 = 10008;
+/// JetStream's error code for "no suitable peers for placement": a cluster that has just
+/// started does not know all of its peers yet (seen creating a stream of 3 replicas on a
+/// cluster of 3 nodes moments after they started).
+const CLUSTER_NO_PEERS_ERROR_CODE: u64 = 10005;
 /// HTTP-like status JetStream answers while it cannot serve (no leader, catching up).
 const UNAVAILABLE_STATUS: usize = 503;
 
@@ -299,6 +303,7 @@ fn classify_request(error: &jetstream::context::RequestError) -> Attempt<LogErro
 fn classify_api(operation: &'static str, error: &jetstream::Error) -> Attempt<LogError> {
     if error.code() == UNAVAILABLE_STATUS
         || error.error_code().0 == CLUSTER_NOT_AVAILABLE_ERROR_CODE
+        || error.error_code().0 == CLUSTER_NO_PEERS_ERROR_CODE
     {
         Attempt::Retry(error.to_string())
     } else {
@@ -318,7 +323,25 @@ fn found_sequence(message: &str) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
-    use super::found_sequence;
+    use super::{Attempt, classify_api, found_sequence};
+
+    fn api_error(code: usize, err_code: u64, description: &str) -> async_nats::jetstream::Error {
+        serde_json::from_value(serde_json::json!({ "code": code, "err_code": err_code, "description": description }))
+            .unwrap()
+    }
+
+    /// Regression: CI once failed opening a log on a cluster started a moment before.
+    #[test]
+    fn no_suitable_peers_for_placement_is_retried_as_a_cluster_still_forming() {
+        let error = api_error(400, 10005, "no suitable peers for placement");
+        assert!(matches!(classify_api("create the stream", &error), Attempt::Retry(_)));
+    }
+
+    #[test]
+    fn a_request_the_server_refuses_for_good_fails_at_once() {
+        let error = api_error(400, 10058, "stream name already in use with a different configuration");
+        assert!(matches!(classify_api("create the stream", &error), Attempt::Fail(_)));
+    }
 
     #[test]
     fn the_found_sequence_is_read_from_the_servers_message() {

@@ -1503,7 +1503,10 @@ fn rebuild_section(plan: &BenchPlan, root: &Path, runtime: tokio::runtime::Runti
         format!("opening an engine on the {events_label} events (all folded at open)"),
         rebuilt_events as f64 / open_seconds.max(1e-9),
         Unit::EventsPerSecond,
-        format!("{open_seconds:.1} s; the recovery path (fold, flush every flush_events_max = 20,000 events) with the default budget"),
+        format!(
+            "{open_seconds:.1} s in a child process; the recovery path (fold, flush every flush_events_max = {} events) with the default budget",
+            thousands(StateConfig::default().flush_events_max as f64)
+        ),
     ));
     section.rows.push(Row::new(
         8,
