@@ -1070,10 +1070,7 @@ async fn mark_read_part(engine: &ChatEngine, runs: usize, calls: u64) -> Result<
 /// default `flush_events_max`), `events` events in its log, then `abort()` (no destructor
 /// runs, as after `kill -9`).
 pub fn crash_child(dir: &Path, events: u64) -> Result<(), ReplayError> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|source| EngineError::Io { path: PathBuf::from("<tokio runtime>"), source })?;
+    let runtime = multi_thread_runtime()?;
     runtime.block_on(async {
         let mut config = EngineConfig { log: LogConfig { durability: Durability::Buffered, ..LogConfig::default() }, ..EngineConfig::default() };
         config.state.flush_interval_ms = 3_600_000;
@@ -1132,10 +1129,7 @@ fn recovery_after_crash(root: &Path, runtime: &tokio::runtime::Runtime, events: 
 /// prints `{"seconds": s, "peak_rss_bytes": n}`. A process of its own, so that its peak
 /// RSS holds nothing of the parts before it (heap the allocator kept from them).
 pub fn open_child(dir: &Path) -> Result<(), ReplayError> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|source| EngineError::Io { path: PathBuf::from("<tokio runtime>"), source })?;
+    let runtime = multi_thread_runtime()?;
     let opening = Instant::now();
     drop(runtime.block_on(ChatEngine::open(dir, EngineConfig::default()))?);
     let seconds = opening.elapsed().as_secs_f64();
@@ -1168,6 +1162,14 @@ fn open_in_child(dir: &Path) -> Result<(f64, Option<u64>), ReplayError> {
     }
 }
 
+/// A multi-threaded tokio runtime with its I/O and time drivers, as every part uses.
+fn multi_thread_runtime() -> Result<tokio::runtime::Runtime, EngineError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| EngineError::Io { path: PathBuf::from("<tokio runtime>"), source })
+}
+
 // ---- the run ----------------------------------------------------------------------
 
 /// Which parts a run measures (`--only`): all when empty.
@@ -1190,10 +1192,7 @@ pub fn run(plan: &BenchPlan, parent: &Path, progress: &(dyn Fn(String) + Sync)) 
     let temp = tempfile::Builder::new().prefix("osmium-bench-").tempdir_in(parent).map_err(io_error(parent))?;
     let root = temp.path().to_path_buf();
     let mut machine = machine(&root);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|source| EngineError::Io { path: PathBuf::from("<tokio runtime>"), source })?;
+    let runtime = multi_thread_runtime()?;
     let mut sections = Vec::new();
     if wants(plan, &[1, 2, 3]) {
         sections.push(append_section(plan, &root, &runtime, progress)?);
@@ -1451,10 +1450,7 @@ fn rebuild_section(plan: &BenchPlan, root: &Path, runtime: tokio::runtime::Runti
     let disk_bytes = directory_bytes(&rebuild_dir)?;
     let big_missed = thousands(BIG_LOG_CATCH_UP_MISSED as f64);
     progress(format!("catch-up of {big_missed} updates on the {}-event log", thousands(rebuilt_events as f64)));
-    let catch_up_runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|source| EngineError::Io { path: PathBuf::from("<tokio runtime>"), source })?;
+    let catch_up_runtime = multi_thread_runtime()?;
     let (big_p50, big_p99) = catch_up_runtime.block_on(async {
         let engine = ChatEngine::open(&rebuild_dir, EngineConfig::default()).await?;
         big_log_catch_up(&engine, generated.users, plan.catch_up_calls).await.map_err(ReplayError::from)
