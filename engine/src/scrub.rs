@@ -7,9 +7,12 @@ use crate::maintenance::DataDirectory;
 use rocksdb::{DB, ReadOptions};
 
 impl DataDirectory {
-    /// Reads every record of every column family, block checksums verified and the block
-    /// cache bypassed. A damaged file is [`EngineError::CorruptFile`] naming it. Returns
-    /// the number of records read.
+    /// Reads every record of every column family, block checksums verified, without
+    /// filling the block cache. Blocks this process already holds in its (process-wide)
+    /// cache are not read again: for this directory or for an identical copy of it, whose
+    /// files keep the ids the cache keys are made of. `osmium-replay check` runs in a
+    /// process of its own, so it reads every block from the disk. A damaged file is
+    /// [`EngineError::CorruptFile`] naming it. Returns the number of records read.
     pub fn read_every_file(&self) -> Result<u64, EngineError> {
         let names = DB::list_cf(&crate::directory::db_options(), self.path()).map_err(EngineError::storage("listing column families"))?;
         let db = self.database();
