@@ -129,6 +129,44 @@ async fn large_groups_move_up_with_each_new_message_while_chat_lists_are_read_be
     assert_projections_equal_a_fold_of_the_log(&f.engine).await;
 }
 
+/// The participant ids of group `id` in `viewer`'s first page of `get_chats`.
+async fn listed_participants(engine: &osmium_state::ChatEngine, viewer: UserId, id: u64) -> Vec<u64> {
+    let groups = engine.get_chats(viewer, chats::GetChats::default()).await.unwrap().groups;
+    groups.into_iter().find(|listed| listed.id == id).map(|listed| listed.participant_ids).unwrap_or_default()
+}
+
+#[tokio::test]
+async fn get_chats_shows_each_groups_participants_as_of_every_join_and_leave_read_between_them() {
+    // Participants are read from an in-memory cache, filled by readers and invalidated by
+    // the writer at every join or leave: every read between two changes must see the
+    // members as of its own state, in join order, in small and large groups alike.
+    let f = fixture().await;
+    for id in 1_000..1_300 {
+        f.engine.upsert_user(types::User { id, name: format!("u{id}"), ..Default::default() }).await.unwrap();
+    }
+    let small = create_group(&f.engine, ANN, &[BOB]).await;
+    let large_members: Vec<UserId> = (1_000..1_258).map(UserId).collect();
+    let large = create_group(&f.engine, ANN, &large_members).await;
+    for (id, mut expected) in [(small, vec![ANN.get(), BOB.get()]), (large, [1].into_iter().chain(1_000..1_258).collect())] {
+        let chat_ref = Some(group(id));
+        for step in 0..4 {
+            assert_eq!(listed_participants(&f.engine, ANN, id).await, expected, "group {id}, step {step}, read twice:");
+            assert_eq!(listed_participants(&f.engine, ANN, id).await, expected, "group {id}, step {step}, from the cache");
+            let joining = UserId(1_290 + step);
+            f.engine.add_chat_member(ANN, chats::AddChatMember { chat_ref, user_id: joining.get() }).await.unwrap();
+            expected.push(joining.get());
+            assert_eq!(listed_participants(&f.engine, ANN, id).await, expected, "group {id}, after {joining} joined");
+            let leaving = expected[1];
+            f.engine.remove_chat_member(ANN, chats::RemoveChatMember { chat_ref, user_id: leaving }).await.unwrap();
+            expected.remove(1);
+        }
+        assert_eq!(listed_participants(&f.engine, ANN, id).await, expected, "group {id}, at the end");
+    }
+    let f = f.reopen().await;
+    assert_eq!(listed_participants(&f.engine, ANN, small).await, [1, 1_293], "after a restart");
+    assert_projections_equal_a_fold_of_the_log(&f.engine).await;
+}
+
 /// A day in a small group: created, invite, join by code, chat, read on two devices,
 /// leave, owner hand-over; checked against the expected chat lists.
 #[tokio::test]

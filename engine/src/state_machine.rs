@@ -401,7 +401,7 @@ impl StateMachine {
             Ok(()) => {
                 if let Some(LayerWrites { layer, seq, writes }) = visible {
                     layer.insert(seq, writes.writes, writes.appended, &writes.touched);
-                    views.last_messages.record(seq, &writes.large_last_messages);
+                    views.caches.record(seq, &writes.large_last_messages, &writes.participants_changed);
                     views.publish_batch(seq, position.unwrap_or(Position::ZERO));
                 }
                 if let Some((number, next)) = flush {

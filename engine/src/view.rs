@@ -12,7 +12,7 @@
 use crate::schema::ProjectionSlot;
 use arc_swap::ArcSwap;
 use osmium_projections::store::{Direction, ScanRange, StoreRead, Visit, prefix_successor};
-use osmium_projections::last_messages::LastMessages;
+use osmium_projections::read_caches::ReadCaches;
 use osmium_projections::{Layer, LayeredView, ProjectionError, Table};
 use osmium_proto::ids::Position;
 use rocksdb::{DB, ReadOptions, Snapshot};
@@ -149,9 +149,9 @@ pub(crate) struct Views {
     landed: AtomicU64,
     /// Serializes publishers (the writer thread and the flusher).
     publishing: Mutex<()>,
-    /// Large chats' last message ids for chat lists, recorded by the writer before each
-    /// batch is published (see `osmium_projections::last_messages`).
-    pub(crate) last_messages: LastMessages,
+    /// Large chats' last message ids and groups' participants, recorded by the writer
+    /// before each batch is published (see `osmium_projections::read_caches`).
+    pub(crate) caches: ReadCaches,
 }
 
 impl std::fmt::Debug for Views {
@@ -176,7 +176,7 @@ impl Views {
             current: ArcSwap::from_pointee(published),
             landed: AtomicU64::new(landed),
             publishing: Mutex::new(()),
-            last_messages: LastMessages::new(),
+            caches: ReadCaches::new(),
         }
     }
 
@@ -187,7 +187,7 @@ impl Views {
             let base = RocksView::snapshot(&self.db, self.slot);
             let published = self.current.load_full();
             if published.epoch <= landed {
-                return read(&LayeredView::new(&base, &published.layers, published.visible).with_last_messages(&self.last_messages));
+                return read(&LayeredView::new(&base, &published.layers, published.visible).with_caches(&self.caches));
             }
         }
     }
@@ -200,7 +200,7 @@ impl Views {
             let base = RocksView::snapshot(&self.db, self.slot);
             let published = self.current.load_full();
             if published.epoch <= landed {
-                let view = LayeredView::new(&base, &published.layers, published.visible).with_last_messages(&self.last_messages);
+                let view = LayeredView::new(&base, &published.layers, published.visible).with_caches(&self.caches);
                 return read(&view, published.position);
             }
         }

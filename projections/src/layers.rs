@@ -30,7 +30,7 @@ use crate::error::ProjectionError;
 use crate::store::{Direction, ScanRange, StoreRead, Visit};
 use crate::tables::Table;
 use crossbeam_skiplist::{SkipMap, SkipSet};
-use crate::last_messages::LastMessages;
+use crate::read_caches::ReadCaches;
 use osmium_proto::ids::{ChatId, MessageId, UserId};
 use std::ops::{Bound, ControlFlow};
 use std::sync::{Arc, RwLock};
@@ -366,19 +366,19 @@ pub struct LayeredView<'a, B: StoreRead + ?Sized> {
     base: &'a B,
     layers: &'a [Arc<Layer>],
     visible: u64,
-    last_messages: Option<&'a LastMessages>,
+    caches: Option<&'a ReadCaches>,
 }
 
 impl<'a, B: StoreRead + ?Sized> LayeredView<'a, B> {
     /// `layers`, newest first, over `base`, as of batch `visible` (`u64::MAX`: every batch).
     pub fn new(base: &'a B, layers: &'a [Arc<Layer>], visible: u64) -> Self {
-        LayeredView { base, layers, visible, last_messages: None }
+        LayeredView { base, layers, visible, caches: None }
     }
 
-    /// The same view, placing large chats by `cache` where it knows them (it must be
-    /// recorded by the writer of these layers' batches, see [`crate::last_messages`]).
-    pub fn with_last_messages(self, cache: &'a LastMessages) -> Self {
-        LayeredView { last_messages: Some(cache), ..self }
+    /// The same view, answering from `caches` where they know the answer (they must be
+    /// recorded by the writer of these layers' batches, see [`crate::read_caches`]).
+    pub fn with_caches(self, caches: &'a ReadCaches) -> Self {
+        LayeredView { caches: Some(caches), ..self }
     }
 
     /// The newest visible write of `key` in any layer: `Some(None)` when deleted there.
@@ -495,15 +495,25 @@ impl<B: StoreRead + ?Sized> StoreRead for LayeredView<'_, B> {
     }
 
     fn cached_last_message_ids(&self, chats: &[ChatId]) -> Vec<Option<MessageId>> {
-        match self.last_messages {
-            Some(cache) => cache.lookup(self.visible, chats),
+        match self.caches {
+            Some(caches) => caches.last_messages.lookup(self.visible, chats),
             None => vec![None; chats.len()],
         }
     }
 
     fn remember_last_message_ids(&self, read: &[(ChatId, MessageId)]) {
-        if let Some(cache) = self.last_messages {
-            cache.remember(self.visible, read);
+        if let Some(caches) = self.caches {
+            caches.last_messages.remember(self.visible, read.iter().copied());
+        }
+    }
+
+    fn cached_participants(&self, chat: ChatId) -> Option<Arc<[UserId]>> {
+        self.caches?.participants.lookup(self.visible, &[chat]).pop().flatten()
+    }
+
+    fn remember_participants(&self, chat: ChatId, participants: Arc<[UserId]>) {
+        if let Some(caches) = self.caches {
+            caches.participants.remember(self.visible, std::iter::once((chat, participants)));
         }
     }
 

@@ -13,6 +13,7 @@ use osmium_proto::ids::{ChatId, MessageId, UserId};
 use osmium_proto::prost::Message as _;
 use osmium_proto::{media, refs, types};
 use std::ops::ControlFlow;
+use std::sync::Arc;
 
 /// The sequence number of the newest message (deleted or not) with an id at most
 /// `message`; 0 when there is none.
@@ -242,7 +243,8 @@ fn large_chats(store: &(impl StoreRead + ?Sized), user: UserId) -> Result<Vec<Ch
     collect_prefix(store, Table::UseridChatidLargechat, &keys::user_prefix(user), |key, _| keys::large_chat_chat(key))
 }
 
-/// The protocol `Group` of a group chat as `viewer` sees it; participants in join order.
+/// The protocol `Group` of a group chat as `viewer` sees it; participants in join order
+/// (from the store's cache of them where it has one, see [`crate::read_caches`]).
 pub fn group_view(
     store: &(impl StoreRead + ?Sized),
     viewer: UserId,
@@ -252,9 +254,16 @@ pub fn group_view(
     if chat.group().is_none() {
         return Ok(None);
     }
-    let mut members = load_members(store, chat_id)?;
-    members.sort_by_key(|(_, member)| member.join_order);
-    let participants: Vec<UserId> = members.into_iter().map(|(user, _)| user).collect();
+    let participants = match store.cached_participants(chat_id) {
+        Some(participants) => participants,
+        None => {
+            let mut members = load_members(store, chat_id)?;
+            members.sort_by_key(|(_, member)| member.join_order);
+            let participants: Arc<[UserId]> = members.into_iter().map(|(user, _)| user).collect();
+            store.remember_participants(chat_id, participants.clone());
+            participants
+        }
+    };
     Ok(group_of(viewer, chat_id, chat, &participants))
 }
 

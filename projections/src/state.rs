@@ -107,9 +107,11 @@ pub struct BatchWrites {
     /// Puts of new keys in append-only tables ([`Table::is_append_only`]): the catch-up
     /// index.
     pub appended: Vec<AppendWrite>,
-    /// The last message id of every large chat whose record the batch changed (for
-    /// [`crate::last_messages::LastMessages::record`]).
+    /// The last message id of every large chat whose record the batch changed, and every
+    /// chat whose members joined or left in it (for [`crate::read_caches::ReadCaches::record`]).
     pub large_last_messages: Vec<(ChatId, MessageId)>,
+    /// See [`Self::large_last_messages`]; each chat once.
+    pub participants_changed: Vec<ChatId>,
     /// `(user, chat)`: the chat's entry in the user's chat-list index is stale until the
     /// next cut is flushed.
     pub touched: Vec<(UserId, ChatId)>,
@@ -148,6 +150,8 @@ pub struct ProjectionState<S> {
     changed_set: HashSet<Changed>,
     list_changes: HashMap<ChatId, ListChange>,
     touched: Vec<(UserId, ChatId)>,
+    /// Chats whose members joined or left in the current batch (may repeat).
+    participants_changed: Vec<ChatId>,
     bytes: usize,
     bytes_max: usize,
     tick: u64,
@@ -221,6 +225,7 @@ impl<S: StoreRead> ProjectionState<S> {
             changed_set: HashSet::new(),
             list_changes: HashMap::new(),
             touched: Vec::new(),
+            participants_changed: Vec::new(),
             bytes: 0,
             bytes_max,
             tick: 0,
@@ -477,6 +482,7 @@ impl<S: StoreRead> ProjectionState<S> {
         self.change(Changed::Member(chat, user));
         self.change(Changed::LargeChat(user, chat));
         let bytes = member_footprint(Some(&record));
+        self.participants_changed.push(chat);
         let entry = self.chats.get_mut(&chat).ok_or_else(|| unreachable_entry("chat"))?;
         entry.members.insert(user, Some(record));
         entry.recipients = None;
@@ -497,6 +503,7 @@ impl<S: StoreRead> ProjectionState<S> {
         let cut = self.next_cut();
         self.change(Changed::Member(chat, user));
         self.change(Changed::LargeChat(user, chat));
+        self.participants_changed.push(chat);
         let entry = self.chats.get_mut(&chat).ok_or_else(|| unreachable_entry("chat"))?;
         entry.members.insert(user, None);
         entry.recipients = None;
@@ -978,10 +985,14 @@ impl<S: StoreRead> ProjectionState<S> {
             self.cuts += 1;
         }
         self.tick += 1;
+        let mut participants_changed = std::mem::take(&mut self.participants_changed);
+        participants_changed.sort_unstable();
+        participants_changed.dedup();
         Ok(BatchWrites {
             writes,
             appended: std::mem::take(&mut self.catch_up),
             large_last_messages,
+            participants_changed,
             touched: std::mem::take(&mut self.touched),
         })
     }

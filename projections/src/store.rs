@@ -131,7 +131,7 @@ pub trait StoreRead {
     }
 
     /// The last message id of each of `chats` (large chats) as of this store, where a cache
-    /// of it knows them ([`crate::last_messages`]); `None`: read the chat record. Stores
+    /// of it knows them ([`crate::read_caches`]); `None`: read the chat record. Stores
     /// without a cache know none.
     fn cached_last_message_ids(&self, chats: &[osmium_proto::ids::ChatId]) -> Vec<Option<osmium_proto::ids::MessageId>> {
         vec![None; chats.len()]
@@ -140,6 +140,18 @@ pub trait StoreRead {
     /// Tells this store's cache, if any, the last message ids read from these chats' records.
     fn remember_last_message_ids(&self, read: &[(osmium_proto::ids::ChatId, osmium_proto::ids::MessageId)]) {
         let _ = read;
+    }
+
+    /// The participants of group `chat` in join order as of this store, where a cache of
+    /// them knows them ([`crate::read_caches`]); `None`: read the member records.
+    fn cached_participants(&self, chat: osmium_proto::ids::ChatId) -> Option<std::sync::Arc<[osmium_proto::ids::UserId]>> {
+        let _ = chat;
+        None
+    }
+
+    /// Tells this store's cache, if any, the participants read from `chat`'s member records.
+    fn remember_participants(&self, chat: osmium_proto::ids::ChatId, participants: std::sync::Arc<[osmium_proto::ids::UserId]>) {
+        let _ = (chat, participants);
     }
 }
 
