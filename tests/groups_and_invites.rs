@@ -351,6 +351,28 @@ async fn typing_reaches_the_other_members_expires_after_six_seconds_and_clears_o
 }
 
 #[tokio::test]
+async fn typing_reaches_a_member_who_joined_after_the_last_indicator() {
+    // Whom to tell comes from the cached participants, which a join must refresh.
+    let f = fixture().await;
+    let id = create_group(&f.engine, ANN, &[BOB]).await;
+    let typing = chats::SetTyping { chat_ref: Some(group(id)), typing: true, action: None };
+    f.engine.set_typing(ANN, typing.clone()).await.unwrap();
+    let mut cat = f.engine.subscribe(CAT);
+    f.engine.add_chat_member(ANN, chats::AddChatMember { chat_ref: Some(group(id)), user_id: CAT.get() }).await.unwrap();
+    f.engine.set_typing(ANN, typing).await.unwrap();
+    let mut typists = Vec::new();
+    // Bounded, so that a missing indicator fails the test instead of hanging it.
+    for _ in 0..10 {
+        let Ok(update) = tokio::time::timeout(std::time::Duration::from_secs(10), cat.next()).await else { break };
+        if let Some(Update::ChatTyping(indicator)) = update.unwrap().update.update {
+            typists.push((indicator.user_id, indicator.typing));
+            break;
+        }
+    }
+    assert_eq!(typists, [(ANN.get(), true)], "the member who joined is told");
+}
+
+#[tokio::test]
 async fn limits_are_enforced_with_errors_naming_the_field_and_nothing_is_written() {
     let f = fixture().await;
     let id = create_group(&f.engine, ANN, &[BOB]).await;

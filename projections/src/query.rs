@@ -254,17 +254,20 @@ pub fn group_view(
     if chat.group().is_none() {
         return Ok(None);
     }
-    let participants = match store.cached_participants(chat_id) {
-        Some(participants) => participants,
-        None => {
-            let mut members = load_members(store, chat_id)?;
-            members.sort_by_key(|(_, member)| member.join_order);
-            let participants: Arc<[UserId]> = members.into_iter().map(|(user, _)| user).collect();
-            store.remember_participants(chat_id, participants.clone());
-            participants
-        }
-    };
-    Ok(group_of(viewer, chat_id, chat, &participants))
+    Ok(group_of(viewer, chat_id, chat, &participants(store, chat_id)?))
+}
+
+/// The members of `chat_id` in join order: from the store's cache of them where it has
+/// one (see [`crate::read_caches`]), else read from their member records (and remembered).
+pub fn participants(store: &(impl StoreRead + ?Sized), chat_id: ChatId) -> Result<Arc<[UserId]>, ProjectionError> {
+    if let Some(participants) = store.cached_participants(chat_id) {
+        return Ok(participants);
+    }
+    let mut members = load_members(store, chat_id)?;
+    members.sort_by_key(|(_, member)| member.join_order);
+    let participants: Arc<[UserId]> = members.into_iter().map(|(user, _)| user).collect();
+    store.remember_participants(chat_id, participants.clone());
+    Ok(participants)
 }
 
 /// [`group_view`] with the participants (in join order) already known.

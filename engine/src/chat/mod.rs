@@ -525,13 +525,13 @@ impl ChatEngine {
     pub async fn set_typing(&self, actor: UserId, request: chats::SetTyping) -> Result<(), EngineError> {
         let (chat_id, members, record) = self.read(|view| {
             let chat = resolve::resolve_member(&mut Tables(view), actor, request.chat_ref.as_ref())?;
-            let members = osmium_projections::records::load_members(view, chat.id)?;
+            let members = osmium_projections::query::participants(view, chat.id)?;
             let record = osmium_projections::records::load_chat(view, chat.id)?.ok_or_else(|| EngineError::not_found("chat"))?;
             Ok((chat.id, members, record))
         })?;
         if self.inner.typing.set(chat_id, actor, request.typing) {
             let position = self.last_position();
-            for (user, _) in members.iter().filter(|(user, _)| *user != actor) {
+            for user in members.iter().filter(|&&user| user != actor) {
                 let mut update = updates::typing_update(&record, chat_id, *user, actor, request.typing, position);
                 if let Some(osmium_proto::updates::update::Update::ChatTyping(typing)) = update.update.update.as_mut() {
                     typing.action = request.action;

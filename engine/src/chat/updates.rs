@@ -9,7 +9,7 @@
 use super::views;
 use crate::view::Views;
 use osmium_projections::StoreRead;
-use osmium_projections::records::{load_chat, load_members};
+use osmium_projections::records::load_chat;
 use crate::clock::Clock;
 use crate::error::EngineError;
 use crate::state_machine::EffectBatch;
@@ -293,11 +293,11 @@ impl FanOut {
         for (chat_id, typist) in self.typing.take_expired() {
             let found = self.read(|view| {
                 let Some(chat) = load_chat(view, chat_id)? else { return Ok(None) };
-                Ok(Some((chat, load_members(view, chat_id)?)))
+                Ok(Some((chat, query::participants(view, chat_id)?)))
             });
             let Ok(Some((chat, members))) = found else { continue };
             let position = self.views.upgrade().map_or(Position::ZERO, |views| views.position());
-            for (user, _) in members.iter().filter(|(user, _)| *user != typist) {
+            for user in members.iter().filter(|&&user| user != typist) {
                 self.hub.publish(*user, typing_update(&chat, chat_id, *user, typist, false, position));
             }
         }
