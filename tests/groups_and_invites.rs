@@ -356,7 +356,7 @@ async fn typing_reaches_a_member_who_joined_after_the_last_indicator() {
     let f = fixture().await;
     let id = create_group(&f.engine, ANN, &[BOB]).await;
     let typing = chats::SetTyping { chat_ref: Some(group(id)), typing: true, action: None };
-    f.engine.set_typing(ANN, typing.clone()).await.unwrap();
+    f.engine.set_typing(ANN, typing).await.unwrap();
     let mut cat = f.engine.subscribe(CAT);
     f.engine.add_chat_member(ANN, chats::AddChatMember { chat_ref: Some(group(id)), user_id: CAT.get() }).await.unwrap();
     f.engine.set_typing(ANN, typing).await.unwrap();
