@@ -119,10 +119,11 @@ pub struct BatchWrites {
     /// Puts of new keys in append-only tables ([`Table::is_append_only`]): the catch-up
     /// index.
     pub appended: Vec<AppendWrite>,
-    /// The last message id of every large chat whose record the batch changed, and every
-    /// chat whose members joined or left in it (for [`crate::read_caches::ReadCaches::record`]).
+    /// The last message id of every large chat whose record the batch changed (for
+    /// [`crate::read_caches::ReadCaches::record`]).
     pub large_last_messages: Vec<(ChatId, MessageId)>,
-    /// See [`Self::large_last_messages`]; each chat once.
+    /// Every chat whose members joined or left in the batch, each once (for
+    /// [`crate::read_caches::ReadCaches::record`]).
     pub participants_changed: Vec<ChatId>,
     /// `(user, chat)`: the chat's entry in the user's chat-list index is stale until the
     /// next cut is flushed.
