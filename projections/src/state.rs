@@ -1289,7 +1289,7 @@ mod tests {
         MemberRecord { join_order: 0, read_seq: 0, read_message_id: MessageId(0), draft: None, notif_prefs: NotifPrefs::All, overrides: None }
     }
 
-    /// A state with a tiny budget over an empty source, holding `chats` groups of one member.
+    /// A state with a small budget over an empty source, holding `chats` groups of one member.
     fn state_with_chats(chats: u64) -> ProjectionState<MemStore> {
         let mut state = ProjectionState::new(MemStore::new(), 16_384);
         for chat in 1..=chats {
@@ -1335,8 +1335,12 @@ mod tests {
         let mut state = state_with_chats(50);
         state.take_writes(true).unwrap();
         state.mark_persisted(1);
-        state.chat(ChatId(50)).unwrap(); // the most recently used
-        state.take_writes(false).unwrap();
+        // Each chat used in a batch of its own, chat 1 least recently, chat 50 most (the
+        // cut used them all at one tick, which would leave their order to the hash map's).
+        for chat in 1..=50 {
+            state.chat(ChatId(chat)).unwrap();
+            state.take_writes(false).unwrap();
+        }
         assert!(state.evict() > 0);
         assert!(state.bytes() <= state.bytes_max() / 4 * 3, "{} bytes left", state.bytes());
         assert!(state.chats.contains_key(&ChatId(50)), "the most recently used chat stays");
