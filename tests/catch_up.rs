@@ -339,3 +339,103 @@ async fn a_message_to_a_large_group_writes_no_key_per_member_and_is_caught_up_th
     assert_eq!(missed[0].position, first);
     assert_eq!(missed[1].sequence, Sequence::Chat { chat: osmium_state::proto::ids::ChatId(big), previous: first });
 }
+
+const SEQUENCE_MEMBERS_MAX: u64 = osmium_state::projections::limits::USER_SEQUENCE_MEMBERS_MAX as u64;
+
+/// A group of `size` members: Ann (its owner), Bob, Cat, then users from 7 up (created
+/// here). Dan (4) is not in it.
+async fn group_of(engine: &ChatEngine, size: u64) -> u64 {
+    let extra = 7..7 + size - 3;
+    for id in extra.clone() {
+        engine.upsert_user(types::User { id, name: format!("user{id}"), ..Default::default() }).await.unwrap();
+    }
+    let chat = create_group(engine, ANN, &[BOB, CAT]).await;
+    for user_id in extra {
+        engine.add_chat_member(ANN, chats::AddChatMember { chat_ref: Some(group(chat)), user_id }).await.unwrap();
+    }
+    chat
+}
+
+/// The `userid_position_update` keys of the event at `position`.
+fn user_keys_at(engine: &ChatEngine, position: Position) -> usize {
+    let contents = engine.projection_contents().unwrap();
+    contents
+        .entries(osmium_state::projections::Table::UseridPositionUpdate)
+        .filter(|(key, _)| key[8..] == position.to_be_bytes())
+        .count()
+}
+
+#[tokio::test]
+async fn a_message_to_a_group_of_more_than_32_members_writes_one_catch_up_key_not_one_per_member() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let engine = open(dir.path(), &clock, roomy_limits()).await;
+    let chat = group_of(&engine, SEQUENCE_MEMBERS_MAX + 1).await;
+    let token = engine.last_position();
+    send(&engine, BOB, &group(chat), "to all 33").await;
+    let sent = engine.last_position();
+    assert!(user_keys_at(&engine, sent) <= 1, "at most the author's own key: {}", user_keys_at(&engine, sent));
+    let contents = engine.projection_contents().unwrap();
+    let chat_keys = contents.entries(osmium_state::projections::Table::ChatidPositionUpdate).filter(|(key, _)| key[8..] == sent.to_be_bytes());
+    assert_eq!(chat_keys.count(), 1, "one key in the chat's sequence");
+    let missed = catch_up(&engine, CAT, token, 100);
+    assert_eq!(missed.len(), 1, "{missed:?}");
+    assert_eq!(missed[0].position, sent);
+    assert!(matches!(missed[0].sequence, Sequence::Chat { chat: id, .. } if id.get() == chat), "{:?}", missed[0].sequence);
+}
+
+#[tokio::test]
+async fn a_group_growing_past_32_members_moves_its_updates_to_its_own_sequence_and_catch_up_equals_what_was_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let engine = open(dir.path(), &clock, roomy_limits()).await;
+    let chat = group_of(&engine, SEQUENCE_MEMBERS_MAX).await;
+    engine.get_chat(CAT, chats::GetChat { chat_ref: Some(own_chat()) }).await.unwrap(); // for the marker
+    let token = engine.last_position();
+    let mut live = engine.subscribe(CAT);
+    send(&engine, BOB, &group(chat), "among 32").await;
+    let before = engine.last_position();
+    engine.add_chat_member(ANN, chats::AddChatMember { chat_ref: Some(group(chat)), user_id: DAN.get() }).await.unwrap();
+    let crossed = engine.last_position();
+    send(&engine, BOB, &group(chat), "among 33").await;
+    let after = engine.last_position();
+    let end = marker(&engine, CAT, "end").await;
+    let seen = logged(receive_until(&mut live, end).await);
+
+    assert_eq!(user_keys_at(&engine, before), SEQUENCE_MEMBERS_MAX as usize, "32 members: a key each");
+    assert!(user_keys_at(&engine, after) <= 1, "33 members: the chat's sequence");
+    let caught_up = catch_up(&engine, CAT, token, 100);
+    assert_eq!(caught_up, seen, "caught up = what a connected device saw, once each");
+    let sequences: Vec<(Position, Sequence)> = caught_up.iter().map(|update| (update.position, update.sequence)).collect();
+    assert!(sequences.iter().any(|(at, sequence)| *at == before && matches!(sequence, Sequence::User { .. })), "{sequences:?}");
+    let in_chat = |at: Position| sequences.iter().find(|(position, _)| *position == at).map(|(_, sequence)| *sequence);
+    let chat_id = osmium_state::proto::ids::ChatId(chat);
+    assert_eq!(in_chat(crossed), Some(Sequence::Chat { chat: chat_id, previous: Position::ZERO }), "{sequences:?}");
+    assert_eq!(in_chat(after), Some(Sequence::Chat { chat: chat_id, previous: crossed }), "{sequences:?}");
+    common::assert_projections_equal_a_fold_of_the_log(&engine).await;
+    drop(live);
+    drop(engine);
+    let mut directory = DataDirectory::open_exclusive(dir.path()).unwrap();
+    directory.rebuild(RebuildOptions::default(), &mut |_, _| {}).unwrap();
+    drop(directory);
+    let engine = ChatEngine::open(dir.path(), config(&clock, roomy_limits())).await.unwrap();
+    assert_eq!(catch_up(&engine, CAT, token, 100), seen, "the same after a rebuild");
+}
+
+#[tokio::test]
+async fn a_member_who_joined_after_the_token_is_caught_up_from_their_join_not_on_earlier_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(START_MS);
+    let engine = open(dir.path(), &clock, roomy_limits()).await;
+    let chat = group_of(&engine, SEQUENCE_MEMBERS_MAX + 5).await;
+    let token = engine.last_position();
+    send(&engine, BOB, &group(chat), "before Dan joined").await;
+    let earlier = engine.last_position();
+    engine.add_chat_member(ANN, chats::AddChatMember { chat_ref: Some(group(chat)), user_id: DAN.get() }).await.unwrap();
+    let joined = engine.last_position();
+    send(&engine, BOB, &group(chat), "after Dan joined").await;
+    let later = engine.last_position();
+    let positions: Vec<Position> = catch_up(&engine, DAN, token, 100).iter().map(|update| update.position).collect();
+    assert!(!positions.contains(&earlier), "not told of a message sent before they joined: {positions:?}");
+    assert!(positions.contains(&joined) && positions.contains(&later), "{positions:?}");
+}

@@ -113,7 +113,9 @@ fn describe_key(table: Table, key: &[u8]) -> String {
         Table::UseridLastmsgidChatidChatlist => {
             word(0).zip(word(8)).zip(word(16)).map(|((user, last), chat)| format!("user {user} chat {chat} last_message {last}"))
         }
-        Table::UseridChatidLargechat => word(0).zip(word(8)).map(|(user, chat)| format!("user {user} chat {chat}")),
+        Table::UseridChatidLargechat | Table::UseridChatidChatsequence => {
+            word(0).zip(word(8)).map(|(user, chat)| format!("user {user} chat {chat}"))
+        }
         Table::ChatidMsgidMessage => word(0).zip(word(8)).map(|(chat, message)| format!("chat {chat} message {message}")),
         Table::ChatidSeqDeleted => word(0).zip(word(8)).map(|(chat, seq)| format!("chat {chat} deleted seq {seq}")),
         Table::UseridUseridDm => word(0).zip(word(8)).map(|(a, b)| format!("users {a} and {b}")),

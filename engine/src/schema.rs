@@ -89,6 +89,7 @@ macro_rules! slot_names {
             concat!("chatid_userid_member", $suffix),
             concat!("userid_lastmsgid_chatid_chatlist", $suffix),
             concat!("userid_chatid_largechat", $suffix),
+            concat!("userid_chatid_chatsequence", $suffix),
             concat!("chatid_msgid_message", $suffix),
             concat!("chatid_seq_deleted", $suffix),
             concat!("userid_userid_dm", $suffix),

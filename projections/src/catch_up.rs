@@ -4,26 +4,31 @@
 //! The fold writes it as projection writes (flushed with the checkpoint, rebuilt by a
 //! rebuild, never written by the log), from the effects of each event:
 //! - `position_effect`: the event's effects, once ([`EffectsRecord`]; recipients left out);
-//! - `userid_position_update`: one key per member told, for effects in chats of at most
-//!   [`CHAT_LIST_FANOUT_MAX`] members, and for effects addressed to one member wherever
-//!   they are (read position, draft, permissions, the removed member of a group change).
-//!   The value says which of the event's effects it was told and its notification
-//!   preferences then ([`UserEntry`]);
-//! - `chatid_position_update`: one key per event in a large chat (flag `large` of the chat
-//!   record) for the effects addressed to all of its members, which write nothing per
-//!   member: a member's catch-up reads each of their large chats' sequence instead.
+//! - `userid_position_update`: one key per member told, for effects in chats without a
+//!   sequence of their own (at most [`USER_SEQUENCE_MEMBERS_MAX`] members so far), and
+//!   for effects addressed to one member wherever they are (read position, draft,
+//!   permissions, the removed member of a group change). The value says which of the
+//!   event's effects it was told and its notification preferences then ([`UserEntry`]);
+//! - `chatid_position_update`: one key per event in a chat with its own sequence (flag
+//!   `chat_sequence` of the chat record, set for good once it has more than
+//!   [`USER_SEQUENCE_MEMBERS_MAX`] members) for the effects addressed to all of its
+//!   members, which write nothing per member: a member's catch-up reads the sequence of
+//!   each such chat listed in `userid_chatid_chatsequence`, from the position at which
+//!   they started following it (`MemberRecord::chat_sequence_from`: their join, or the
+//!   join that gave the chat its sequence), so that nobody is told of what happened in a
+//!   chat before they joined it.
 //!
 //! Each update belongs to one sequence, in which the previous update's position is known,
 //! so that a client sees any gap: the user's sequence (the user's `userid_position_update`
-//! keys) or a large chat's (its `chatid_position_update` keys, whose previous position
-//! the record carries: [`EffectsRecord::previous_in_chat`]).
+//! keys) or a chat's (its `chatid_position_update` keys, whose previous position the
+//! record carries: [`EffectsRecord::previous_in_chat`]).
 //!
 //! Cost per event: one `position_effect` record (about the size of the event's message),
-//! at most [`CHAT_LIST_FANOUT_MAX`] + 1 small `userid_position_update` keys in a chat of
-//! that size or less, and for a large chat one `chatid_position_update` key plus one key
-//! per member told alone.
+//! at most [`USER_SEQUENCE_MEMBERS_MAX`] + 1 small `userid_position_update` keys in a chat
+//! without its own sequence, and in a chat with one, one `chatid_position_update` key
+//! plus one key per member told alone.
 //!
-//! [`CHAT_LIST_FANOUT_MAX`]: crate::limits::CHAT_LIST_FANOUT_MAX
+//! [`USER_SEQUENCE_MEMBERS_MAX`]: crate::limits::USER_SEQUENCE_MEMBERS_MAX
 
 use crate::effects::Effect;
 use crate::records::NotifPrefs;
@@ -40,11 +45,11 @@ pub struct EffectsRecord {
     /// The chat the event is about.
     pub chat: ChatId,
     /// Its effects in the order the fold told them, each with whether it went to the
-    /// chat's large-chat sequence (`chatid_position_update`) rather than to each member's.
+    /// chat's own sequence (`chatid_position_update`) rather than to each member's.
     /// A `MessageCreated` is kept without the message's content (text, entities, media,
     /// reply: see [`elide_content`]), which the event at the same position holds.
     pub effects: Vec<(Effect, bool)>,
-    /// For an event in a large chat's sequence: that sequence's previous position (zero
+    /// For an event in a chat's own sequence: that sequence's previous position (zero
     /// when it is the first).
     pub previous_in_chat: Position,
 }
@@ -64,7 +69,7 @@ pub struct UserEntry {
 pub struct Told {
     /// The effect.
     pub effect: Effect,
-    /// `Some(previous)` when its updates go to the chat's large-chat sequence, whose
+    /// `Some(previous)` when its updates go to the chat's own sequence, whose
     /// previous position is `previous` (zero for the first); `None` for the recipients'
     /// own sequences.
     pub chat_sequence: Option<Position>,

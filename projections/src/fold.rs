@@ -19,7 +19,7 @@
 use crate::catch_up::Told;
 use crate::effects::{Addressing, Audience, ConversationSnapshot, Effect};
 use crate::error::ProjectionError;
-use crate::limits::CHAT_LIST_FANOUT_MAX;
+use crate::limits::{CHAT_LIST_FANOUT_MAX, USER_SEQUENCE_MEMBERS_MAX};
 use crate::records::{ChatKind, ChatRecord, GroupInfo, InviteRecord, MemberRecord, MessageRecord, NotifPrefs, UserRecord};
 use crate::state::ProjectionState;
 use crate::store::StoreRead;
@@ -170,6 +170,7 @@ struct ChatHead {
     last_message_id: MessageId,
     has_messages: bool,
     joins: u64,
+    chat_sequence: bool,
 }
 
 impl<S: StoreRead> ChatFold<'_, S> {
@@ -237,6 +238,7 @@ impl<S: StoreRead> ChatFold<'_, S> {
             last_message_id: record.last_message_id,
             has_messages: record.has_messages(chat),
             joins: record.joins,
+            chat_sequence: record.chat_sequence,
         })
     }
 
@@ -283,6 +285,7 @@ impl<S: StoreRead> ChatFold<'_, S> {
             member_count: 0,
             joins: 0,
             large: false,
+            chat_sequence: false,
             last_update_position: Position::ZERO,
         };
         self.state.insert_chat(self.chat, record)
@@ -349,14 +352,19 @@ impl<S: StoreRead> ChatFold<'_, S> {
             draft: None,
             notif_prefs: NotifPrefs::All,
             overrides,
+            chat_sequence_from: if head.chat_sequence { Position(self.position) } else { Position::ZERO },
         };
         self.state.insert_member(self.chat, user, member)?;
         let chat = self.chat_mut()?;
         chat.joins += 1;
         chat.member_count += 1;
+        let starts_sequence = !chat.chat_sequence && chat.member_count > USER_SEQUENCE_MEMBERS_MAX;
         if !chat.large && chat.member_count > CHAT_LIST_FANOUT_MAX {
             chat.large = true; // listed through userid_chatid_largechat from now on
             self.state.reindex_large_chat(self.chat)?;
+        }
+        if starts_sequence {
+            self.state.start_chat_sequence(self.chat, Position(self.position))?;
         }
         Ok(())
     }

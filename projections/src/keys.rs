@@ -77,6 +77,16 @@ pub fn large_chat_chat(key: &[u8]) -> Result<ChatId, ProjectionError> {
     u64_at(Table::UseridChatidLargechat, key, 8).map(ChatId)
 }
 
+/// `userid_chatid_chatsequence`: `user_id (8) | chat_id (8)`.
+pub fn chat_sequence(user: UserId, chat: ChatId) -> Vec<u8> {
+    concat::<16>(&[&user.to_be_bytes(), &chat.to_be_bytes()])
+}
+
+/// The chat of a `userid_chatid_chatsequence` key.
+pub fn chat_sequence_chat(key: &[u8]) -> Result<ChatId, ProjectionError> {
+    u64_at(Table::UseridChatidChatsequence, key, 8).map(ChatId)
+}
+
 /// `userid_position_update`: `user_id (8) | position (8)`.
 pub fn user_update(user: UserId, position: Position) -> Vec<u8> {
     concat::<16>(&[&user.to_be_bytes(), &position.to_be_bytes()])

@@ -95,8 +95,12 @@ pub struct ChatRecord {
     /// Whether the chat list is kept through `userid_chatid_largechat` (see
     /// [`crate::limits::CHAT_LIST_FANOUT_MAX`]). Once set it stays set.
     pub large: bool,
-    /// The last position of the chat's large-chat catch-up sequence (`chatid_position_update`),
-    /// zero before any (see [`crate::catch_up`]).
+    /// Whether what the chat tells all its members goes to its own catch-up sequence
+    /// (`chatid_position_update`) rather than to each member's (see
+    /// [`crate::limits::USER_SEQUENCE_MEMBERS_MAX`]). Once set it stays set.
+    pub chat_sequence: bool,
+    /// The last position of the chat's catch-up sequence (`chatid_position_update`), zero
+    /// before any (see [`crate::catch_up`]).
     pub last_update_position: Position,
 }
 
@@ -179,6 +183,10 @@ pub struct MemberRecord {
     pub notif_prefs: NotifPrefs,
     /// Permission overrides `(pos, neg)` set by the owner.
     pub overrides: Option<(u64, u64)>,
+    /// In a chat with its own catch-up sequence ([`ChatRecord::chat_sequence`]): the first
+    /// position of that sequence this member is told (their join, or the join that gave the
+    /// chat its own sequence); zero otherwise.
+    pub chat_sequence_from: Position,
 }
 
 /// `chatid_msgid_message`: a message, or the tombstone of a deleted one.
@@ -391,6 +399,22 @@ pub fn mention_message(key: &[u8], value: &[u8]) -> Result<u64, ProjectionError>
         table: Table::ChatidUseridSeqMention,
         key_hex: hex(key),
         reason: format!("expected an 8-byte message id, found {} bytes", value.len()),
+    })
+}
+
+/// The chats of `user` that have their own catch-up sequence, in chat id order, each with
+/// the first position of it the user is told (`userid_chatid_chatsequence`).
+pub fn load_chat_sequences(
+    store: &(impl StoreRead + ?Sized),
+    user: UserId,
+) -> Result<Vec<(ChatId, Position)>, ProjectionError> {
+    crate::store::collect_prefix(store, Table::UseridChatidChatsequence, &keys::user_prefix(user), |key, value| {
+        let from = <[u8; 8]>::try_from(value).map(u64::from_be_bytes).map_err(|_| ProjectionError::Decode {
+            table: Table::UseridChatidChatsequence,
+            key_hex: hex(key),
+            reason: format!("expected an 8-byte position, found {} bytes", value.len()),
+        })?;
+        Ok((keys::chat_sequence_chat(key)?, Position(from)))
     })
 }
 

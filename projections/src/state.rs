@@ -107,6 +107,7 @@ enum Changed {
     ChatInvite(ChatId, String),
     User(UserId),
     LargeChat(UserId, ChatId),
+    ChatSequence(UserId, ChatId),
     ParkedOverrides(ChatId, UserId),
     Checkpoint,
 }
@@ -330,9 +331,14 @@ impl<S: StoreRead> ProjectionState<S> {
                 reason: format!("{} effects, not all about chat {chat}", effects.len()),
             });
         }
-        let large = self.chat(chat)?.is_some_and(|record| record.large);
-        let stored: Vec<(Effect, bool)> =
-            effects.into_iter().map(|effect| { let via_chat = large && effect.audience().is_some(); (effect, via_chat) }).collect();
+        let sequenced = self.chat(chat)?.is_some_and(|record| record.chat_sequence);
+        let stored: Vec<(Effect, bool)> = effects
+            .into_iter()
+            .map(|effect| {
+                let via_chat = sequenced && effect.audience().is_some();
+                (effect, via_chat)
+            })
+            .collect();
         let mut previous_in_chat = Position::ZERO;
         if stored.iter().any(|(_, via_chat)| *via_chat)
             && let Some(record) = self.chat_mut(chat)?
@@ -507,6 +513,7 @@ impl<S: StoreRead> ProjectionState<S> {
         let cut = self.next_cut();
         self.change(Changed::Member(chat, user));
         self.change(Changed::LargeChat(user, chat));
+        self.change(Changed::ChatSequence(user, chat));
         let bytes = member_footprint(Some(&record));
         self.participants_changed.push(chat);
         let entry = self.chats.get_mut(&chat).ok_or_else(|| unreachable_entry("chat"))?;
@@ -529,11 +536,29 @@ impl<S: StoreRead> ProjectionState<S> {
         let cut = self.next_cut();
         self.change(Changed::Member(chat, user));
         self.change(Changed::LargeChat(user, chat));
+        self.change(Changed::ChatSequence(user, chat));
         self.participants_changed.push(chat);
         let entry = self.chats.get_mut(&chat).ok_or_else(|| unreachable_entry("chat"))?;
         entry.members.insert(user, None);
         entry.recipients = None;
         entry.persist_cut = cut;
+        Ok(())
+    }
+
+    /// Gives `chat` its own catch-up sequence from `position` on (after the join there that
+    /// took it above [`crate::limits::USER_SEQUENCE_MEMBERS_MAX`] members): every member
+    /// is told that sequence from `position`, and lists the chat in
+    /// `userid_chatid_chatsequence`.
+    pub fn start_chat_sequence(&mut self, chat: ChatId, position: Position) -> Result<(), ProjectionError> {
+        if let Some(record) = self.chat_mut(chat)? {
+            record.chat_sequence = true;
+        }
+        for user in self.member_ids(chat)? {
+            if let Some(member) = self.member_mut(chat, user)? {
+                member.chat_sequence_from = position;
+            }
+            self.change(Changed::ChatSequence(user, chat));
+        }
         Ok(())
     }
 
@@ -1077,6 +1102,12 @@ impl<S: StoreRead> ProjectionState<S> {
                 let member = large && self.member(chat, user)?.is_some();
                 (Table::UseridChatidLargechat, keys::large_chat(user, chat), member.then(Vec::new))
             }
+            Changed::ChatSequence(user, chat) => {
+                let sequenced =
+                    self.chats.get(&chat).and_then(|entry| entry.record.as_ref()).is_some_and(|record| record.chat_sequence);
+                let from = if sequenced { self.member(chat, user)?.map(|member| member.chat_sequence_from) } else { None };
+                (Table::UseridChatidChatsequence, keys::chat_sequence(user, chat), from.map(|from| from.to_be_bytes().to_vec()))
+            }
             Changed::ParkedOverrides(chat, user) => {
                 let overrides = self.parked_overrides.get(&(chat, user)).and_then(|slot| slot.value);
                 (Table::ChatidUseridOverride, keys::parked_overrides(chat, user), overrides.map(records::encode_overrides))
@@ -1201,6 +1232,10 @@ impl<S: StoreRead> ProjectionState<S> {
                 self.members(chat)?.into_iter().map(|(user, member)| (user, member.clone())).collect();
             for (user, member) in &members {
                 store.put(Table::ChatidUseridMember, keys::member(chat, *user), records::encode(member));
+                if record.chat_sequence {
+                    let from = member.chat_sequence_from.to_be_bytes().to_vec();
+                    store.put(Table::UseridChatidChatsequence, keys::chat_sequence(*user, chat), from);
+                }
                 if record.large {
                     store.put(Table::UseridChatidLargechat, keys::large_chat(*user, chat), Vec::new());
                 } else {
@@ -1282,11 +1317,11 @@ mod tests {
 
     fn group(owner: UserId) -> ChatRecord {
         let info = GroupInfo { name: "g".into(), owner, photo: None, highlighted: None, closed: false };
-        ChatRecord { kind: ChatKind::Group(info), last_seq: 0, last_message_id: MessageId(1), member_count: 0, joins: 0, large: false, last_update_position: Position::ZERO }
+        ChatRecord { kind: ChatKind::Group(info), last_seq: 0, last_message_id: MessageId(1), member_count: 0, joins: 0, large: false, chat_sequence: false, last_update_position: Position::ZERO }
     }
 
     fn member() -> MemberRecord {
-        MemberRecord { join_order: 0, read_seq: 0, read_message_id: MessageId(0), draft: None, notif_prefs: NotifPrefs::All, overrides: None }
+        MemberRecord { join_order: 0, read_seq: 0, read_message_id: MessageId(0), draft: None, notif_prefs: NotifPrefs::All, overrides: None, chat_sequence_from: Position::ZERO }
     }
 
     /// A state with a small budget over an empty source, holding `chats` groups of one member.

@@ -15,6 +15,10 @@ pub enum Table {
     /// `user_id | chat_id` -> empty: the user's memberships in chats above the fan-out limit,
     /// whose order is read from the chat record at query time.
     UseridChatidLargechat,
+    /// `user_id | chat_id` -> `position` (big-endian u64): the user's memberships in chats
+    /// with their own catch-up sequence (above [`crate::limits::USER_SEQUENCE_MEMBERS_MAX`]
+    /// members), each with the first position of that sequence the user is told.
+    UseridChatidChatsequence,
     /// `chat_id | message_id` -> [`crate::records::MessageRecord`] (deleted ones stay as tombstones).
     ChatidMsgidMessage,
     /// `chat_id | seq` -> empty: sequence numbers of deleted messages, to derive unread counts.
@@ -37,10 +41,11 @@ pub enum Table {
     /// clears them and restored when the user joins again: bans stick.
     ChatidUseridOverride,
     /// `user_id | position` -> [`crate::catch_up::UserEntry`]: the user's catch-up sequence,
-    /// one key per event that tells the user something outside the chats above
-    /// [`crate::limits::CHAT_LIST_FANOUT_MAX`] members (see [`crate::catch_up`]).
+    /// one key per event that tells the user something outside the chats with their own
+    /// sequence (see [`crate::catch_up`]).
     UseridPositionUpdate,
-    /// `chat_id | position` -> empty: a large chat's catch-up sequence, one key per event
+    /// `chat_id | position` -> empty: the catch-up sequence of a chat above
+    /// [`crate::limits::USER_SEQUENCE_MEMBERS_MAX`] members, one key per event
     /// that tells all its members something (what its members read instead of a key each).
     ChatidPositionUpdate,
     /// `position` -> [`crate::catch_up::EffectsRecord`]: what an event told, once, for
@@ -52,11 +57,12 @@ pub enum Table {
 
 impl Table {
     /// All tables, in a fixed order.
-    pub const ALL: [Table; 17] = [
+    pub const ALL: [Table; 18] = [
         Table::ChatidChat,
         Table::ChatidUseridMember,
         Table::UseridLastmsgidChatidChatlist,
         Table::UseridChatidLargechat,
+        Table::UseridChatidChatsequence,
         Table::ChatidMsgidMessage,
         Table::ChatidSeqDeleted,
         Table::UseridUseridDm,
@@ -79,6 +85,7 @@ impl Table {
             Table::ChatidUseridMember => "chatid_userid_member",
             Table::UseridLastmsgidChatidChatlist => "userid_lastmsgid_chatid_chatlist",
             Table::UseridChatidLargechat => "userid_chatid_largechat",
+            Table::UseridChatidChatsequence => "userid_chatid_chatsequence",
             Table::ChatidMsgidMessage => "chatid_msgid_message",
             Table::ChatidSeqDeleted => "chatid_seq_deleted",
             Table::UseridUseridDm => "userid_userid_dm",

@@ -34,6 +34,7 @@ proptest! {
         let _ = keys::member_user(&bytes);
         let _ = keys::parse_chat_list_entry(&bytes);
         let _ = keys::large_chat_chat(&bytes);
+        let _ = keys::chat_sequence_chat(&bytes);
         let _ = keys::message_id(&bytes);
         let _ = keys::deleted_seq_value(&bytes);
         let _ = keys::chat_invite_code(&bytes);

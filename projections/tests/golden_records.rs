@@ -51,9 +51,10 @@ fn a_group_chat_record_keeps_its_bytes() {
         member_count: 3,
         joins: 4,
         large: false,
+        chat_sequence: true,
         last_update_position: Position(0),
     };
-    assert_golden(Table::ChatidChat, &record, "0004637265770701fb2c0102aabb0109012afbe80303040000");
+    assert_golden(Table::ChatidChat, &record, "0004637265770701fb2c0102aabb0109012afbe8030304000100");
 }
 
 #[test]
@@ -65,9 +66,10 @@ fn a_direct_chat_record_keeps_its_bytes() {
         member_count: 2,
         joins: 2,
         large: true,
+        chat_sequence: false,
         last_update_position: Position(300),
     };
-    assert_golden(Table::ChatidChat, &record, "010102004d020201fb2c01");
+    assert_golden(Table::ChatidChat, &record, "010102004d02020100fb2c01");
 }
 
 #[test]
@@ -79,8 +81,9 @@ fn a_member_record_keeps_its_bytes() {
         draft: Some("hé".into()),
         notif_prefs: NotifPrefs::Mentions,
         overrides: Some((32, 4)),
+        chat_sequence_from: Position(70_000),
     };
-    assert_golden(Table::ChatidUseridMember, &record, "05fbfb00fc00000100010368c3a901012004");
+    assert_golden(Table::ChatidUseridMember, &record, "05fbfb00fc00000100010368c3a901012004fc70110100");
 }
 
 #[test]
@@ -151,7 +154,7 @@ fn the_checkpoint_and_schema_version_keep_their_bytes() {
     assert_eq!(hex(&checkpoint), "0000000000000102");
     assert_eq!(keys::META_CHECKPOINT, b"checkpoint");
     assert_eq!(keys::META_SCHEMA_VERSION, b"schema_version");
-    assert_eq!(PROJECTION_SCHEMA_VERSION, 2);
+    assert_eq!(PROJECTION_SCHEMA_VERSION, 3);
 }
 
 #[test]
@@ -165,6 +168,7 @@ fn every_key_layout_keeps_its_bytes() {
     assert_eq!(hex(&keys::parked_overrides(CHAT, USER)), format!("{chat}{user}"));
     assert_eq!(hex(&keys::chat_list_entry(USER, MESSAGE, CHAT)), format!("{user}{message}{chat}"));
     assert_eq!(hex(&keys::large_chat(USER, CHAT)), format!("{user}{chat}"));
+    assert_eq!(hex(&keys::chat_sequence(USER, CHAT)), format!("{user}{chat}"));
     assert_eq!(hex(&keys::message(CHAT, MESSAGE)), format!("{chat}{message}"));
     assert_eq!(hex(&keys::deleted_seq(CHAT, 9)), format!("{chat}0000000000000009"));
     assert_eq!(hex(&keys::direct_chat(PEER, USER)), format!("{user}{peer}"), "lower user id first");
@@ -194,6 +198,7 @@ fn every_table_keeps_its_column_family_name() {
             "chatid_userid_member",
             "userid_lastmsgid_chatid_chatlist",
             "userid_chatid_largechat",
+            "userid_chatid_chatsequence",
             "chatid_msgid_message",
             "chatid_seq_deleted",
             "userid_userid_dm",

@@ -2,9 +2,10 @@
 //! catch-up index the fold writes (`osmium_projections::catch_up`), in position order,
 //! built by the same code as the live fan-out.
 //!
-//! Cost: O(updates missed + the user's large chats): one scan of the user's
-//! `userid_position_update` keys after the token, one scan per large chat of its
-//! `chatid_position_update` keys after the token, one `position_effect` read per event
+//! Cost: O(updates missed + the user's chats with their own sequence): one scan of the
+//! user's `userid_position_update` keys after the token, one scan per chat with its own
+//! sequence (above `USER_SEQUENCE_MEMBERS_MAX` members) of its `chatid_position_update`
+//! keys after the token (and from the user's first position in it), one `position_effect` read per event
 //! missed, and one log read per new message missed (its content). Never O(chats) of
 //! small chats, never O(log).
 
@@ -14,10 +15,10 @@ use crate::log::LogReader;
 use osmium_projections::Effect;
 use osmium_projections::catch_up::{EffectsRecord, UserEntry, restore_content};
 use osmium_proto::events::event_envelope::Event;
-use osmium_projections::records::{NotifPrefs, decode, load, load_member};
+use osmium_projections::records::{NotifPrefs, decode, load, load_chat_sequences, load_member};
 use osmium_projections::state::Recipient;
 use osmium_projections::{ScanRange, StoreRead, Table, keys};
-use osmium_proto::ids::{ChatId, Position, UserId};
+use osmium_proto::ids::{Position, UserId};
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 
@@ -45,11 +46,11 @@ pub enum CatchUp {
 }
 
 /// What one missed event holds for the user: through their own sequence (which of its
-/// effects), through a large chat's, or both.
+/// effects), through its chat's sequence, or both.
 #[derive(Default)]
 struct Missed {
     own: Option<UserEntry>,
-    large_chat: bool,
+    chat_sequence: bool,
 }
 
 /// The updates of `user` after `token` up to `at` (the read position of `view`), at most
@@ -87,27 +88,16 @@ pub(crate) fn updates_since(
     if let Some(err) = failed.take() {
         return Err(err.into());
     }
-    let mut large_chats: Vec<ChatId> = Vec::new();
-    view.scan(Table::UseridChatidLargechat, ScanRange::prefix(&prefix), &mut |key, _| match keys::large_chat_chat(key) {
-        Ok(chat) => {
-            large_chats.push(chat);
-            ControlFlow::Continue(())
-        }
-        Err(err) => {
-            failed = Some(err);
-            ControlFlow::Break(())
-        }
-    })?;
-    for chat in large_chats {
+    for (chat, from) in load_chat_sequences(view, user)? {
         if missed.len() > updates_max {
             break;
         }
         let chat_prefix = chat.to_be_bytes();
-        let start = keys::chat_update(chat, token.next());
+        let start = keys::chat_update(chat, token.next().max(from));
         view.scan(Table::ChatidPositionUpdate, ScanRange::prefix(&chat_prefix).starting_at(&start), &mut |key, _| {
             match keys::chat_update_position(key) {
                 Ok(position) if position > at => return ControlFlow::Break(()),
-                Ok(position) => missed.entry(position).or_default().large_chat = true,
+                Ok(position) => missed.entry(position).or_default().chat_sequence = true,
                 Err(err) => {
                     failed = Some(err);
                     return ControlFlow::Break(());
@@ -148,7 +138,7 @@ pub(crate) fn updates_since(
         }
         for (index, (effect, via_chat)) in record.effects.iter().enumerate() {
             let (recipient, sequence) = if *via_chat {
-                if !missed.large_chat {
+                if !missed.chat_sequence {
                     continue;
                 }
                 let prefs = load_member(view, record.chat, user)?.map_or(NotifPrefs::All, |member| member.notif_prefs);

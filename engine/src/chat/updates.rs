@@ -42,7 +42,7 @@ pub enum Sequence {
         /// The position of the previous update of the user's sequence (zero: none).
         previous: Position,
     },
-    /// A large chat's sequence.
+    /// The sequence of a chat with its own (more than `USER_SEQUENCE_MEMBERS_MAX` members).
     Chat {
         /// The chat.
         chat: ChatId,
