@@ -4,6 +4,11 @@
 //! position 1, and starting over verifies. Found by `replay/tests/rebuild_kill9.rs`: the
 //! checkpoint was reset last, so a resume after such a kill switched to projections
 //! missing whole tables.
+//!
+//! A rebuild that folded the whole log and died before its switch resumes with the
+//! position its refusal names, one past the log's end: it folds nothing and switches.
+//! Found by `replay/tests/cli.rs` (a rebuild killed after its first progress line had
+//! sometimes folded everything): the resume was refused, naming that very position.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -40,6 +45,36 @@ async fn a_rebuild_dying_in_its_slot_reset_leaves_nothing_to_resume_from() {
     directory.rebuild(RebuildOptions::default(), &mut |_, _| {}).unwrap();
     assert_eq!(directory.verify(10, &mut |_, _| {}).unwrap().1, [], "starting over verifies");
     assert_eq!(directory.last_position(), end);
+    drop(directory);
+    drop(f.dir);
+    scenario.teardown();
+}
+
+#[tokio::test]
+async fn a_rebuild_that_died_before_its_switch_after_folding_everything_resumes_with_the_position_its_refusal_names() {
+    let scenario = fail::FailScenario::setup();
+    let f = fixture().await;
+    for n in 0..20 {
+        send(&f.engine, ANN, &dm(BOB), &format!("message {n}")).await;
+    }
+    let dir = f.dir.path().to_path_buf();
+    drop(f.engine);
+    let mut directory = DataDirectory::open_exclusive(&dir).unwrap();
+    let end = directory.last_position();
+    fail::cfg("rebuild::before_switch", "return").unwrap();
+    assert!(directory.rebuild(RebuildOptions::default(), &mut |_, _| {}).is_err());
+    fail::remove("rebuild::before_switch");
+    let wrong = RebuildOptions { from: Some(osmium_state::proto::ids::Position(1_000_000)), ..RebuildOptions::default() };
+    let refused = directory.rebuild(wrong, &mut |_, _| {});
+    let named = format!("--from {} ", end.next());
+    assert!(
+        matches!(&refused, Err(EngineError::InvalidArgument { field: "from", reason }) if reason.contains(&named)),
+        "names one past the log's end: {refused:?}"
+    );
+    let resume = RebuildOptions { from: Some(end.next()), ..RebuildOptions::default() };
+    let report = directory.rebuild(resume, &mut |_, _| {}).unwrap();
+    assert_eq!(report.events, 0, "nothing was left to fold");
+    assert_eq!(directory.verify(10, &mut |_, _| {}).unwrap().1, [], "the switched-to projections verify");
     drop(directory);
     drop(f.dir);
     scenario.teardown();

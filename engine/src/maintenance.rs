@@ -332,7 +332,9 @@ impl DataDirectory {
             let reached = records::load_checkpoint(&shadow)?;
             let schema = records::load_schema_version(&shadow)?;
             let resumable = schema == Some(osmium_projections::limits::PROJECTION_SCHEMA_VERSION);
-            if !resumable || reached.next() != from || from > last_position {
+            // `from` one past the log's end resumes a rebuild that folded all of it but died
+            // before its switch: nothing is left to fold, the switch remains.
+            if !resumable || reached.next() != from || from > last_position.next() {
                 return Err(EngineError::InvalidArgument {
                     field: "from",
                     reason: format!(

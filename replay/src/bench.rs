@@ -941,9 +941,19 @@ const LARGE_GROUP_MEMBERS: u64 = 258;
 /// First user id of the large groups' members.
 const LARGE_MEMBERS_FIRST: u64 = 200_001;
 
-/// Part 5: (p50 µs, p99 µs) of `get_chats` for a user in [`CHAT_COUNTS`]`[1]` groups of
-/// [`LARGE_GROUP_MEMBERS`] members (the same members in each).
-async fn large_groups_part(engine: &ChatEngine, plan: &BenchPlan, say: &(dyn Fn(String) + Sync)) -> Result<(f64, f64), EngineError> {
+/// Part 5: what a user in [`CHAT_COUNTS`]`[1]` groups of [`LARGE_GROUP_MEMBERS`] members
+/// (the same members in each) waits for.
+struct LargeGroups {
+    /// (p50 µs, p99 µs) of `get_chats`.
+    get_chats: (f64, f64),
+    /// (p50 µs, p99 µs) of `updates_since` after [`BenchPlan::catch_up_missed`]`[0]`
+    /// messages sent round-robin across the groups (a seek per group: each has its own
+    /// catch-up sequence).
+    catch_up: (f64, f64),
+}
+
+/// Part 5: [`LargeGroups`].
+async fn large_groups_part(engine: &ChatEngine, plan: &BenchPlan, say: &(dyn Fn(String) + Sync)) -> Result<LargeGroups, EngineError> {
     let hub = UserId(HUB_FIRST + CHAT_COUNTS.len() as u64);
     let groups = CHAT_COUNTS[1];
     say(format!("get_chats: user in {groups} groups of {LARGE_GROUP_MEMBERS} members"));
@@ -954,25 +964,32 @@ async fn large_groups_part(engine: &ChatEngine, plan: &BenchPlan, say: &(dyn Fn(
         let (engine, users) = (engine.clone(), users.clone());
         tasks.push(tokio::spawn(async move {
             let mut created = chunk;
+            let mut ids = Vec::new();
             while created < groups {
                 let request = chats::CreateChat { users: users.clone(), name: format!("large {created}") };
                 let group = engine.create_chat(hub, request).await?;
                 let text = messages::SendMessage { chat_ref: Some(group_ref(group.id)), message: "hello".into(), ..Default::default() };
                 engine.send_message(hub, text).await?;
+                ids.push(group.id);
                 created += SETUP_CONCURRENCY as u64;
             }
-            Ok::<(), EngineError>(())
+            Ok::<Vec<u64>, EngineError>(ids)
         }));
     }
+    let mut senders = Vec::new();
     for task in tasks {
-        joined(task.await)?;
+        senders.extend(joined(task.await)?.into_iter().map(|id| (UserId(LARGE_MEMBERS_FIRST), group_ref(id))));
     }
     engine.flush().await?;
-    latency_runs(plan.runs, plan.get_chats_calls, |_| {
+    let get_chats = latency_runs(plan.runs, plan.get_chats_calls, |_| {
         let request = chats::GetChats { limit: Some(GET_CHATS_LIMIT), ..Default::default() };
         async move { engine.get_chats(hub, request).await.map(drop) }
     })
-    .await
+    .await?;
+    let missed = plan.catch_up_missed[0];
+    say(format!("catch-up: {missed} updates missed by a user in {groups} groups of {LARGE_GROUP_MEMBERS} members"));
+    let catch_up = missed_then_caught_up(engine, hub, &senders, missed, plan.catch_up_calls).await?;
+    Ok(LargeGroups { get_chats, catch_up })
 }
 
 /// Part 5: (missed, p50 µs, p99 µs) of `updates_since` for the user in
@@ -980,25 +997,30 @@ async fn large_groups_part(engine: &ChatEngine, plan: &BenchPlan, say: &(dyn Fn(
 /// `plan.catch_up_missed` messages sent to it round-robin across those DMs.
 async fn catch_up_part(engine: &ChatEngine, plan: &BenchPlan, say: &(dyn Fn(String) + Sync)) -> Result<Vec<(u64, f64, f64)>, EngineError> {
     let hub = UserId(HUB_FIRST + 1);
-    let peers: Vec<u64> = (PEERS_FIRST..PEERS_FIRST + CHAT_COUNTS[1]).collect();
+    let senders = dm_senders(hub, PEERS_FIRST..PEERS_FIRST + CHAT_COUNTS[1]);
     let mut results = Vec::new();
     for missed in plan.catch_up_missed {
-        say(format!("catch-up: {missed} updates missed by a user in {} chats", peers.len()));
-        let (p50, p99) = missed_then_caught_up(engine, hub, &peers, missed, plan.catch_up_calls).await?;
+        say(format!("catch-up: {missed} updates missed by a user in {} chats", senders.len()));
+        let (p50, p99) = missed_then_caught_up(engine, hub, &senders, missed, plan.catch_up_calls).await?;
         results.push((missed, p50, p99));
     }
     Ok(results)
 }
 
-/// (p50 µs, p99 µs) of `updates_since` for `hub` after `missed` messages sent to it
-/// round-robin by `peers` (whose DMs with it are open), flushed: `calls` calls, each
+/// Each of `peers` sending to `hub` in their DM.
+fn dm_senders(hub: UserId, peers: impl Iterator<Item = u64>) -> Vec<(UserId, ChatRef)> {
+    peers.map(|peer| (UserId(peer), user_ref(hub))).collect()
+}
+
+/// (p50 µs, p99 µs) of `updates_since` for `hub` after `missed` messages sent round-robin
+/// by `senders` (each a member of its chat, as is `hub`), flushed: `calls` calls, each
 /// checked to answer exactly those updates.
-async fn missed_then_caught_up(engine: &ChatEngine, hub: UserId, peers: &[u64], missed: u64, calls: u64) -> Result<(f64, f64), EngineError> {
+async fn missed_then_caught_up(engine: &ChatEngine, hub: UserId, senders: &[(UserId, ChatRef)], missed: u64, calls: u64) -> Result<(f64, f64), EngineError> {
     let token = engine.read_position();
     for n in 0..missed {
-        let peer = UserId(peers[(n % peers.len() as u64) as usize]);
-        let request = messages::SendMessage { chat_ref: Some(user_ref(hub)), message: message_text(n), ..Default::default() };
-        engine.send_message(peer, request).await?;
+        let (sender, chat_ref) = senders[(n % senders.len() as u64) as usize];
+        let request = messages::SendMessage { chat_ref: Some(chat_ref), message: message_text(n), ..Default::default() };
+        engine.send_message(sender, request).await?;
     }
     engine.flush().await?;
     let samples = latencies(calls, |_| async move {
@@ -1026,7 +1048,7 @@ async fn big_log_catch_up(engine: &ChatEngine, users: u64, calls: u64) -> Result
     let hub = UserId(1);
     let peers: Vec<u64> = (2..2 + BIG_LOG_CATCH_UP_MISSED.min(users.saturating_sub(1)).max(1)).collect();
     open_dms(engine, hub, &peers).await?;
-    missed_then_caught_up(engine, hub, &peers, BIG_LOG_CATCH_UP_MISSED, calls).await
+    missed_then_caught_up(engine, hub, &dm_senders(hub, peers.into_iter()), BIG_LOG_CATCH_UP_MISSED, calls).await
 }
 
 /// Part 8: bytes the process wrote (`wchar` of `/proc/self/io`: WAL, flushes, table files)
@@ -1344,9 +1366,9 @@ fn chat_section(plan: &BenchPlan, root: &Path, runtime: &tokio::runtime::Runtime
         Row::new(
             5,
             format!("get_chats p99, user in {} groups of {LARGE_GROUP_MEMBERS} members", thousands(CHAT_COUNTS[1] as f64)),
-            large.1,
+            large.get_chats.1,
             Unit::Micros,
-            format!("{} calls per run; groups above the fan-out limit (placed by their chat record at query time); page of 50; p50 {:.1} µs", plan.get_chats_calls, large.0),
+            format!("{} calls per run; groups above the fan-out limit (placed by their chat record at query time); page of 50; p50 {:.1} µs", plan.get_chats_calls, large.get_chats.0),
         )
         .against("p99, user in 1,000 DMs", dms_p99)
         .with_target(Target::AtMost(1.5)),
@@ -1377,6 +1399,23 @@ fn chat_section(plan: &BenchPlan, root: &Path, runtime: &tokio::runtime::Runtime
             .against(format!("p99 at {} missed", thousands(plan.catch_up_missed[0] as f64)), catch_up_small_p99));
         }
     }
+    list_rows.push(
+        Row::new(
+            5,
+            format!(
+                "updates_since p50, {} updates missed, user in {} groups of {LARGE_GROUP_MEMBERS} members",
+                thousands(plan.catch_up_missed[0] as f64),
+                thousands(CHAT_COUNTS[1] as f64)
+            ),
+            large.catch_up.0,
+            Unit::Micros,
+            format!(
+                "{} calls; each group has its own catch-up sequence (more than 32 members), read with a seek per group; flushed; p99 {:.1} µs",
+                plan.catch_up_calls, large.catch_up.1
+            ),
+        )
+        .against(format!("p50 at {} missed, user in {} DMs", thousands(plan.catch_up_missed[0] as f64), thousands(CHAT_COUNTS[1] as f64)), catch_up_small),
+    );
     let mark_note = |calls: u64| format!("{calls} calls per run, user in 1,000 chats, round-robin");
     let mark_rows = vec![
         Row::new(6, "mark_chat_read p50 (Buffered)", marks.0, Unit::Micros, mark_note(plan.mark_read_calls)),

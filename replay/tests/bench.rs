@@ -54,6 +54,7 @@ fn bench_prints_every_row_and_cleans_up() {
         "| 5 | updates_since p50, 10 updates missed",
         "| 5 | updates_since p99, 10 updates missed",
         "| 5 | updates_since p50, 20 updates missed",
+        "| 5 | updates_since p50, 5 updates missed, user in 1,000 groups of 258 members",
         "| 8 | peak RSS: send_message, get_chats, mark_chat_read",
         "| 8 | peak RSS: generating the log",
         "| 8 | peak RSS: raw iteration + decode",
