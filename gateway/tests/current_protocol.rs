@@ -262,6 +262,9 @@ type Socket = WebSocketStream<TcpStream>;
 struct Raw {
     socket: Socket,
     next_id: u32,
+    /// Messages that arrived while a call waited for its result (an update may come
+    /// before the result of the call that caused it), for `next_message`.
+    skipped: std::collections::VecDeque<wire::ServerMessage>,
 }
 
 impl Raw {
@@ -272,7 +275,7 @@ impl Raw {
         let addr = gateway.local_addr();
         let stream = TcpStream::connect(addr).await.unwrap();
         let socket = tokio_tungstenite::client_async(format!("ws://{addr}/"), stream).await.unwrap().0;
-        let mut raw = Raw { socket, next_id: 1 };
+        let mut raw = Raw { socket, next_id: 1, skipped: std::collections::VecDeque::new() };
         let mut initialize = len_field(2, b"@osmiumchat/sdk"); // Initialize.device_type (2)
         if results_only {
             initialize.extend(varint_field(5, 1)); // no_subscribe (5) = true
@@ -284,7 +287,15 @@ impl Raw {
         raw
     }
 
+    /// The next message: those a call skipped first, then the socket's.
     async fn next_message(&mut self) -> wire::ServerMessage {
+        match self.skipped.pop_front() {
+            Some(message) => message,
+            None => self.read_message().await,
+        }
+    }
+
+    async fn read_message(&mut self) -> wire::ServerMessage {
         loop {
             match tokio::time::timeout(WAIT, self.socket.next()).await.expect("a frame in time") {
                 Some(Ok(Frame::Binary(bytes))) => return wire::ServerMessage::decode(&bytes[..]).unwrap(),
@@ -294,15 +305,20 @@ impl Raw {
         }
     }
 
-    /// Sends the call and returns its result; updates meanwhile are skipped.
+    /// Sends the call and returns its result; updates meanwhile are kept for
+    /// `next_message`.
     async fn call(&mut self, call_field: u32, call: &[u8]) -> wire::RpcResult {
         let id = self.next_id;
         self.next_id += 1;
         self.socket.send(Frame::Binary(frame(id, call_field, call).into())).await.unwrap();
         loop {
-            if let Some(result) = self.next_message().await.result {
-                assert_eq!(result.req_id, id);
-                return result;
+            let mut message = self.read_message().await;
+            match message.result.take() {
+                Some(result) => {
+                    assert_eq!(result.req_id, id);
+                    return result;
+                }
+                None => self.skipped.push_back(message),
             }
         }
     }

@@ -512,8 +512,7 @@ impl<S: StoreRead> ProjectionState<S> {
         }
         let cut = self.next_cut();
         self.change(Changed::Member(chat, user));
-        self.change(Changed::LargeChat(user, chat));
-        self.change(Changed::ChatSequence(user, chat));
+        self.mark_membership_indexes(chat, user)?;
         let bytes = member_footprint(Some(&record));
         self.participants_changed.push(chat);
         let entry = self.chats.get_mut(&chat).ok_or_else(|| unreachable_entry("chat"))?;
@@ -522,6 +521,22 @@ impl<S: StoreRead> ProjectionState<S> {
         entry.persist_cut = cut;
         entry.bytes += bytes;
         self.bytes += bytes;
+        Ok(())
+    }
+
+    /// Marks `user`'s entries in the per-user indexes of flagged chats
+    /// (`userid_chatid_largechat`, `userid_chatid_chatsequence`) for rewriting after their
+    /// membership changed. Only where the chat has the flag: the flags are never cleared,
+    /// so without it there is no entry to delete, and the join that sets one marks every
+    /// member ([`Self::reindex_large_chat`], [`Self::start_chat_sequence`]).
+    fn mark_membership_indexes(&mut self, chat: ChatId, user: UserId) -> Result<(), ProjectionError> {
+        let (large, sequenced) = self.chat(chat)?.map_or((false, false), |record| (record.large, record.chat_sequence));
+        if large {
+            self.change(Changed::LargeChat(user, chat));
+        }
+        if sequenced {
+            self.change(Changed::ChatSequence(user, chat));
+        }
         Ok(())
     }
 
@@ -535,8 +550,7 @@ impl<S: StoreRead> ProjectionState<S> {
         }
         let cut = self.next_cut();
         self.change(Changed::Member(chat, user));
-        self.change(Changed::LargeChat(user, chat));
-        self.change(Changed::ChatSequence(user, chat));
+        self.mark_membership_indexes(chat, user)?;
         self.participants_changed.push(chat);
         let entry = self.chats.get_mut(&chat).ok_or_else(|| unreachable_entry("chat"))?;
         entry.members.insert(user, None);
