@@ -9,6 +9,7 @@ use crate::common;
 
 use crate::common::{ANN, BOB, CAT, DAN, START_MS, create_group, dm, group, own_chat, send};
 use osmium_state::maintenance::{DataDirectory, RebuildOptions};
+use osmium_state::projections::Table;
 use osmium_state::proto::ids::{MessageId, Position, UserId};
 use osmium_state::proto::refs::ChatRef;
 use osmium_state::proto::{chats, messages, types};
@@ -326,14 +327,8 @@ async fn a_message_to_a_large_group_writes_no_key_per_member_and_is_caught_up_th
     let first = engine.last_position();
     send(&engine, CAT, &group(big), "to everyone again").await;
     let second = engine.last_position();
-    let contents = engine.projection_contents().unwrap();
-    let keys_at = |position: Position| {
-        contents
-            .entries(osmium_state::projections::Table::UseridPositionUpdate)
-            .filter(|(key, _)| key[8..] == position.to_be_bytes())
-            .count()
-    };
-    assert!(keys_at(second) <= 1, "at most the author's own key, not one per member: {}", keys_at(second));
+    let user_keys = index_keys_at(&engine, Table::UseridPositionUpdate, second);
+    assert!(user_keys <= 1, "at most the author's own key, not one per member: {user_keys}");
     let missed = catch_up(&engine, DAN, token, 100);
     assert_eq!(missed.len(), 2, "{missed:?}");
     assert_eq!(missed[0].position, first);
@@ -356,13 +351,11 @@ async fn group_of(engine: &ChatEngine, size: u64) -> u64 {
     chat
 }
 
-/// The `userid_position_update` keys of the event at `position`.
-fn user_keys_at(engine: &ChatEngine, position: Position) -> usize {
+/// The keys of the event at `position` in a table of the catch-up index keyed by a user
+/// or chat id, then the position.
+fn index_keys_at(engine: &ChatEngine, table: Table, position: Position) -> usize {
     let contents = engine.projection_contents().unwrap();
-    contents
-        .entries(osmium_state::projections::Table::UseridPositionUpdate)
-        .filter(|(key, _)| key[8..] == position.to_be_bytes())
-        .count()
+    contents.entries(table).filter(|(key, _)| key[8..] == position.to_be_bytes()).count()
 }
 
 #[tokio::test]
@@ -374,10 +367,9 @@ async fn a_message_to_a_group_of_more_than_32_members_writes_one_catch_up_key_no
     let token = engine.last_position();
     send(&engine, BOB, &group(chat), "to all 33").await;
     let sent = engine.last_position();
-    assert!(user_keys_at(&engine, sent) <= 1, "at most the author's own key: {}", user_keys_at(&engine, sent));
-    let contents = engine.projection_contents().unwrap();
-    let chat_keys = contents.entries(osmium_state::projections::Table::ChatidPositionUpdate).filter(|(key, _)| key[8..] == sent.to_be_bytes());
-    assert_eq!(chat_keys.count(), 1, "one key in the chat's sequence");
+    let user_keys = index_keys_at(&engine, Table::UseridPositionUpdate, sent);
+    assert!(user_keys <= 1, "at most the author's own key: {user_keys}");
+    assert_eq!(index_keys_at(&engine, Table::ChatidPositionUpdate, sent), 1, "one key in the chat's sequence");
     let missed = catch_up(&engine, CAT, token, 100);
     assert_eq!(missed.len(), 1, "{missed:?}");
     assert_eq!(missed[0].position, sent);
@@ -402,8 +394,8 @@ async fn a_group_growing_past_32_members_moves_its_updates_to_its_own_sequence_a
     let end = marker(&engine, CAT, "end").await;
     let seen = logged(receive_until(&mut live, end).await);
 
-    assert_eq!(user_keys_at(&engine, before), SEQUENCE_MEMBERS_MAX as usize, "32 members: a key each");
-    assert!(user_keys_at(&engine, after) <= 1, "33 members: the chat's sequence");
+    assert_eq!(index_keys_at(&engine, Table::UseridPositionUpdate, before), SEQUENCE_MEMBERS_MAX as usize, "32 members: a key each");
+    assert!(index_keys_at(&engine, Table::UseridPositionUpdate, after) <= 1, "33 members: the chat's sequence");
     let caught_up = catch_up(&engine, CAT, token, 100);
     assert_eq!(caught_up, seen, "caught up = what a connected device saw, once each");
     let sequences: Vec<(Position, Sequence)> = caught_up.iter().map(|update| (update.position, update.sequence)).collect();

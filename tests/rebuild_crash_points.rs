@@ -16,21 +16,27 @@ use common::*;
 use osmium_state::EngineError;
 use osmium_state::maintenance::{DataDirectory, RebuildOptions};
 
-#[tokio::test]
-async fn a_rebuild_dying_in_its_slot_reset_leaves_nothing_to_resume_from() {
-    let scenario = fail::FailScenario::setup();
+/// A directory of 20 sends whose rebuild folded the whole log into the unused slot, then
+/// died before its switch (crash point `rebuild::before_switch`); with the log's end.
+/// Call under a `FailScenario`.
+async fn a_rebuild_died_before_its_switch() -> (tempfile::TempDir, DataDirectory, osmium_state::proto::ids::Position) {
     let f = fixture().await;
     for n in 0..20 {
         send(&f.engine, ANN, &dm(BOB), &format!("message {n}")).await;
     }
-    let dir = f.dir.path().to_path_buf();
     drop(f.engine);
-    let mut directory = DataDirectory::open_exclusive(&dir).unwrap();
+    let mut directory = DataDirectory::open_exclusive(f.dir.path()).unwrap();
     let end = directory.last_position();
-    // A rebuild that folded the whole log into the unused slot, then died before its switch.
     fail::cfg("rebuild::before_switch", "return").unwrap();
     assert!(directory.rebuild(RebuildOptions::default(), &mut |_, _| {}).is_err());
     fail::remove("rebuild::before_switch");
+    (f.dir, directory, end)
+}
+
+#[tokio::test]
+async fn a_rebuild_dying_in_its_slot_reset_leaves_nothing_to_resume_from() {
+    let scenario = fail::FailScenario::setup();
+    let (dir, mut directory, end) = a_rebuild_died_before_its_switch().await;
     // The next one dies after resetting one table of that slot.
     fail::cfg("rebuild::after_table_reset", "1*off->return").unwrap();
     let died = directory.rebuild(RebuildOptions::default(), &mut |_, _| {});
@@ -46,24 +52,14 @@ async fn a_rebuild_dying_in_its_slot_reset_leaves_nothing_to_resume_from() {
     assert_eq!(directory.verify(10, &mut |_, _| {}).unwrap().1, [], "starting over verifies");
     assert_eq!(directory.last_position(), end);
     drop(directory);
-    drop(f.dir);
+    drop(dir);
     scenario.teardown();
 }
 
 #[tokio::test]
 async fn a_rebuild_that_died_before_its_switch_after_folding_everything_resumes_with_the_position_its_refusal_names() {
     let scenario = fail::FailScenario::setup();
-    let f = fixture().await;
-    for n in 0..20 {
-        send(&f.engine, ANN, &dm(BOB), &format!("message {n}")).await;
-    }
-    let dir = f.dir.path().to_path_buf();
-    drop(f.engine);
-    let mut directory = DataDirectory::open_exclusive(&dir).unwrap();
-    let end = directory.last_position();
-    fail::cfg("rebuild::before_switch", "return").unwrap();
-    assert!(directory.rebuild(RebuildOptions::default(), &mut |_, _| {}).is_err());
-    fail::remove("rebuild::before_switch");
+    let (dir, mut directory, end) = a_rebuild_died_before_its_switch().await;
     let wrong = RebuildOptions { from: Some(osmium_state::proto::ids::Position(1_000_000)), ..RebuildOptions::default() };
     let refused = directory.rebuild(wrong, &mut |_, _| {});
     let named = format!("--from {} ", end.next());
@@ -76,6 +72,6 @@ async fn a_rebuild_that_died_before_its_switch_after_folding_everything_resumes_
     assert_eq!(report.events, 0, "nothing was left to fold");
     assert_eq!(directory.verify(10, &mut |_, _| {}).unwrap().1, [], "the switched-to projections verify");
     drop(directory);
-    drop(f.dir);
+    drop(dir);
     scenario.teardown();
 }

@@ -350,17 +350,16 @@ pub fn load_parked_overrides(
 }
 
 fn load_id(store: &(impl StoreRead + ?Sized), table: Table, key: &[u8]) -> Result<Option<u64>, ProjectionError> {
-    match store.get(table, key)? {
-        None => Ok(None),
-        Some(bytes) => match <[u8; 8]>::try_from(bytes.as_slice()) {
-            Ok(raw) => Ok(Some(u64::from_be_bytes(raw))),
-            Err(_) => Err(ProjectionError::Decode {
-                table,
-                key_hex: hex(key),
-                reason: format!("expected an 8-byte id, found {} bytes", bytes.len()),
-            }),
-        },
-    }
+    store.get(table, key)?.map(|bytes| decode_u64(table, key, &bytes, "id")).transpose()
+}
+
+/// A big-endian u64 value (`what` names it in the error of a value of another length).
+fn decode_u64(table: Table, key: &[u8], value: &[u8], what: &str) -> Result<u64, ProjectionError> {
+    <[u8; 8]>::try_from(value).map(u64::from_be_bytes).map_err(|_| ProjectionError::Decode {
+        table,
+        key_hex: hex(key),
+        reason: format!("expected an 8-byte {what}, found {} bytes", value.len()),
+    })
 }
 
 /// A member's mentions in a chat after sequence number `after`: `(seq, message)` in send
@@ -395,11 +394,7 @@ pub fn load_mentions_after(
 
 /// The message id stored under a `chatid_userid_seq_mention` key.
 pub fn mention_message(key: &[u8], value: &[u8]) -> Result<u64, ProjectionError> {
-    <[u8; 8]>::try_from(value).map(u64::from_be_bytes).map_err(|_| ProjectionError::Decode {
-        table: Table::ChatidUseridSeqMention,
-        key_hex: hex(key),
-        reason: format!("expected an 8-byte message id, found {} bytes", value.len()),
-    })
+    decode_u64(Table::ChatidUseridSeqMention, key, value, "message id")
 }
 
 /// The chats of `user` that have their own catch-up sequence, in chat id order, each with
@@ -409,11 +404,7 @@ pub fn load_chat_sequences(
     user: UserId,
 ) -> Result<Vec<(ChatId, Position)>, ProjectionError> {
     crate::store::collect_prefix(store, Table::UseridChatidChatsequence, &keys::user_prefix(user), |key, value| {
-        let from = <[u8; 8]>::try_from(value).map(u64::from_be_bytes).map_err(|_| ProjectionError::Decode {
-            table: Table::UseridChatidChatsequence,
-            key_hex: hex(key),
-            reason: format!("expected an 8-byte position, found {} bytes", value.len()),
-        })?;
+        let from = decode_u64(Table::UseridChatidChatsequence, key, value, "position")?;
         Ok((keys::chat_sequence_chat(key)?, Position(from)))
     })
 }
