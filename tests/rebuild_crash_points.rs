@@ -9,6 +9,12 @@
 //! position its refusal names, one past the log's end: it folds nothing and switches.
 //! Found by `replay/tests/cli.rs` (a rebuild killed after its first progress line had
 //! sometimes folded everything): the resume was refused, naming that very position.
+//!
+//! A rebuild writes each batch's tables as files that RocksDB ingests one table at a time
+//! (`engine/src/ingest.rs`), so a batch is not one atomic write: one that dies between
+//! the tables of a batch (crash point `rebuild::mid_ingest`) leaves no checkpoint to
+//! resume from, the served projections untouched, and nothing in the ingest directory
+//! once a rebuild finishes.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -71,6 +77,42 @@ async fn a_rebuild_that_died_before_its_switch_after_folding_everything_resumes_
     let report = directory.rebuild(resume, &mut |_, _| {}).unwrap();
     assert_eq!(report.events, 0, "nothing was left to fold");
     assert_eq!(directory.verify(10, &mut |_, _| {}).unwrap().1, [], "the switched-to projections verify");
+    drop(directory);
+    drop(dir);
+    scenario.teardown();
+}
+
+#[tokio::test]
+async fn a_rebuild_dying_between_the_tables_of_a_batch_leaves_no_checkpoint_to_resume_from() {
+    let scenario = fail::FailScenario::setup();
+    let (dir, directory, end) = a_rebuild_died_before_its_switch().await;
+    drop(directory);
+    // Five more sends: a resume at `end + 1` folds them as one batch over a slot whose
+    // checkpoint is `end`.
+    let clock = osmium_state::ManualClock::new(START_MS);
+    let engine = osmium_state::ChatEngine::open(dir.path(), config(&clock)).await.unwrap();
+    for n in 0..5 {
+        send(&engine, BOB, &dm(ANN), &format!("later {n}")).await;
+    }
+    drop(engine);
+    let mut directory = DataDirectory::open_exclusive(dir.path()).unwrap();
+    let served = directory.slot();
+    fail::cfg("rebuild::mid_ingest", "return").unwrap();
+    let resume = RebuildOptions { from: Some(end.next()), ..RebuildOptions::default() };
+    let died = directory.rebuild(resume.clone(), &mut |_, _| {});
+    assert!(matches!(&died, Err(EngineError::Io { source, .. }) if source.to_string().contains("mid_ingest")), "{died:?}");
+    fail::remove("rebuild::mid_ingest");
+    assert_eq!(directory.slot(), served, "still serving the projections from before");
+    assert_eq!(directory.verify(10, &mut |_, _| {}).unwrap().1, [], "which still verify");
+    let refused = directory.rebuild(resume, &mut |_, _| {});
+    assert!(
+        matches!(&refused, Err(EngineError::InvalidArgument { field: "from", reason }) if reason.contains("--from 1 ")),
+        "the half-ingested batch cleared the checkpoint it had: {refused:?}"
+    );
+    directory.rebuild(RebuildOptions::default(), &mut |_, _| {}).unwrap();
+    assert_ne!(directory.slot(), served);
+    assert_eq!(directory.verify(10, &mut |_, _| {}).unwrap().1, [], "starting over verifies");
+    assert!(!dir.path().join("rebuild-ingest").exists(), "no table file is left behind");
     drop(directory);
     drop(dir);
     scenario.teardown();

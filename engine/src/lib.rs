@@ -30,6 +30,7 @@ pub mod chat;
 pub mod clock;
 pub mod directory;
 pub mod error;
+mod ingest;
 pub mod log;
 pub mod maintenance;
 mod meters;

@@ -334,6 +334,16 @@ impl DataDirectory {
             let resumable = schema == Some(osmium_projections::limits::PROJECTION_SCHEMA_VERSION);
             // `from` one past the log's end resumes a rebuild that folded all of it but died
             // before its switch: nothing is left to fold, the switch remains.
+            if reached == Position::ZERO {
+                return Err(EngineError::InvalidArgument {
+                    field: "from",
+                    reason: format!(
+                        "the unused projection slot holds no complete batch of a rebuild (one died while resetting the slot \
+                         or while writing a batch's tables); start over with --from 1 (or omit --from; the log ends at \
+                         {last_position})"
+                    ),
+                });
+            }
             if !resumable || reached.next() != from || from > last_position.next() {
                 return Err(EngineError::InvalidArgument {
                     field: "from",
@@ -346,6 +356,7 @@ impl DataDirectory {
             }
         }
         let resumed_at = from.get() - 1;
+        crate::ingest::remove_ingest_dir(self.dir.db.path())?;
         let source = RocksSource { db: self.dir.db.clone(), slot: target };
         let mut state = ProjectionState::new(source, REBUILD_STATE_BYTES_MAX);
         state.load_checkpoint()?;
@@ -359,14 +370,14 @@ impl DataDirectory {
         let (batches, to_write) = crossbeam_channel::bounded::<(u64, u64, Vec<osmium_projections::KvWrite>)>(1);
         let db = &self.dir.db;
         std::thread::scope(|scope| -> Result<(), EngineError> {
-            let writer = scope.spawn(|| -> Result<(), EngineError> {
+            let writer = std::thread::Builder::new().name("osmium-rebuild-write".into()).spawn_scoped(scope, || -> Result<(), EngineError> {
                 for (cut, events, writes) in to_write {
-                    persist::flush_writes(db, target, &writes)?;
+                    crate::ingest::ingest_writes(db, target, writes)?;
                     landed_events.store(events, Ordering::Release);
                     landed.store(cut, Ordering::Release);
                 }
                 Ok(())
-            });
+            }).map_err(|source| EngineError::Io { path: db.path().to_path_buf(), source })?;
             let mut reported = 0;
             let folding = (|| -> Result<(), EngineError> {
                 for events in reader.batches() {
@@ -402,6 +413,7 @@ impl DataDirectory {
         })?;
         drop(reader);
         drop(state);
+        crate::ingest::remove_ingest_dir(self.dir.db.path())?;
         if let Some(only) = options.only {
             self.carry_over_all_but(only, target)?;
         }
