@@ -12,9 +12,9 @@
 //!
 //! A rebuild writes each batch's tables as files that RocksDB ingests one table at a time
 //! (`engine/src/ingest.rs`), so a batch is not one atomic write: one that dies between
-//! the tables of a batch (crash point `rebuild::mid_ingest`) leaves no checkpoint to
-//! resume from, the served projections untouched, and nothing in the ingest directory
-//! once a rebuild finishes.
+//! the tables of a batch (crash point `rebuild::mid_ingest`) leaves the served
+//! projections untouched, and the resume finishes that batch from its files before it
+//! folds on; if the files were removed, the resume is refused (start over).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -82,13 +82,14 @@ async fn a_rebuild_that_died_before_its_switch_after_folding_everything_resumes_
     scenario.teardown();
 }
 
-#[tokio::test]
-async fn a_rebuild_dying_between_the_tables_of_a_batch_leaves_no_checkpoint_to_resume_from() {
-    let scenario = fail::FailScenario::setup();
+/// A directory whose rebuild died ingesting the tables of its last batch, after the
+/// first one (crash point `rebuild::mid_ingest`): a rebuild that folded the whole log and
+/// died before its switch, five more sends, then a resume folding those as one batch over
+/// a slot whose checkpoint is the old end. With the log's end and the slot served.
+/// Call under a `FailScenario`.
+async fn a_rebuild_died_between_the_tables_of_a_batch() -> (tempfile::TempDir, DataDirectory, osmium_state::proto::ids::Position) {
     let (dir, directory, end) = a_rebuild_died_before_its_switch().await;
     drop(directory);
-    // Five more sends: a resume at `end + 1` folds them as one batch over a slot whose
-    // checkpoint is `end`.
     let clock = osmium_state::ManualClock::new(START_MS);
     let engine = osmium_state::ChatEngine::open(dir.path(), config(&clock)).await.unwrap();
     for n in 0..5 {
@@ -99,20 +100,50 @@ async fn a_rebuild_dying_between_the_tables_of_a_batch_leaves_no_checkpoint_to_r
     let served = directory.slot();
     fail::cfg("rebuild::mid_ingest", "return").unwrap();
     let resume = RebuildOptions { from: Some(end.next()), ..RebuildOptions::default() };
-    let died = directory.rebuild(resume.clone(), &mut |_, _| {});
+    let died = directory.rebuild(resume, &mut |_, _| {});
     assert!(matches!(&died, Err(EngineError::Io { source, .. }) if source.to_string().contains("mid_ingest")), "{died:?}");
     fail::remove("rebuild::mid_ingest");
     assert_eq!(directory.slot(), served, "still serving the projections from before");
     assert_eq!(directory.verify(10, &mut |_, _| {}).unwrap().1, [], "which still verify");
+    let end = directory.last_position();
+    (dir, directory, end)
+}
+
+#[tokio::test]
+async fn a_rebuild_dying_between_the_tables_of_a_batch_has_that_batch_finished_by_the_resume() {
+    let scenario = fail::FailScenario::setup();
+    let (dir, mut directory, end) = a_rebuild_died_between_the_tables_of_a_batch().await;
+    assert!(dir.path().join("rebuild-ingest/READY").exists(), "the batch's files wait to be ingested");
+    let wrong = RebuildOptions { from: Some(osmium_state::proto::ids::Position(1_000_000)), ..RebuildOptions::default() };
+    let refused = directory.rebuild(wrong, &mut |_, _| {});
+    let named = format!("--from {} ", end.next());
+    assert!(
+        matches!(&refused, Err(EngineError::InvalidArgument { field: "from", reason }) if reason.contains(&named)),
+        "the half-ingested batch was finished, so the resume starts after it: {refused:?}"
+    );
+    let resume = RebuildOptions { from: Some(end.next()), ..RebuildOptions::default() };
+    let report = directory.rebuild(resume, &mut |_, _| {}).unwrap();
+    assert_eq!(report.events, 0, "nothing was left to fold");
+    assert_eq!(directory.verify(10, &mut |_, _| {}).unwrap().1, [], "the switched-to projections verify");
+    assert!(!dir.path().join("rebuild-ingest").exists(), "no table file is left behind");
+    drop(directory);
+    drop(dir);
+    scenario.teardown();
+}
+
+#[tokio::test]
+async fn a_batch_ingested_half_way_whose_files_were_removed_is_refused_for_resuming() {
+    let scenario = fail::FailScenario::setup();
+    let (dir, mut directory, end) = a_rebuild_died_between_the_tables_of_a_batch().await;
+    std::fs::remove_dir_all(dir.path().join("rebuild-ingest")).unwrap();
+    let resume = RebuildOptions { from: Some(end.next()), ..RebuildOptions::default() };
     let refused = directory.rebuild(resume, &mut |_, _| {});
     assert!(
-        matches!(&refused, Err(EngineError::InvalidArgument { field: "from", reason }) if reason.contains("--from 1 ")),
-        "the half-ingested batch cleared the checkpoint it had: {refused:?}"
+        matches!(&refused, Err(EngineError::InvalidArgument { field: "from", reason }) if reason.contains("start over with --from 1")),
+        "{refused:?}"
     );
     directory.rebuild(RebuildOptions::default(), &mut |_, _| {}).unwrap();
-    assert_ne!(directory.slot(), served);
     assert_eq!(directory.verify(10, &mut |_, _| {}).unwrap().1, [], "starting over verifies");
-    assert!(!dir.path().join("rebuild-ingest").exists(), "no table file is left behind");
     drop(directory);
     drop(dir);
     scenario.teardown();

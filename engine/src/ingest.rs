@@ -1,20 +1,29 @@
 //! A rebuild's batch written into a projection slot as sorted table files (SSTs) that
 //! RocksDB ingests, instead of through its write-ahead log and memtables: a rebuild
-//! writes every record once per batch, and inserting them into memtables (then
-//! flushing those, and replaying the WAL at the next open) cost more CPU than the fold.
+//! writes every record once per batch, and inserting them into memtables (then flushing
+//! those, and replaying the WAL at the next open) cost more CPU than the fold.
 //!
-//! RocksDB ingests one column family at a time, so a batch spanning several tables is
-//! not atomic. The slot's checkpoint says how far it holds the fold: it is deleted
-//! (synced) before the first table of a batch is ingested and written again after the
-//! last, with the batch's other `ProjectionMeta` writes. A rebuild that dies in between
-//! leaves a slot without a checkpoint, which `rebuild --from` refuses to resume (it starts
-//! over); the served slot is never touched.
+//! RocksDB ingests one column family at a time, so a batch is made redoable instead of
+//! atomic:
+//! 1. every table's file of the batch is written (synced) into the ingest directory, the
+//!    `projection_meta` one holding the batch's checkpoint;
+//! 2. a `READY` file says the set is complete; then the slot's `rebuild_ingesting` key is
+//!    set (synced);
+//! 3. the files are ingested, `projection_meta` last: its file deletes `rebuild_ingesting`
+//!    and moves the checkpoint, in one step.
+//!
+//! Ingesting a file again is harmless (the same keys get the same values), so a rebuild
+//! that died in step 3 is finished by the next resume ([`finish_interrupted`]): it ingests
+//! what is left. Files without `READY` were never ingested and are dropped. The key
+//! without `READY` means files were removed by hand after tables were ingested: the slot
+//! is refused for resuming (start over).
 
 use crate::directory::{column_family, db_options};
 use crate::error::EngineError;
 use crate::schema::ProjectionSlot;
+use crate::view::RocksView;
 use osmium_projections::limits::RECORD_BYTES_MAX;
-use osmium_projections::{KvWrite, Table, keys};
+use osmium_projections::{KvWrite, StoreRead, Table, keys};
 use rocksdb::{DB, IngestExternalFileOptions, SstFileWriter, WriteBatch, WriteOptions};
 use std::path::{Path, PathBuf};
 
@@ -22,12 +31,19 @@ use std::path::{Path, PathBuf};
 /// before RocksDB moves them in (same file system: a move is a hard link).
 pub(crate) const INGEST_DIR_NAME: &str = "rebuild-ingest";
 
+/// The file that says the ingest directory holds a whole batch.
+const READY_FILE_NAME: &str = "READY";
+
 /// The ingest directory of the database at `db_path`.
 pub(crate) fn ingest_dir(db_path: &Path) -> PathBuf {
     db_path.join(INGEST_DIR_NAME)
 }
 
-/// Removes what an interrupted rebuild left in the ingest directory.
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> EngineError + '_ {
+    move |source| EngineError::Io { path: path.to_path_buf(), source }
+}
+
+/// Removes the ingest directory and what is in it.
 pub(crate) fn remove_ingest_dir(db_path: &Path) -> Result<(), EngineError> {
     let dir = ingest_dir(db_path);
     match std::fs::remove_dir_all(&dir) {
@@ -36,18 +52,75 @@ pub(crate) fn remove_ingest_dir(db_path: &Path) -> Result<(), EngineError> {
     }
 }
 
-/// Writes one rebuild batch (a whole cut, its checkpoint included) into `slot`: the
-/// `ProjectionMeta` writes through a `WriteBatch` after every other table's writes were
-/// ingested as one sorted file per table. A key written twice keeps its last write.
+/// Writes one rebuild batch (a whole cut, its checkpoint included) into `slot` as one
+/// ingested file per table, `projection_meta` last (see the module docs). Of two writes
+/// of a key, the later one is kept.
 pub(crate) fn ingest_writes(db: &DB, slot: ProjectionSlot, mut writes: Vec<KvWrite>) -> Result<(), EngineError> {
     let dir = ingest_dir(db.path());
-    std::fs::create_dir_all(&dir).map_err(|source| EngineError::Io { path: dir.clone(), source })?;
+    remove_ingest_dir(db.path())?;
+    std::fs::create_dir_all(&dir).map_err(io(&dir))?;
     // Stable: of two writes of a key, the later stays later.
     writes.sort_by(|(a, a_key, _), (b, b_key, _)| (a.index(), a_key).cmp(&(b.index(), b_key)));
-    let (meta, tables): (Vec<KvWrite>, Vec<KvWrite>) = writes.into_iter().partition(|(table, _, _)| *table == Table::ProjectionMeta);
-    forget_checkpoint(db, slot)?;
-    for (number, of_table) in tables.chunk_by(|(a, _, _), (b, _, _)| a == b).enumerate() {
-        ingest_table(db, slot, of_table[0].0, of_table, &dir)?;
+    let mut meta_written = false;
+    for of_table in writes.chunk_by(|(a, _, _), (b, _, _)| a == b) {
+        let Some((table, _, _)) = of_table.first() else { continue };
+        meta_written |= *table == Table::ProjectionMeta;
+        write_table_file(&dir, slot, *table, of_table)?;
+    }
+    if !meta_written {
+        write_table_file(&dir, slot, Table::ProjectionMeta, &[])?;
+    }
+    sync_dir(&dir)?;
+    let ready = dir.join(READY_FILE_NAME);
+    std::fs::File::create(&ready).and_then(|file| file.sync_all()).map_err(io(&ready))?;
+    sync_dir(&dir)?;
+    set_ingesting(db, slot)?;
+    ingest_ready_files(db, slot)
+}
+
+/// Finishes or drops what a rebuild that died left in the ingest directory, before a
+/// resume reads the slot's checkpoint (see the module docs).
+pub(crate) fn finish_interrupted(db: &DB, slot: ProjectionSlot) -> Result<(), EngineError> {
+    let ready = ingest_dir(db.path()).join(READY_FILE_NAME).exists();
+    if ready {
+        return ingest_ready_files(db, slot);
+    }
+    let view = RocksView::latest(db, slot);
+    if view.get(Table::ProjectionMeta, keys::META_REBUILD_INGESTING)?.is_some() {
+        return Err(EngineError::InvalidArgument {
+            field: "from",
+            reason: format!(
+                "the unused projection slot holds a batch of a rebuild ingested half-way, and its files are gone from {}; \
+                 start over with --from 1 (or omit --from)",
+                ingest_dir(db.path()).display()
+            ),
+        });
+    }
+    remove_ingest_dir(db.path())
+}
+
+/// Ingests every table file in the ingest directory into `slot`, `projection_meta` last,
+/// then removes the directory.
+fn ingest_ready_files(db: &DB, slot: ProjectionSlot) -> Result<(), EngineError> {
+    let dir = ingest_dir(db.path());
+    let meta = slot.column_family(Table::ProjectionMeta);
+    let tables = Table::ALL.iter().map(|&table| slot.column_family(table)).filter(|&name| name != meta);
+    for (number, name) in tables.chain(std::iter::once(meta)).enumerate() {
+        let path = table_file(&dir, name);
+        if !path.exists() {
+            continue; // no write of that table in the batch, or ingested before a crash
+        }
+        let mut ingest = IngestExternalFileOptions::default();
+        ingest.set_move_files(true);
+        db.ingest_external_file_cf_opts(column_family(db, name)?, &ingest, vec![&path])
+            .map_err(EngineError::storage("ingesting a rebuilt table file"))?;
+        // Moved files are linked into the database and unlinked here by RocksDB; a copy
+        // (another file system) is not.
+        if let Err(err) = std::fs::remove_file(&path)
+            && err.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(EngineError::Io { path, source: err });
+        }
         if number == 0 {
             fail::fail_point!("rebuild::mid_ingest", |_| Err(EngineError::Io {
                 path: dir.clone(),
@@ -55,29 +128,38 @@ pub(crate) fn ingest_writes(db: &DB, slot: ProjectionSlot, mut writes: Vec<KvWri
             }));
         }
     }
-    crate::persist::flush_writes(db, slot, &meta)
+    remove_ingest_dir(db.path())
 }
 
-/// Deletes the slot's checkpoint, synced, so that no checkpoint stands beside a batch
-/// ingested half-way.
-fn forget_checkpoint(db: &DB, slot: ProjectionSlot) -> Result<(), EngineError> {
+fn table_file(dir: &Path, column_family: &str) -> PathBuf {
+    dir.join(format!("{column_family}.sst"))
+}
+
+/// Sets the slot's `rebuild_ingesting` key, synced: from now on its tables may hold part
+/// of a batch that the checkpoint does not cover.
+fn set_ingesting(db: &DB, slot: ProjectionSlot) -> Result<(), EngineError> {
     let mut batch = WriteBatch::default();
-    batch.delete_cf(column_family(db, slot.column_family(Table::ProjectionMeta))?, keys::META_CHECKPOINT);
+    batch.put_cf(column_family(db, slot.column_family(Table::ProjectionMeta))?, keys::META_REBUILD_INGESTING, []);
     let mut sync = WriteOptions::default();
     sync.set_sync(true);
-    db.write_opt(batch, &sync).map_err(EngineError::storage("clearing a rebuilt slot's checkpoint"))
+    db.write_opt(batch, &sync).map_err(EngineError::storage("marking a rebuilt slot's batch"))
 }
 
-/// Ingests `writes` (all of `table`, sorted by key) into `slot` as one file.
-fn ingest_table(db: &DB, slot: ProjectionSlot, table: Table, writes: &[KvWrite], dir: &Path) -> Result<(), EngineError> {
-    let name = slot.column_family(table);
-    let path = dir.join(format!("{name}.sst"));
+/// Writes `writes` (all of `table`, sorted by key) as the batch's file of that table; the
+/// `projection_meta` file also deletes `rebuild_ingesting`.
+fn write_table_file(dir: &Path, slot: ProjectionSlot, table: Table, writes: &[KvWrite]) -> Result<(), EngineError> {
+    let path = table_file(dir, slot.column_family(table));
     let options = db_options();
     let mut file = SstFileWriter::create(&options);
     file.open(&path).map_err(EngineError::storage("creating a rebuilt table file"))?;
+    let mut ingesting_deleted = table != Table::ProjectionMeta;
     for (index, (_, key, value)) in writes.iter().enumerate() {
         if writes.get(index + 1).is_some_and(|(_, next, _)| next == key) {
             continue; // a later write of the same key follows
+        }
+        if !ingesting_deleted && key.as_slice() > keys::META_REBUILD_INGESTING {
+            file.delete(keys::META_REBUILD_INGESTING).map_err(EngineError::storage("writing a rebuilt table file"))?;
+            ingesting_deleted = true;
         }
         match value {
             Some(value) => {
@@ -89,15 +171,13 @@ fn ingest_table(db: &DB, slot: ProjectionSlot, table: Table, writes: &[KvWrite],
         }
         .map_err(EngineError::storage("writing a rebuilt table file"))?;
     }
-    file.finish().map_err(EngineError::storage("finishing a rebuilt table file"))?;
-    let mut ingest = IngestExternalFileOptions::default();
-    ingest.set_move_files(true);
-    db.ingest_external_file_cf_opts(column_family(db, name)?, &ingest, vec![&path])
-        .map_err(EngineError::storage("ingesting a rebuilt table file"))?;
-    // Moved files are linked into the database and unlinked here by RocksDB; a copy
-    // (another file system) is not.
-    match std::fs::remove_file(&path) {
-        Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(EngineError::Io { path, source: err }),
-        _ => Ok(()),
+    if !ingesting_deleted {
+        file.delete(keys::META_REBUILD_INGESTING).map_err(EngineError::storage("writing a rebuilt table file"))?;
     }
+    // `finish` syncs the file.
+    file.finish().map_err(EngineError::storage("finishing a rebuilt table file"))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), EngineError> {
+    std::fs::File::open(dir).and_then(|file| file.sync_all()).map_err(io(dir))
 }

@@ -327,23 +327,16 @@ impl DataDirectory {
         let mut from = options.from.unwrap_or(Position(1)).max(Position(1));
         if from == Position(1) {
             self.reset_slot(target)?;
+            crate::ingest::remove_ingest_dir(self.dir.db.path())?;
         } else {
+            // A batch the previous rebuild died ingesting is finished first (or refused).
+            crate::ingest::finish_interrupted(&self.dir.db, target)?;
             let shadow = RocksView::latest(&self.dir.db, target);
             let reached = records::load_checkpoint(&shadow)?;
             let schema = records::load_schema_version(&shadow)?;
             let resumable = schema == Some(osmium_projections::limits::PROJECTION_SCHEMA_VERSION);
             // `from` one past the log's end resumes a rebuild that folded all of it but died
             // before its switch: nothing is left to fold, the switch remains.
-            if reached == Position::ZERO {
-                return Err(EngineError::InvalidArgument {
-                    field: "from",
-                    reason: format!(
-                        "the unused projection slot holds no complete batch of a rebuild (one died while resetting the slot \
-                         or while writing a batch's tables); start over with --from 1 (or omit --from; the log ends at \
-                         {last_position})"
-                    ),
-                });
-            }
             if !resumable || reached.next() != from || from > last_position.next() {
                 return Err(EngineError::InvalidArgument {
                     field: "from",
@@ -356,7 +349,6 @@ impl DataDirectory {
             }
         }
         let resumed_at = from.get() - 1;
-        crate::ingest::remove_ingest_dir(self.dir.db.path())?;
         let source = RocksSource { db: self.dir.db.clone(), slot: target };
         let mut state = ProjectionState::new(source, REBUILD_STATE_BYTES_MAX);
         state.load_checkpoint()?;
@@ -413,7 +405,6 @@ impl DataDirectory {
         })?;
         drop(reader);
         drop(state);
-        crate::ingest::remove_ingest_dir(self.dir.db.path())?;
         if let Some(only) = options.only {
             self.carry_over_all_but(only, target)?;
         }

@@ -10,6 +10,9 @@ use osmium_proto::ids::{ChatId, MessageId, Position, UserId};
 pub const META_CHECKPOINT: &[u8] = b"checkpoint";
 /// Projection meta key: the schema version the slot was written with (u32 BE).
 pub const META_SCHEMA_VERSION: &[u8] = b"schema_version";
+/// Projection meta key, only in a slot being rebuilt: present (empty) while a batch's
+/// tables are being ingested (`engine/src/ingest.rs`).
+pub const META_REBUILD_INGESTING: &[u8] = b"rebuild_ingesting";
 
 fn concat<const N: usize>(parts: &[&[u8]]) -> Vec<u8> {
     let mut key = Vec::with_capacity(N);
