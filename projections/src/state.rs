@@ -145,7 +145,9 @@ impl BatchWrites {
 pub struct ProjectionState<S> {
     source: S,
     chats: HashMap<ChatId, ChatEntry>,
-    messages: HashMap<(ChatId, MessageId), Slot<MessageRecord>>,
+    /// Boxed: a record is about 200 bytes, and the table moves every entry when it grows
+    /// (a rebuild's batch holds hundreds of thousands of new messages).
+    messages: HashMap<(ChatId, MessageId), Slot<Box<MessageRecord>>>,
     users: HashMap<UserId, Slot<UserRecord>>,
     direct_chats: HashMap<(UserId, UserId), Slot<ChatId>>,
     invites: HashMap<String, Slot<InviteRecord>>,
@@ -188,7 +190,8 @@ fn member_footprint(record: Option<&MemberRecord>) -> usize {
 
 fn message_footprint(record: Option<&MessageRecord>) -> usize {
     // The message's slot, its id in the chat's `cached_messages`, and its heap.
-    table_entry_bytes::<(ChatId, MessageId), Slot<MessageRecord>>()
+    table_entry_bytes::<(ChatId, MessageId), Slot<Box<MessageRecord>>>()
+        + size_of::<MessageRecord>()
         + size_of::<MessageId>()
         + BTREE_ENTRY_OVERHEAD_BYTES
         + record.map_or(0, |message| {
@@ -611,8 +614,8 @@ impl<S: StoreRead> ProjectionState<S> {
             slot.last_used = tick;
             return Ok(());
         }
-        let value = records::load_message(&self.source, chat, message)?;
-        let bytes = message_footprint(value.as_ref());
+        let value = records::load_message(&self.source, chat, message)?.map(Box::new);
+        let bytes = message_footprint(value.as_deref());
         let present = value.is_some();
         self.bytes += bytes;
         self.messages.insert((chat, message), Slot { value, persist_cut: 0, last_used: tick, bytes });
@@ -626,14 +629,14 @@ impl<S: StoreRead> ProjectionState<S> {
     /// A message or tombstone.
     pub fn message(&mut self, chat: ChatId, message: MessageId) -> Result<Option<&MessageRecord>, ProjectionError> {
         self.load_message(chat, message)?;
-        Ok(self.messages.get(&(chat, message)).and_then(|slot| slot.value.as_ref()))
+        Ok(self.messages.get(&(chat, message)).and_then(|slot| slot.value.as_deref()))
     }
 
     /// A message, to change (marked changed).
     pub fn message_mut(&mut self, chat: ChatId, message: MessageId) -> Result<Option<&mut MessageRecord>, ProjectionError> {
         self.load_message(chat, message)?;
         self.mark_message_changed(chat, message)?;
-        Ok(self.messages.get_mut(&(chat, message)).and_then(|slot| slot.value.as_mut()))
+        Ok(self.messages.get_mut(&(chat, message)).and_then(|slot| slot.value.as_deref_mut()))
     }
 
     fn mark_message_changed(&mut self, chat: ChatId, message: MessageId) -> Result<(), ProjectionError> {
@@ -649,7 +652,7 @@ impl<S: StoreRead> ProjectionState<S> {
     /// Stores a new message.
     pub fn insert_message(&mut self, chat: ChatId, message: MessageId, record: MessageRecord) -> Result<(), ProjectionError> {
         let bytes = message_footprint(Some(&record));
-        let slot = Slot { value: Some(record), persist_cut: self.next_cut(), last_used: self.tick, bytes };
+        let slot = Slot { value: Some(Box::new(record)), persist_cut: self.next_cut(), last_used: self.tick, bytes };
         if let Some(old) = self.messages.insert((chat, message), slot) {
             self.bytes -= old.bytes;
         }
@@ -661,7 +664,7 @@ impl<S: StoreRead> ProjectionState<S> {
     /// Re-measures a changed message's footprint.
     pub fn remeasure_message(&mut self, chat: ChatId, message: MessageId) {
         if let Some(slot) = self.messages.get_mut(&(chat, message)) {
-            let bytes = message_footprint(slot.value.as_ref());
+            let bytes = message_footprint(slot.value.as_deref());
             self.bytes = self.bytes - slot.bytes + bytes;
             slot.bytes = bytes;
         }
@@ -1074,7 +1077,7 @@ impl<S: StoreRead> ProjectionState<S> {
                 (Table::ChatidUseridMember, keys::member(chat, user), record.map(records::encode))
             }
             Changed::Message(chat, message) => {
-                let record = self.messages.get(&(chat, message)).and_then(|slot| slot.value.as_ref());
+                let record = self.messages.get(&(chat, message)).and_then(|slot| slot.value.as_deref());
                 (Table::ChatidMsgidMessage, keys::message(chat, message), record.map(records::encode))
             }
             Changed::Deleted(chat, seq) => put(Table::ChatidSeqDeleted, keys::deleted_seq(chat, seq), Vec::new()),
