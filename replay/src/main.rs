@@ -47,7 +47,9 @@ enum Command {
     ///
     /// Needs the directory to itself: refuses while an engine runs on it. Interrupted
     /// (Ctrl-C, kill -9, disk full), it leaves the served projections untouched; running
-    /// it again starts over. Prints the rate (events/s) and the total time.
+    /// it again starts over, or resumes with --from. Each batch is written as sorted table
+    /// files that wait in <data-dir>/rebuild-ingest/ until RocksDB has taken them in (a
+    /// resume finishes a batch left there). Prints the rate (events/s) and the total time.
     #[command(after_help = "Example: osmium-replay --data-dir ./data rebuild")]
     Rebuild {
         /// Replace only this projection table (e.g. chatid_userid_member); the others keep
