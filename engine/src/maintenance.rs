@@ -19,8 +19,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Events folded between two writes of the rebuilt slot, by default (each write is one
-/// atomic batch with its checkpoint: where an interrupted rebuild resumes).
+/// Events folded between two writes of the rebuilt slot, by default (each write is a
+/// batch of ingested table files with its checkpoint, redoable after a crash: where an
+/// interrupted rebuild resumes; see `ingest.rs`).
 pub const REBUILD_BATCH_EVENTS: usize = 200_000;
 /// Events read per step.
 const READ_EVENTS: usize = 10_000;

@@ -191,11 +191,11 @@ fn member_footprint(record: Option<&MemberRecord>) -> usize {
 fn message_footprint(record: Option<&MessageRecord>) -> usize {
     // The message's slot, its id in the chat's `cached_messages`, and its heap.
     table_entry_bytes::<(ChatId, MessageId), Slot<Box<MessageRecord>>>()
-        + size_of::<MessageRecord>()
         + size_of::<MessageId>()
         + BTREE_ENTRY_OVERHEAD_BYTES
         + record.map_or(0, |message| {
-            message.text.len()
+            size_of::<MessageRecord>() // its box
+                + message.text.len()
                 + message.entities.iter().map(|entity| size_of::<Vec<u8>>() + entity.len()).sum::<usize>()
                 + message.media.iter().map(|media| size_of::<Vec<u8>>() + media.len()).sum::<usize>()
                 + message.reply.as_ref().map_or(0, Vec::len)
