@@ -39,6 +39,26 @@ async fn a_rebuild_died_before_its_switch() -> (tempfile::TempDir, DataDirectory
     (f.dir, directory, end)
 }
 
+/// A resume at an impossible position is refused naming `end + 1` (`why` says why that
+/// one); resuming there folds nothing, switches, and the result verifies.
+fn a_wrong_from_names_one_past_the_end_and_that_resume_switches(
+    directory: &mut DataDirectory,
+    end: osmium_state::proto::ids::Position,
+    why: &str,
+) {
+    let wrong = RebuildOptions { from: Some(osmium_state::proto::ids::Position(1_000_000)), ..RebuildOptions::default() };
+    let refused = directory.rebuild(wrong, &mut |_, _| {});
+    let named = format!("--from {} ", end.next());
+    assert!(
+        matches!(&refused, Err(EngineError::InvalidArgument { field: "from", reason }) if reason.contains(&named)),
+        "{why}: {refused:?}"
+    );
+    let resume = RebuildOptions { from: Some(end.next()), ..RebuildOptions::default() };
+    let report = directory.rebuild(resume, &mut |_, _| {}).unwrap();
+    assert_eq!(report.events, 0, "nothing was left to fold");
+    assert_eq!(directory.verify(10, &mut |_, _| {}).unwrap().1, [], "the switched-to projections verify");
+}
+
 #[tokio::test]
 async fn a_rebuild_dying_in_its_slot_reset_leaves_nothing_to_resume_from() {
     let scenario = fail::FailScenario::setup();
@@ -66,17 +86,7 @@ async fn a_rebuild_dying_in_its_slot_reset_leaves_nothing_to_resume_from() {
 async fn a_rebuild_that_died_before_its_switch_after_folding_everything_resumes_with_the_position_its_refusal_names() {
     let scenario = fail::FailScenario::setup();
     let (dir, mut directory, end) = a_rebuild_died_before_its_switch().await;
-    let wrong = RebuildOptions { from: Some(osmium_state::proto::ids::Position(1_000_000)), ..RebuildOptions::default() };
-    let refused = directory.rebuild(wrong, &mut |_, _| {});
-    let named = format!("--from {} ", end.next());
-    assert!(
-        matches!(&refused, Err(EngineError::InvalidArgument { field: "from", reason }) if reason.contains(&named)),
-        "names one past the log's end: {refused:?}"
-    );
-    let resume = RebuildOptions { from: Some(end.next()), ..RebuildOptions::default() };
-    let report = directory.rebuild(resume, &mut |_, _| {}).unwrap();
-    assert_eq!(report.events, 0, "nothing was left to fold");
-    assert_eq!(directory.verify(10, &mut |_, _| {}).unwrap().1, [], "the switched-to projections verify");
+    a_wrong_from_names_one_past_the_end_and_that_resume_switches(&mut directory, end, "names one past the log's end");
     drop(directory);
     drop(dir);
     scenario.teardown();
@@ -114,17 +124,11 @@ async fn a_rebuild_dying_between_the_tables_of_a_batch_has_that_batch_finished_b
     let scenario = fail::FailScenario::setup();
     let (dir, mut directory, end) = a_rebuild_died_between_the_tables_of_a_batch().await;
     assert!(dir.path().join("rebuild-ingest/READY").exists(), "the batch's files wait to be ingested");
-    let wrong = RebuildOptions { from: Some(osmium_state::proto::ids::Position(1_000_000)), ..RebuildOptions::default() };
-    let refused = directory.rebuild(wrong, &mut |_, _| {});
-    let named = format!("--from {} ", end.next());
-    assert!(
-        matches!(&refused, Err(EngineError::InvalidArgument { field: "from", reason }) if reason.contains(&named)),
-        "the half-ingested batch was finished, so the resume starts after it: {refused:?}"
+    a_wrong_from_names_one_past_the_end_and_that_resume_switches(
+        &mut directory,
+        end,
+        "the half-ingested batch was finished, so the resume starts after it",
     );
-    let resume = RebuildOptions { from: Some(end.next()), ..RebuildOptions::default() };
-    let report = directory.rebuild(resume, &mut |_, _| {}).unwrap();
-    assert_eq!(report.events, 0, "nothing was left to fold");
-    assert_eq!(directory.verify(10, &mut |_, _| {}).unwrap().1, [], "the switched-to projections verify");
     assert!(!dir.path().join("rebuild-ingest").exists(), "no table file is left behind");
     drop(directory);
     drop(dir);
