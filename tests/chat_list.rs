@@ -129,6 +129,46 @@ async fn large_groups_move_up_with_each_new_message_while_chat_lists_are_read_be
     assert_projections_equal_a_fold_of_the_log(&f.engine).await;
 }
 
+#[tokio::test]
+async fn get_chats_lists_a_users_large_groups_as_of_every_join_leave_and_growth_read_between_them() {
+    // A user's large groups are read from an in-memory cache, filled by readers and
+    // invalidated by the writer whenever the user's `userid_chatid_largechat` keys change:
+    // every read between two changes must list the groups as of its own state.
+    let f = fixture().await;
+    for id in 1_000..1_300 {
+        f.engine.upsert_user(types::User { id, name: format!("u{id}"), ..Default::default() }).await.unwrap();
+    }
+    let joiner = UserId(1_299);
+    let large_members: Vec<UserId> = (1_000..1_258).map(UserId).collect();
+    let (first, second) = (create_group(&f.engine, ANN, &large_members).await, create_group(&f.engine, ANN, &large_members).await);
+    let mut growing_members: Vec<UserId> = (1_000..1_254).map(UserId).collect();
+    growing_members.push(joiner);
+    let growing = create_group(&f.engine, ANN, &growing_members).await; // 256 members: not large yet
+    let member = |chat: u64, user: UserId| chats::AddChatMember { chat_ref: Some(group(chat)), user_id: user.get() };
+    assert_eq!(listed_groups(&f.engine, joiner).await, [growing], "before");
+    assert_eq!(listed_groups(&f.engine, joiner).await, [growing], "before, read again (from the cache)");
+    f.engine.add_chat_member(ANN, member(first, joiner)).await.unwrap();
+    assert_eq!(listed_groups(&f.engine, joiner).await, [growing, first], "joined the first");
+    assert_eq!(listed_groups(&f.engine, joiner).await, [growing, first], "joined the first, read again");
+    f.engine.add_chat_member(ANN, member(second, joiner)).await.unwrap();
+    assert_eq!(listed_groups(&f.engine, joiner).await, [growing, second, first], "joined the second");
+    let leave = chats::RemoveChatMember { chat_ref: Some(group(first)), user_id: joiner.get() };
+    f.engine.remove_chat_member(ANN, leave).await.unwrap();
+    assert_eq!(listed_groups(&f.engine, joiner).await, [growing, second], "left the first");
+    send(&f.engine, ANN, &group(first), "after the joiner left").await;
+    assert_eq!(listed_groups(&f.engine, joiner).await, [growing, second], "a message where they are no longer");
+    f.engine.add_chat_member(ANN, member(growing, UserId(1_298))).await.unwrap(); // 257: large from now on
+    assert_eq!(listed_groups(&f.engine, joiner).await, [growing, second], "the third became large");
+    send(&f.engine, UserId(1_000), &group(second), "news").await;
+    assert_eq!(listed_groups(&f.engine, joiner).await, [second, growing], "the second moved up");
+    let news = send(&f.engine, UserId(1_000), &group(growing), "more news").await;
+    assert_eq!(listed_groups(&f.engine, joiner).await, [growing, second], "the third moved up");
+    assert_eq!(chat_list(&f.engine, joiner, chats::GetChats::default()).await[0], news.get());
+    let f = f.reopen().await;
+    assert_eq!(listed_groups(&f.engine, joiner).await, [growing, second], "after a restart");
+    assert_projections_equal_a_fold_of_the_log(&f.engine).await;
+}
+
 /// The participant ids of group `id` in `viewer`'s first page of `get_chats`.
 async fn listed_participants(engine: &osmium_state::ChatEngine, viewer: UserId, id: u64) -> Vec<u64> {
     let groups = engine.get_chats(viewer, chats::GetChats::default()).await.unwrap().groups;

@@ -400,8 +400,8 @@ impl StateMachine {
         Box::new(move |written| match written {
             Ok(()) => {
                 if let Some(LayerWrites { layer, seq, writes }) = visible {
+                    views.caches.record(seq, &writes);
                     layer.insert(seq, writes.writes, writes.appended, &writes.touched);
-                    views.caches.record(seq, &writes.large_last_messages, &writes.participants_changed);
                     views.publish_batch(seq, position.unwrap_or(Position::ZERO));
                 }
                 if let Some((number, next)) = flush {

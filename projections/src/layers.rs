@@ -517,6 +517,16 @@ impl<B: StoreRead + ?Sized> StoreRead for LayeredView<'_, B> {
         }
     }
 
+    fn cached_large_chats(&self, user: UserId) -> Option<Arc<[ChatId]>> {
+        self.caches?.large_chats.lookup(self.visible, &[user]).pop().flatten()
+    }
+
+    fn remember_large_chats(&self, user: UserId, chats: Arc<[ChatId]>) {
+        if let Some(caches) = self.caches {
+            caches.large_chats.remember(self.visible, std::iter::once((user, chats)));
+        }
+    }
+
     fn touched_entries(&self) -> Vec<(UserId, ChatId)> {
         let mut entries: Vec<(UserId, ChatId)> =
             self.layers.iter().flat_map(|layer| layer.touched.iter().map(|entry| *entry.value()).collect::<Vec<_>>()).collect();

@@ -211,7 +211,7 @@ pub fn chat_list(
     let large = large_chats(store, user)?;
     let cached = store.cached_last_message_ids(&large);
     let mut read = Vec::new();
-    for (chat, cached) in large.into_iter().zip(cached) {
+    for (&chat, cached) in large.iter().zip(cached) {
         let last = match cached {
             Some(last) => last,
             None => {
@@ -228,19 +228,41 @@ pub fn chat_list(
         }
     }
     store.remember_last_message_ids(&read);
+    // The page's entries are chosen before they are sorted: a user in 1,000 large chats
+    // sorts a page, not 1,000 entries.
+    let newest_first = |a: &(MessageId, ChatId), b: &(MessageId, ChatId)| b.cmp(a);
     if forward {
-        entries.sort_unstable();
-        entries.truncate(page.limit);
+        select_first(&mut entries, page.limit, Ord::cmp);
         entries.reverse();
     } else {
-        entries.sort_unstable_by(|a, b| b.cmp(a));
-        entries.truncate(page.limit);
+        select_first(&mut entries, page.limit, newest_first);
     }
     Ok(entries)
 }
 
-fn large_chats(store: &(impl StoreRead + ?Sized), user: UserId) -> Result<Vec<ChatId>, ProjectionError> {
-    collect_prefix(store, Table::UseridChatidLargechat, &keys::user_prefix(user), |key, _| keys::large_chat_chat(key))
+/// Keeps the first `count` of `entries` in `order`, sorted.
+fn select_first<T>(entries: &mut Vec<T>, count: usize, mut order: impl FnMut(&T, &T) -> std::cmp::Ordering) {
+    if count == 0 {
+        entries.clear();
+        return;
+    }
+    if entries.len() > count {
+        entries.select_nth_unstable_by(count - 1, &mut order);
+        entries.truncate(count);
+    }
+    entries.sort_unstable_by(order);
+}
+
+/// The large chats of `user`: from the store's cache of them where it has one (see
+/// [`crate::read_caches`]), else scanned from `userid_chatid_largechat` (and remembered).
+fn large_chats(store: &(impl StoreRead + ?Sized), user: UserId) -> Result<Arc<[ChatId]>, ProjectionError> {
+    if let Some(chats) = store.cached_large_chats(user) {
+        return Ok(chats);
+    }
+    let chats: Arc<[ChatId]> =
+        collect_prefix(store, Table::UseridChatidLargechat, &keys::user_prefix(user), |key, _| keys::large_chat_chat(key))?.into();
+    store.remember_large_chats(user, chats.clone());
+    Ok(chats)
 }
 
 /// The protocol `Group` of a group chat as `viewer` sees it; participants in join order

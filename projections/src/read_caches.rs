@@ -1,5 +1,6 @@
 //! What readers keep in memory between reads, each entry true as of a batch sequence
-//! number: large chats' last message ids and groups' participants (issue #11).
+//! number: large chats' last message ids, groups' participants and users' large chats
+//! (issue #11).
 //!
 //! - **Last message ids of large chats**, for placing a user's large chats in their chat
 //!   list without reading every chat record (a user in 1,000 groups above
@@ -8,11 +9,14 @@
 //!   them by their last message id.
 //! - **Participants of groups**, in join order, for the `Group` of a conversation (a page
 //!   of 50 groups of 258 members read and decoded 12,900 member records per `get_chats`).
+//! - **Large chats of a user** (their `userid_chatid_largechat` keys), for the same chat
+//!   list: a user in 1,000 large groups scanned 1,000 index keys per `get_chats`, which
+//!   made that call 1.6x to 1.7x a page of DMs.
 //!
-//! Each is a [`BatchCache`], filled two ways: the engine's writer **records** every chat a
-//! batch changed (before readers can see that batch): the new last message id, or, for
-//! participants, that they changed (readers read them again); and a reader at batch `S`
-//! that had to read them from records **remembers** them as of `S`.
+//! Each is a [`BatchCache`], filled two ways: the engine's writer **records** every chat
+//! (or user) a batch changed (before readers can see that batch): the new last message id,
+//! or, for participants and large chats, that they changed (readers read them again); and
+//! a reader at batch `S` that had to read them from records **remembers** them as of `S`.
 //!
 //! Architecture invariant: an entry `(seq, value)` holds the newest `seq` anyone recorded
 //! or remembered, and every change at or after [`Inner::trusted_from`] was recorded; so
@@ -21,8 +25,10 @@
 //! records instead. A cache holds at most its `units_max`; when full it starts over
 //! empty, trusting only what is recorded or remembered from then on.
 
+use crate::state::BatchWrites;
 use osmium_proto::ids::{ChatId, MessageId, UserId};
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 
 /// Most large chats whose last message id is kept (24 B each: about 24 MiB).
@@ -30,6 +36,9 @@ pub const LAST_MESSAGES_CHATS_MAX: usize = 1_000_000;
 /// Most participant ids kept over all groups, plus one per group (8 B each and the
 /// entry's ~40 B: at most about 40 MiB).
 pub const PARTICIPANTS_IDS_MAX: usize = 4_000_000;
+/// Most large-chat ids kept over all users, plus one per user (8 B each and the entry's
+/// ~40 B: at most about 40 MiB).
+pub const LARGE_CHATS_IDS_MAX: usize = 4_000_000;
 
 /// What a [`BatchCache`] counts against its limit for one value.
 pub trait Units {
@@ -43,7 +52,7 @@ impl Units for MessageId {
     }
 }
 
-impl Units for Arc<[UserId]> {
+impl<T> Units for Arc<[T]> {
     fn units(&self) -> usize {
         1 + self.len()
     }
@@ -53,9 +62,11 @@ impl Units for Arc<[UserId]> {
 #[derive(Debug)]
 pub struct ReadCaches {
     /// Large chats' last message ids.
-    pub last_messages: BatchCache<MessageId>,
+    pub last_messages: BatchCache<ChatId, MessageId>,
     /// Groups' participants, in join order.
-    pub participants: BatchCache<Arc<[UserId]>>,
+    pub participants: BatchCache<ChatId, Arc<[UserId]>>,
+    /// Each user's large chats, in chat id order.
+    pub large_chats: BatchCache<UserId, Arc<[ChatId]>>,
 }
 
 impl Default for ReadCaches {
@@ -63,6 +74,7 @@ impl Default for ReadCaches {
         ReadCaches {
             last_messages: BatchCache::new(LAST_MESSAGES_CHATS_MAX),
             participants: BatchCache::new(PARTICIPANTS_IDS_MAX),
+            large_chats: BatchCache::new(LARGE_CHATS_IDS_MAX),
         }
     }
 }
@@ -74,77 +86,80 @@ impl ReadCaches {
     }
 
     /// Batch `seq` (newer than every batch recorded before, not yet visible to readers)
-    /// changed these large chats' last message ids and these chats' participants.
-    pub fn record(&self, seq: u64, last_messages: &[(ChatId, MessageId)], participants_changed: &[ChatId]) {
-        self.last_messages.record(seq, last_messages.iter().map(|&(chat, last)| (chat, Some(last))));
-        self.participants.record(seq, participants_changed.iter().map(|&chat| (chat, None)));
+    /// wrote `writes`: its large chats' last message ids, and the chats whose participants
+    /// and the users whose large chats it changed.
+    pub fn record(&self, seq: u64, writes: &BatchWrites) {
+        self.last_messages.record(seq, writes.large_last_messages.iter().map(|&(chat, last)| (chat, Some(last))));
+        self.participants.record(seq, writes.participants_changed.iter().map(|&chat| (chat, None)));
+        self.large_chats.record(seq, writes.large_chats_changed.iter().map(|&user| (user, None)));
     }
 }
 
-/// Values per chat, each as of a batch sequence number (see the module docs).
+/// Values per key (a chat or a user), each as of a batch sequence number (see the module
+/// docs).
 #[derive(Debug)]
-pub struct BatchCache<V> {
-    inner: Mutex<Inner<V>>,
+pub struct BatchCache<K, V> {
+    inner: Mutex<Inner<K, V>>,
     units_max: usize,
 }
 
 #[derive(Debug)]
-struct Inner<V> {
+struct Inner<K, V> {
     /// `(seq, value)`: `None` when a change at `seq` was recorded without its value.
-    entries: HashMap<ChatId, (u64, Option<V>)>,
+    entries: HashMap<K, (u64, Option<V>)>,
     units: usize,
     /// Batch from which every change was recorded (the last time the cache started over).
     trusted_from: u64,
 }
 
-impl<V: Units + Clone> BatchCache<V> {
+impl<K: Copy + Eq + Hash, V: Units + Clone> BatchCache<K, V> {
     /// An empty cache holding at most `units_max` units.
     pub fn new(units_max: usize) -> Self {
         BatchCache { inner: Mutex::new(Inner { entries: HashMap::new(), units: 0, trusted_from: 0 }), units_max }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner<V>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner<K, V>> {
         // A poisoned lock: a holder panicked between two whole-entry writes; entries are
         // still each true as of their sequence number.
         self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Batch `seq` (newer than every batch recorded before, not yet visible to readers)
-    /// changed these chats: their values as of it, or `None` where unknown.
-    pub fn record(&self, seq: u64, changed: impl ExactSizeIterator<Item = (ChatId, Option<V>)>) {
+    /// changed these keys: their values as of it, or `None` where unknown.
+    pub fn record(&self, seq: u64, changed: impl ExactSizeIterator<Item = (K, Option<V>)>) {
         if changed.len() == 0 {
             return;
         }
         let mut inner = self.lock();
-        for (chat, value) in changed {
+        for (key, value) in changed {
             if inner.units + entry_units(value.as_ref()) > self.units_max {
                 inner.entries.clear();
                 inner.units = 0;
                 inner.trusted_from = seq;
             }
-            inner.put(chat, seq, value);
+            inner.put(key, seq, value);
         }
     }
 
-    /// The value of each of `chats` as of batch `visible`, where known.
-    pub fn lookup(&self, visible: u64, chats: &[ChatId]) -> Vec<Option<V>> {
+    /// The value of each of `keys` as of batch `visible`, where known.
+    pub fn lookup(&self, visible: u64, keys: &[K]) -> Vec<Option<V>> {
         let inner = self.lock();
-        chats.iter().map(|chat| inner.entries.get(chat).filter(|(seq, _)| *seq <= visible).and_then(|(_, value)| value.clone())).collect()
+        keys.iter().map(|key| inner.entries.get(key).filter(|(seq, _)| *seq <= visible).and_then(|(_, value)| value.clone())).collect()
     }
 
     /// A reader at batch `visible` read these values from records.
-    pub fn remember(&self, visible: u64, read: impl Iterator<Item = (ChatId, V)>) {
+    pub fn remember(&self, visible: u64, read: impl Iterator<Item = (K, V)>) {
         let mut inner = self.lock();
         if visible < inner.trusted_from {
             return; // changes before the restart may be missing: its view may be older than one
         }
-        for (chat, value) in read {
-            let newer = match inner.entries.get(&chat) {
+        for (key, value) in read {
+            let newer = match inner.entries.get(&key) {
                 Some((seq, known)) => *seq < visible || (*seq == visible && known.is_none()),
                 None => true,
             };
             if newer && inner.units + entry_units(Some(&value)) <= self.units_max {
-                inner.put(chat, visible, Some(value));
+                inner.put(key, visible, Some(value));
             }
         }
     }
@@ -155,10 +170,10 @@ fn entry_units<V: Units>(value: Option<&V>) -> usize {
     value.map_or(1, Units::units)
 }
 
-impl<V: Units> Inner<V> {
-    fn put(&mut self, chat: ChatId, seq: u64, value: Option<V>) {
+impl<K: Eq + Hash, V: Units> Inner<K, V> {
+    fn put(&mut self, key: K, seq: u64, value: Option<V>) {
         self.units += entry_units(value.as_ref());
-        if let Some((_, old)) = self.entries.insert(chat, (seq, value)) {
+        if let Some((_, old)) = self.entries.insert(key, (seq, value)) {
             self.units -= entry_units(old.as_ref());
         }
     }
@@ -170,7 +185,7 @@ mod tests {
 
     const CHAT: ChatId = ChatId(7);
 
-    fn last_messages() -> BatchCache<MessageId> {
+    fn last_messages() -> BatchCache<ChatId, MessageId> {
         BatchCache::new(LAST_MESSAGES_CHATS_MAX)
     }
 
@@ -180,6 +195,10 @@ mod tests {
 
     fn read(chat: ChatId, last: u64) -> std::iter::Once<(ChatId, MessageId)> {
         std::iter::once((chat, MessageId(last)))
+    }
+
+    fn participants_changed(chat: ChatId) -> BatchWrites {
+        BatchWrites { participants_changed: vec![chat], ..BatchWrites::default() }
     }
 
     fn participants(ids: &[u64]) -> Arc<[UserId]> {
@@ -229,7 +248,7 @@ mod tests {
     fn a_recorded_membership_change_sends_readers_at_or_after_it_back_to_the_records() {
         let caches = ReadCaches::new();
         caches.participants.remember(3, std::iter::once((CHAT, participants(&[1, 2]))));
-        caches.record(5, &[], &[CHAT]);
+        caches.record(5, &participants_changed(CHAT));
         assert_eq!(caches.participants.lookup(3, &[CHAT]), [None], "one version is kept: the change's");
         assert_eq!(caches.participants.lookup(5, &[CHAT]), [None]);
         assert_eq!(caches.participants.lookup(9, &[CHAT]), [None]);
@@ -238,7 +257,7 @@ mod tests {
     #[test]
     fn participants_read_at_the_batch_of_the_change_serve_readers_from_then_on() {
         let caches = ReadCaches::new();
-        caches.record(5, &[], &[CHAT]);
+        caches.record(5, &participants_changed(CHAT));
         caches.participants.remember(5, std::iter::once((CHAT, participants(&[1, 2, 3]))));
         assert_eq!(caches.participants.lookup(5, &[CHAT]), [Some(participants(&[1, 2, 3]))]);
         assert_eq!(caches.participants.lookup(4, &[CHAT]), [None]);
@@ -247,14 +266,26 @@ mod tests {
     #[test]
     fn participants_read_before_a_recorded_change_are_not_remembered() {
         let caches = ReadCaches::new();
-        caches.record(5, &[], &[CHAT]);
+        caches.record(5, &participants_changed(CHAT));
         caches.participants.remember(4, std::iter::once((CHAT, participants(&[1, 2]))));
         assert_eq!(caches.participants.lookup(9, &[CHAT]), [None]);
     }
 
     #[test]
+    fn a_recorded_change_of_a_users_large_chats_sends_readers_at_or_after_it_back_to_the_index() {
+        let caches = ReadCaches::new();
+        let user = UserId(9);
+        let chats: Arc<[ChatId]> = Arc::from([CHAT]);
+        caches.large_chats.remember(3, std::iter::once((user, chats.clone())));
+        assert_eq!(caches.large_chats.lookup(4, &[user]), [Some(chats)]);
+        caches.record(5, &BatchWrites { large_chats_changed: vec![user], ..BatchWrites::default() });
+        assert_eq!(caches.large_chats.lookup(5, &[user]), [None]);
+        assert_eq!(caches.large_chats.lookup(4, &[user]), [None], "one version is kept: the change's");
+    }
+
+    #[test]
     fn a_cache_counts_each_participant_against_its_limit() {
-        let cache: BatchCache<Arc<[UserId]>> = BatchCache::new(10);
+        let cache: BatchCache<ChatId, Arc<[UserId]>> = BatchCache::new(10);
         cache.remember(1, std::iter::once((ChatId(1), participants(&[1, 2, 3, 4, 5, 6, 7, 8]))));
         cache.remember(1, std::iter::once((ChatId(2), participants(&[1, 2]))));
         assert_eq!(cache.lookup(1, &[ChatId(1), ChatId(2)]), [Some(participants(&[1, 2, 3, 4, 5, 6, 7, 8])), None], "9 + 3 > 10");

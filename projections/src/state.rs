@@ -126,6 +126,9 @@ pub struct BatchWrites {
     /// Every chat whose members joined or left in the batch, each once (for
     /// [`crate::read_caches::ReadCaches::record`]).
     pub participants_changed: Vec<ChatId>,
+    /// Every user whose large chats (`userid_chatid_largechat`) the batch changed, each
+    /// once (for [`crate::read_caches::ReadCaches::record`]).
+    pub large_chats_changed: Vec<UserId>,
     /// `(user, chat)`: the chat's entry in the user's chat-list index is stale until the
     /// next cut is flushed.
     pub touched: Vec<(UserId, ChatId)>,
@@ -1032,7 +1035,11 @@ impl<S: StoreRead> ProjectionState<S> {
         self.changed_set.clear();
         let mut writes = Vec::with_capacity(changed.len());
         let mut large_last_messages = Vec::new();
+        let mut large_chats_changed = Vec::new();
         for key in changed {
+            if let Changed::LargeChat(user, _) = key {
+                large_chats_changed.push(user);
+            }
             if let Changed::Chat(chat) = key
                 && let Some(record) = self.chats.get(&chat).and_then(|entry| entry.record.as_ref())
                 && record.large
@@ -1056,11 +1063,14 @@ impl<S: StoreRead> ProjectionState<S> {
         let mut participants_changed = std::mem::take(&mut self.participants_changed);
         participants_changed.sort_unstable();
         participants_changed.dedup();
+        large_chats_changed.sort_unstable();
+        large_chats_changed.dedup();
         Ok(BatchWrites {
             writes,
             appended: std::mem::take(&mut self.catch_up),
             large_last_messages,
             participants_changed,
+            large_chats_changed,
             touched: std::mem::take(&mut self.touched),
         })
     }

@@ -153,6 +153,18 @@ pub trait StoreRead {
     fn remember_participants(&self, chat: osmium_proto::ids::ChatId, participants: std::sync::Arc<[osmium_proto::ids::UserId]>) {
         let _ = (chat, participants);
     }
+
+    /// The large chats of `user` in chat id order as of this store, where a cache of them
+    /// knows them ([`crate::read_caches`]); `None`: scan `userid_chatid_largechat`.
+    fn cached_large_chats(&self, user: osmium_proto::ids::UserId) -> Option<std::sync::Arc<[osmium_proto::ids::ChatId]>> {
+        let _ = user;
+        None
+    }
+
+    /// Tells this store's cache, if any, the large chats of `user` read from the index.
+    fn remember_large_chats(&self, user: osmium_proto::ids::UserId, chats: std::sync::Arc<[osmium_proto::ids::ChatId]>) {
+        let _ = (user, chats);
+    }
 }
 
 /// `parse(key, value)` of every entry whose key starts with `prefix`, in key order;
