@@ -149,8 +149,8 @@ pub(crate) struct Views {
     landed: AtomicU64,
     /// Serializes publishers (the writer thread and the flusher).
     publishing: Mutex<()>,
-    /// Large chats' last message ids and groups' participants, recorded by the writer
-    /// before each batch is published (see `osmium_projections::read_caches`).
+    /// Large chats' last message ids, groups' participants and users' large chats,
+    /// recorded by the state machine before each batch is published (see `osmium_projections::read_caches`).
     pub(crate) caches: ReadCaches,
 }
 

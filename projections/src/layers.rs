@@ -13,13 +13,13 @@
 //!
 //! Writes of append-only tables ([`Table::is_append_only`]: the catch-up index, several
 //! keys per event) skip the skip list: each batch's are one chunk, sorted once by the
-//! writer, that readers binary-search. A key there is written once and never deleted, so
+//! inserting thread, that readers binary-search. A key there is written once and never deleted, so
 //! a key has one version, tagged with its batch. Like an LSM tree's runs, the newest chunk
 //! is merged into the one before it while that one is at most twice its size (and the
 //! merge at most [`CHUNK_ENTRIES_MAX`]), so a layer holds O(log n) chunks plus one per
 //! `CHUNK_ENTRIES_MAX` entries, and a read costs that many binary searches, however many
 //! small batches the layer took. (One skip-list insert per key cost about 2 µs on the
-//! writer thread and made its comparisons a third of that thread's time.)
+//! inserting thread and made its comparisons a third of that thread's time.)
 //!
 //! A reader sees `layers` (newest first) over `base` at sequence `visible`: exactly the
 //! state after that batch, provided the base holds every flush older than its oldest
@@ -376,7 +376,7 @@ impl<'a, B: StoreRead + ?Sized> LayeredView<'a, B> {
     }
 
     /// The same view, answering from `caches` where they know the answer (they must be
-    /// recorded by the writer of these layers' batches, see [`crate::read_caches`]).
+    /// recorded by whoever inserts these layers' batches, see [`crate::read_caches`]).
     pub fn with_caches(self, caches: &'a ReadCaches) -> Self {
         LayeredView { caches: Some(caches), ..self }
     }

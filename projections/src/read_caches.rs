@@ -13,7 +13,7 @@
 //!   list: a user in 1,000 large groups scanned 1,000 index keys per `get_chats`, which
 //!   made that call 1.6x to 1.7x a page of DMs.
 //!
-//! Each is a [`BatchCache`], filled two ways: the engine's writer **records** every chat
+//! Each is a [`BatchCache`], filled two ways: the engine's state machine **records** every chat
 //! (or user) a batch changed (before readers can see that batch): the new last message id,
 //! or, for participants and large chats, that they changed (readers read them again); and
 //! a reader at batch `S` that had to read them from records **remembers** them as of `S`.
@@ -58,7 +58,7 @@ impl<T> Units for Arc<[T]> {
     }
 }
 
-/// The read caches of one engine, recorded by its writer (see the module docs).
+/// The read caches of one engine, recorded by its state machine (see the module docs).
 #[derive(Debug)]
 pub struct ReadCaches {
     /// Large chats' last message ids.

@@ -99,7 +99,9 @@ struct Shared {
 pub struct Subscription {
     backlog: VecDeque<TaggedUpdate>,
     receiver: mpsc::Receiver<TaggedUpdate>,
-    /// Logged live updates at or before this position were in the backlog.
+    /// Logged live updates at or before this position are dropped: they were in the
+    /// backlog, or their event came before the subscription started (the fan-out runs
+    /// after reads see an event, so it may reach a subscription registered after that).
     seam: Position,
     shared: Arc<Shared>,
 }
@@ -209,7 +211,7 @@ impl UpdateHub {
         if let Ok(mut subscribers) = self.subscribers.lock() {
             subscribers.entry(user).or_default().push(Subscriber { sender, shared: shared.clone(), delivered: None });
         }
-        Subscription { backlog: VecDeque::new(), receiver, seam: Position::ZERO, shared }
+        Subscription { backlog: VecDeque::new(), receiver, seam: start, shared }
     }
 
     /// Delivers to every subscription of `user`; drops the closed and the full ones (these
@@ -532,5 +534,36 @@ impl TypingState {
             state.remove(key);
         }
         expired
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn logged_at(position: u64) -> TaggedUpdate {
+        TaggedUpdate {
+            position: Position(position),
+            update: updates::Update::default(),
+            notify: false,
+            sequence: Sequence::User { previous: Position(position - 1) },
+        }
+    }
+
+    /// Regression: a subscription made right after a command's answer got that command's
+    /// updates when the fan-out reached them after it registered (a catch-up test flaked).
+    #[test]
+    fn a_live_subscription_drops_the_late_updates_of_events_before_it_started() {
+        let hub = UpdateHub::default();
+        let user = UserId(1);
+        let mut subscription = hub.subscribe(user, 8, Position(5));
+        for position in [4, 5, 6] {
+            hub.publish(user, logged_at(position));
+        }
+        let typing = TaggedUpdate { sequence: Sequence::Unlogged, ..logged_at(3) };
+        hub.publish(user, typing);
+        assert_eq!(subscription.try_next().map(|update| update.position), Some(Position(6)));
+        assert_eq!(subscription.try_next().map(|update| (update.position, update.sequence)), Some((Position(3), Sequence::Unlogged)));
+        assert_eq!(subscription.try_next(), None);
     }
 }
