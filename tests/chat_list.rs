@@ -102,7 +102,7 @@ async fn listed_groups(engine: &osmium_state::ChatEngine, viewer: UserId) -> Vec
 #[tokio::test]
 async fn large_groups_move_up_with_each_new_message_while_chat_lists_are_read_between_messages() {
     // Large groups are placed from an in-memory cache of their last message ids, filled
-    // both by the writer and by readers: every read between two sends must see the order
+    // both by the state machine and by readers: every read between two sends must see the order
     // as of its own state, never an older or a newer one.
     let f = fixture().await;
     for id in 1_000..1_258 {
@@ -132,7 +132,7 @@ async fn large_groups_move_up_with_each_new_message_while_chat_lists_are_read_be
 #[tokio::test]
 async fn get_chats_lists_a_users_large_groups_as_of_every_join_leave_and_growth_read_between_them() {
     // A user's large groups are read from an in-memory cache, filled by readers and
-    // invalidated by the writer whenever the user's `userid_chatid_largechat` keys change:
+    // invalidated by the state machine whenever the user's `userid_chatid_largechat` keys change:
     // every read between two changes must list the groups as of its own state.
     let f = fixture().await;
     for id in 1_000..1_300 {
@@ -178,7 +178,7 @@ async fn listed_participants(engine: &osmium_state::ChatEngine, viewer: UserId, 
 #[tokio::test]
 async fn get_chats_shows_each_groups_participants_as_of_every_join_and_leave_read_between_them() {
     // Participants are read from an in-memory cache, filled by readers and invalidated by
-    // the writer at every join or leave: every read between two changes must see the
+    // the state machine at every join or leave: every read between two changes must see the
     // members as of its own state, in join order, in small and large groups alike.
     let f = fixture().await;
     for id in 1_000..1_300 {

@@ -508,7 +508,7 @@ impl<B: StoreRead + ?Sized> StoreRead for LayeredView<'_, B> {
     }
 
     fn cached_participants(&self, chat: ChatId) -> Option<Arc<[UserId]>> {
-        self.caches?.participants.lookup(self.visible, &[chat]).pop().flatten()
+        self.caches?.participants.get(self.visible, &chat)
     }
 
     fn remember_participants(&self, chat: ChatId, participants: Arc<[UserId]>) {
@@ -518,7 +518,7 @@ impl<B: StoreRead + ?Sized> StoreRead for LayeredView<'_, B> {
     }
 
     fn cached_large_chats(&self, user: UserId) -> Option<Arc<[ChatId]>> {
-        self.caches?.large_chats.lookup(self.visible, &[user]).pop().flatten()
+        self.caches?.large_chats.get(self.visible, &user)
     }
 
     fn remember_large_chats(&self, user: UserId, chats: Arc<[ChatId]>) {

@@ -144,7 +144,12 @@ impl<K: Copy + Eq + Hash, V: Units + Clone> BatchCache<K, V> {
     /// The value of each of `keys` as of batch `visible`, where known.
     pub fn lookup(&self, visible: u64, keys: &[K]) -> Vec<Option<V>> {
         let inner = self.lock();
-        keys.iter().map(|key| inner.entries.get(key).filter(|(seq, _)| *seq <= visible).and_then(|(_, value)| value.clone())).collect()
+        keys.iter().map(|key| inner.value_at(visible, key)).collect()
+    }
+
+    /// The value of `key` as of batch `visible`, where known.
+    pub fn get(&self, visible: u64, key: &K) -> Option<V> {
+        self.lock().value_at(visible, key)
     }
 
     /// A reader at batch `visible` read these values from records.
@@ -170,7 +175,12 @@ fn entry_units<V: Units>(value: Option<&V>) -> usize {
     value.map_or(1, Units::units)
 }
 
-impl<K: Eq + Hash, V: Units> Inner<K, V> {
+impl<K: Eq + Hash, V: Units + Clone> Inner<K, V> {
+    /// The value of `key` if known and true as of batch `visible` (see the module docs).
+    fn value_at(&self, visible: u64, key: &K) -> Option<V> {
+        self.entries.get(key).filter(|(seq, _)| *seq <= visible).and_then(|(_, value)| value.clone())
+    }
+
     fn put(&mut self, key: K, seq: u64, value: Option<V>) {
         self.units += entry_units(value.as_ref());
         if let Some((_, old)) = self.entries.insert(key, (seq, value)) {
