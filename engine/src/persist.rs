@@ -32,17 +32,30 @@ pub(crate) fn write_batch<'a>(
 ) -> Result<WriteBatch, EngineError> {
     let mut batch = WriteBatch::default();
     for (table, key, value) in writes {
-        let cf = column_family(db, slot.column_family(table))?;
-        match value {
-            Some(value) => {
-                // Architecture invariant: every record written can be read back.
-                assert!(value.len() <= RECORD_BYTES_MAX, "a projection record of {} bytes is over RECORD_BYTES_MAX", value.len());
-                batch.put_cf(cf, key, value);
-            }
-            None => batch.delete_cf(cf, key),
-        }
+        add_write(db, slot, &mut batch, table, key, value)?;
     }
     Ok(batch)
+}
+
+/// Adds one projection write to `batch`.
+fn add_write(
+    db: &DB,
+    slot: ProjectionSlot,
+    batch: &mut WriteBatch,
+    table: osmium_projections::Table,
+    key: &[u8],
+    value: Option<&[u8]>,
+) -> Result<(), EngineError> {
+    let cf = column_family(db, slot.column_family(table))?;
+    match value {
+        Some(value) => {
+            // Architecture invariant: every record written can be read back.
+            assert!(value.len() <= RECORD_BYTES_MAX, "a projection record of {} bytes is over RECORD_BYTES_MAX", value.len());
+            batch.put_cf(cf, key, value);
+        }
+        None => batch.delete_cf(cf, key),
+    }
+    Ok(())
 }
 
 /// Writes `writes` (a whole cut, checkpoint included) to `slot` as one batch.
@@ -143,8 +156,14 @@ fn run(db: &DB, slot: ProjectionSlot, views: &Views, state: &FlushState, flushes
 
 fn flush_one(db: &DB, slot: ProjectionSlot, views: &Views, state: &FlushState, flush: Flush) -> Result<(), EngineError> {
     let started = std::time::Instant::now();
-    let entries: Vec<_> = flush.layer.entries().collect();
-    let batch = write_batch(db, slot, entries.iter().map(|(table, (key, value))| (*table, &key[..], value.as_deref())))?;
+    let mut batch = WriteBatch::default();
+    let mut added = Ok(());
+    flush.layer.visit_entries(&mut |table, key, value| {
+        if added.is_ok() {
+            added = add_write(db, slot, &mut batch, table, key, value);
+        }
+    });
+    added?;
     let writes = batch.len() as u64;
     fail::fail_point!("flush::before_write", |_| Err(EngineError::Io {
         path: PathBuf::from("<flush>"),

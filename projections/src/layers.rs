@@ -12,14 +12,14 @@
 //! the frozen layer is dropped once its writes are in the base.
 //!
 //! Writes of append-only tables ([`Table::is_append_only`]: the catch-up index, several
-//! keys per event) skip the skip list: each batch's are one chunk, sorted once by the
-//! inserting thread, that readers binary-search. A key there is written once and never deleted, so
-//! a key has one version, tagged with its batch. Like an LSM tree's runs, the newest chunk
-//! is merged into the one before it while that one is at most twice its size (and the
-//! merge at most [`CHUNK_ENTRIES_MAX`]), so a layer holds O(log n) chunks plus one per
-//! `CHUNK_ENTRIES_MAX` entries, and a read costs that many binary searches, however many
-//! small batches the layer took. (One skip-list insert per key cost about 2 µs on the
-//! inserting thread and made its comparisons a third of that thread's time.)
+//! keys per event) skip the skip list. Their keys are a group (a user or a chat) and a
+//! position ([`Table::append_group_bytes`]), put once each and in increasing order per
+//! group, so a layer keeps one vector per group, sorted by appending: an insert moves the
+//! key and value in (no allocation, no comparison but with the group's last key), a read
+//! finds its group by hash and binary-searches it. Each put is tagged with its batch.
+//! (A skip-list insert per key cost about 2 µs on the inserting thread; sorted chunks per
+//! batch, merged like an LSM tree's runs, were a sixth of that thread's time at 256
+//! submitters, most of it moving entries and faulting in fresh pages for the merges.)
 //!
 //! A reader sees `layers` (newest first) over `base` at sequence `visible`: exactly the
 //! state after that batch, provided the base holds every flush older than its oldest
@@ -35,6 +35,7 @@ use osmium_proto::ids::{ChatId, MessageId, UserId};
 use std::ops::{Bound, ControlFlow};
 use std::sync::{Arc, RwLock};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use foldhash::HashMap;
 
 /// One write of a projection table: `Some(value)` puts, `None` deletes.
 pub type KvWrite = (Table, Vec<u8>, Option<Vec<u8>>);
@@ -87,74 +88,101 @@ fn seq_of(versioned: &[u8]) -> u64 {
 #[derive(Debug, Default)]
 pub struct Layer {
     versions: SkipMap<Box<[u8]>, Version>,
-    /// The append-only tables' writes: one chunk per batch, in batch order.
-    chunks: RwLock<Vec<Arc<Chunk>>>,
+    /// The append-only tables' puts, grouped (see the module docs).
+    appended: RwLock<Appended>,
     touched: SkipSet<(UserId, ChatId)>,
     writes: AtomicUsize,
 }
 
-/// Entries up to which chunks are merged (a larger merge would hold readers up longer:
-/// moving 64 Ki entries takes well under a millisecond).
-pub const CHUNK_ENTRIES_MAX: usize = 64 * 1024;
+/// The puts of append-only tables, one vector per group, each sorted by key.
+#[derive(Debug, Default)]
+struct Appended {
+    groups: HashMap<GroupId, Vec<AppendPut>>,
+    puts: usize,
+}
 
-/// One put of an append-only table in a chunk, with the batch that wrote it.
-#[derive(Debug, Clone)]
-struct ChunkPut {
-    table: Table,
-    key: Arc<[u8]>,
-    value: Arc<[u8]>,
+/// A group of an append-only table: the table and its key's group bytes (zero-padded).
+type GroupId = (u8, [u8; 8]);
+
+/// The group of `key` in append-only `table`.
+fn group_of(table: Table, key: &[u8]) -> GroupId {
+    let len = table.append_group_bytes().unwrap_or(0).min(key.len()).min(8);
+    let mut group = [0u8; 8];
+    group[..len].copy_from_slice(&key[..len]);
+    (table.index() as u8, group)
+}
+
+/// One put of an append-only table, with the batch that wrote it.
+#[derive(Debug)]
+struct AppendPut {
+    key: Vec<u8>,
+    value: Vec<u8>,
     seq: u64,
 }
 
-impl ChunkPut {
-    fn order(&self) -> (usize, &[u8]) {
-        (self.table.index(), &self.key[..])
+impl Appended {
+    /// Puts `key` in its group: appended when it is the group's greatest (the fold's
+    /// order), inserted in place otherwise.
+    fn put(&mut self, table: Table, key: Vec<u8>, value: Vec<u8>, seq: u64) {
+        let puts = self.groups.entry(group_of(table, &key)).or_default();
+        self.puts += 1;
+        if puts.last().is_none_or(|last| last.key < key) {
+            puts.push(AppendPut { key, value, seq });
+            return;
+        }
+        match puts.binary_search_by(|put| put.key.as_slice().cmp(&key)) {
+            Ok(found) => {
+                debug_assert!(false, "{table:?} key put twice");
+                puts[found] = AppendPut { key, value, seq };
+                self.puts -= 1;
+            }
+            Err(at) => puts.insert(at, AppendPut { key, value, seq }),
+        }
     }
-}
 
-/// Writes of append-only tables from consecutive batches `first_seq..=last_seq`, sorted
-/// by table and key.
-#[derive(Debug)]
-struct Chunk {
-    first_seq: u64,
-    last_seq: u64,
-    puts: Vec<ChunkPut>,
-}
-
-impl Chunk {
-    /// The puts of `table` in `range` visible at `visible`, in key order.
-    fn range<'c>(&'c self, table: Table, range: ScanRange<'c>, visible: u64) -> impl Iterator<Item = &'c ChunkPut> + 'c {
+    /// The puts of `table` in `range` visible at `visible`, in key order (forward).
+    fn range(&self, table: Table, range: ScanRange<'_>, visible: u64) -> Vec<Entry> {
+        let group_bytes = table.append_group_bytes().unwrap_or(0);
         let lower = match (range.direction, range.start) {
             (Direction::Forward, Some(start)) => start.max(range.prefix),
             _ => range.prefix,
         };
-        let first = self.puts.partition_point(|put| put.order() < (table.index(), lower));
-        self.puts[first..]
-            .iter()
-            .take_while(move |put| put.table == table && put.key.starts_with(range.prefix))
-            .filter(move |put| put.seq <= visible && range.contains(&put.key))
-    }
-
-    fn get(&self, table: Table, key: &[u8], visible: u64) -> Option<&ChunkPut> {
-        let found = self.puts.binary_search_by(|put| put.order().cmp(&(table.index(), key))).ok()?;
-        self.puts.get(found).filter(|put| put.seq <= visible)
-    }
-
-    /// `older` and `newer` (consecutive batches) as one chunk, their puts moved.
-    fn merge(older: Chunk, newer: Chunk) -> Chunk {
-        let mut puts = Vec::with_capacity(older.puts.len() + newer.puts.len());
-        let (mut a, mut b) = (older.puts.into_iter().peekable(), newer.puts.into_iter().peekable());
-        loop {
-            let next = match (a.peek(), b.peek()) {
-                (Some(x), Some(y)) if x.order() <= y.order() => a.next(),
-                (Some(_), Some(_)) => b.next(),
-                (Some(_), None) => a.next(),
-                (None, Some(_)) => b.next(),
-                (None, None) => break,
-            };
-            puts.extend(next);
+        let mut found: Vec<Entry> = Vec::new();
+        let upper = match (range.direction, range.start) {
+            (Direction::Reverse, Some(start)) => Some(start),
+            _ => None,
+        };
+        let mut take = |puts: &[AppendPut]| {
+            let first = puts.partition_point(|put| put.key.as_slice() < lower);
+            let end = upper.map_or(puts.len(), |upper| puts.partition_point(|put| put.key.as_slice() <= upper)).max(first);
+            found.extend(
+                puts[first..end]
+                    .iter()
+                    .take_while(|put| put.key.starts_with(range.prefix))
+                    .filter(|put| put.seq <= visible && range.contains(&put.key))
+                    .map(|put| (Arc::from(put.key.as_slice()), Some(Arc::from(put.value.as_slice())))),
+            );
+        };
+        if range.prefix.len() >= group_bytes {
+            // Every key under the prefix is in the prefix's group.
+            if let Some(puts) = self.groups.get(&group_of(table, range.prefix)) {
+                take(puts);
+            }
+        } else {
+            for ((index, _), puts) in &self.groups {
+                if usize::from(*index) == table.index() {
+                    take(puts);
+                }
+            }
+            found.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
         }
-        Chunk { first_seq: older.first_seq, last_seq: newer.last_seq, puts }
+        found
+    }
+
+    fn get(&self, table: Table, key: &[u8], visible: u64) -> Option<Arc<[u8]>> {
+        let puts = self.groups.get(&group_of(table, key))?;
+        let found = puts.binary_search_by(|put| put.key.as_slice().cmp(key)).ok()?;
+        puts.get(found).filter(|put| put.seq <= visible).map(|put| Arc::from(put.value.as_slice()))
     }
 }
 
@@ -175,10 +203,10 @@ impl Layer {
         touched: &[(UserId, ChatId)],
     ) {
         if !appended.is_empty() {
-            self.append_chunk(seq, appended);
+            self.append(seq, appended);
         }
         for (table, key, value) in writes {
-            debug_assert!(!table.is_append_only(), "{table:?} writes go in chunks");
+            debug_assert!(!table.is_append_only(), "{table:?} writes go in their groups");
             let versioned = versioned(table, &key, seq).into_boxed_slice();
             self.versions.insert(versioned, Version { key: Arc::from(key), value: value.map(Arc::from) });
             self.writes.fetch_add(1, Ordering::Relaxed);
@@ -188,35 +216,20 @@ impl Layer {
         }
     }
 
-    /// Adds batch `seq`'s append-only writes as a chunk, then merges it into the chunks
-    /// before it while they are at most twice its size (see the module docs). Runs on the
-    /// one thread that inserts.
-    fn append_chunk(&self, seq: u64, mut appended: Vec<AppendWrite>) {
-        appended.sort_unstable_by(|(a, a_key, _), (b, b_key, _)| (a.index(), a_key).cmp(&(b.index(), b_key)));
+    /// Puts batch `seq`'s append-only writes in their groups, under the write lock (a
+    /// move each: readers wait that long at most). Runs on the one thread that inserts.
+    fn append(&self, seq: u64, appended: Vec<AppendWrite>) {
         debug_assert!(appended.iter().all(|(table, _, _)| table.is_append_only()));
-        debug_assert!(appended.windows(2).all(|pair| (pair[0].0, &pair[0].1) != (pair[1].0, &pair[1].1)), "a key appended twice");
         self.writes.fetch_add(appended.len(), Ordering::Relaxed);
-        let puts = appended
-            .into_iter()
-            .map(|(table, key, value)| ChunkPut { table, key: Arc::from(key), value: Arc::from(value), seq })
-            .collect();
-        let mut chunk = Chunk { first_seq: seq, last_seq: seq, puts };
-        // Merged under the write lock, moving the puts (a merge of small chunks takes
-        // microseconds, the largest about a millisecond; readers wait that long at most). A
-        // poisoned lock means a reader panicked while copying Arcs: the list is intact.
-        let mut chunks = self.chunks.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        debug_assert!(chunks.last().is_none_or(|last| last.last_seq < seq));
-        while let Some(older) = chunks.last() {
-            if older.puts.len() > 2 * chunk.puts.len() || older.puts.len() + chunk.puts.len() > CHUNK_ENTRIES_MAX {
-                break;
-            }
-            let Some(older) = chunks.pop() else { break };
-            // A reader may still hold it (it copied the list before this lock): then copy.
-            let older = Arc::try_unwrap(older)
-                .unwrap_or_else(|shared| Chunk { first_seq: shared.first_seq, last_seq: shared.last_seq, puts: shared.puts.clone() });
-            chunk = Chunk::merge(older, chunk);
+        // A poisoned lock means a reader panicked while copying out: the groups are intact.
+        let mut index = self.appended.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (table, key, value) in appended {
+            index.put(table, key, value, seq);
         }
-        chunks.push(Arc::new(chunk));
+    }
+
+    fn appended(&self) -> std::sync::RwLockReadGuard<'_, Appended> {
+        self.appended.read().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Writes inserted so far (a key written twice counts twice): what the layer costs to flush.
@@ -226,54 +239,52 @@ impl Layer {
 
     /// Whether nothing was inserted.
     pub fn is_empty(&self) -> bool {
-        self.versions.is_empty() && self.touched.is_empty() && self.chunks() == 0
-    }
-
-    /// The chunks holding batches up to `visible`, in batch order.
-    fn visible_chunks(&self, visible: u64) -> Vec<Arc<Chunk>> {
-        let chunks = self.chunks.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-        chunks.iter().take_while(|chunk| chunk.first_seq <= visible).cloned().collect()
-    }
-
-    /// Chunks the append-only writes are kept in (O(log n), see the module docs).
-    pub fn chunks(&self) -> usize {
-        self.chunks.read().unwrap_or_else(std::sync::PoisonError::into_inner).len()
+        self.versions.is_empty() && self.touched.is_empty() && self.appended().puts == 0
     }
 
     /// Whether a reader of `table` must look at this layer at all.
     fn holds(&self, table: Table) -> bool {
         if table.is_append_only() {
-            self.chunks() > 0
+            self.appended().puts > 0
         } else {
             !self.versions.is_empty()
         }
     }
 
-    /// Every key's newest write (what a flush writes): the skip list's in table and key
-    /// order, then the chunks'.
-    pub fn entries(&self) -> impl Iterator<Item = (Table, Entry)> + '_ {
-        let appended = self.visible_chunks(u64::MAX).into_iter().flat_map(|chunk| {
-            let puts: Vec<(Table, Entry)> = chunk.puts.iter().map(|put| (put.table, (put.key.clone(), Some(put.value.clone())))).collect();
-            puts
-        });
+    /// Visits every key's newest write (what a flush writes): the skip list's in table and
+    /// key order, then the append-only tables' by group.
+    pub fn visit_entries(&self, visit: &mut dyn FnMut(Table, &[u8], Option<&[u8]>)) {
         let mut previous: Option<(u8, Arc<[u8]>)> = None;
-        let versions = self.versions.iter().filter_map(move |entry| {
-            let table_byte = entry.key().first().copied()?;
+        for entry in self.versions.iter() {
+            let Some(table_byte) = entry.key().first().copied() else { continue };
             let version = entry.value();
             if previous.as_ref().is_some_and(|(table, key)| *table == table_byte && *key == version.key) {
-                return None; // an older version of the key just emitted
+                continue; // an older version of the key just visited
             }
             previous = Some((table_byte, version.key.clone()));
-            let table = Table::ALL.get(usize::from(table_byte)).copied()?;
-            Some((table, (version.key.clone(), version.value.clone())))
-        });
-        versions.chain(appended)
+            let Some(table) = Table::ALL.get(usize::from(table_byte)).copied() else { continue };
+            visit(table, &version.key, version.value.as_deref());
+        }
+        let appended = self.appended();
+        for ((table_byte, _), puts) in &appended.groups {
+            let Some(table) = Table::ALL.get(usize::from(*table_byte)).copied() else { continue };
+            for put in puts {
+                visit(table, &put.key, Some(&put.value));
+            }
+        }
+    }
+
+    /// Every key's newest write, copied (see [`Layer::visit_entries`]).
+    pub fn entries(&self) -> Vec<KvWrite> {
+        let mut entries = Vec::new();
+        self.visit_entries(&mut |table, key, value| entries.push((table, key.to_vec(), value.map(<[u8]>::to_vec))));
+        entries
     }
 
     /// The newest version of `key` at `visible`: `Some(None)` when deleted there.
     fn lookup_owned(&self, table: Table, key: &[u8], visible: u64) -> Option<Option<Arc<[u8]>>> {
         if table.is_append_only() {
-            return self.visible_chunks(visible).iter().find_map(|chunk| chunk.get(table, key, visible).map(|put| Some(put.value.clone())));
+            return self.appended().get(table, key, visible).map(Some);
         }
         let bound = versioned(table, key, visible);
         let entry = self.versions.lower_bound(Bound::Included(&bound[..]))?;
@@ -287,11 +298,7 @@ impl Layer {
     /// The visible versions in `range`, newest per key, in scan order.
     fn range(&self, table: Table, range: ScanRange<'_>, visible: u64) -> Vec<Entry> {
         if table.is_append_only() {
-            let mut found: Vec<Entry> = Vec::new();
-            for chunk in self.visible_chunks(visible) {
-                found.extend(chunk.range(table, range, visible).map(|put| (put.key.clone(), Some(put.value.clone()))));
-            }
-            found.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
+            let mut found = self.appended().range(table, range, visible);
             if range.direction == Direction::Reverse {
                 found.reverse();
             }

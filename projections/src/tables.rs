@@ -114,9 +114,20 @@ impl Table {
 
     /// Whether the fold only ever appends to the table: each key is put once, by the event
     /// at the position it names, and never changed or deleted by the fold (the catch-up
-    /// index). Layers keep such writes as one sorted chunk per batch rather than a skip-list
+    /// index). Layers keep such writes in a vector per key group rather than a skip-list
     /// insert per key ([`crate::layers::Layer`]).
     pub const fn is_append_only(self) -> bool {
-        matches!(self, Table::UseridPositionUpdate | Table::ChatidPositionUpdate | Table::PositionEffect)
+        self.append_group_bytes().is_some()
+    }
+
+    /// For an append-only table, the leading key bytes that name a group (the user or the
+    /// chat; none for `position_effect`): the rest of the key is a position, so the fold puts
+    /// each group's keys in increasing order. `None` for the other tables.
+    pub const fn append_group_bytes(self) -> Option<usize> {
+        match self {
+            Table::UseridPositionUpdate | Table::ChatidPositionUpdate => Some(8),
+            Table::PositionEffect => Some(0),
+            _ => None,
+        }
     }
 }
