@@ -27,7 +27,7 @@
 //! `engine/src/view.rs`).
 
 use crate::error::ProjectionError;
-use crate::store::{Direction, ScanRange, StoreRead, Visit};
+use crate::store::{Direction, ScanRange, StoreRead, Visit, prefix_successor};
 use crate::tables::Table;
 use crossbeam_skiplist::{SkipMap, SkipSet};
 use crate::read_caches::ReadCaches;
@@ -46,40 +46,58 @@ pub type AppendWrite = (Table, Vec<u8>, Vec<u8>);
 /// A key's version as readers get it: the raw key and `Some(value)`, or `None` (deleted).
 pub type Entry = (Arc<[u8]>, Option<Arc<[u8]>>);
 
-/// A write as a layer keeps it: the raw key (the skip list's key is encoded) and the value.
+/// A write as a layer keeps it: the raw key (for readers) and the value.
 #[derive(Debug)]
 struct Version {
     key: Arc<[u8]>,
     value: Option<Arc<[u8]>>,
 }
 
-/// Encodes `(table, key)` so that byte order is `(table, key)` order and no encoded key is
-/// a prefix of another: a zero byte becomes `00 ff`, and a complete key ends with `00 01`.
-fn encode_key(buf: &mut Vec<u8>, table: Table, key: &[u8]) {
-    buf.push(table.index() as u8);
-    for &byte in key {
-        if byte == 0 {
-            buf.extend_from_slice(&[0, 0xff]);
-        } else {
-            buf.push(byte);
+/// The skip list's key of one version: ordered by table, then key bytes, then newest
+/// batch first. The key's first 24 bytes are three big-endian words (zero-padded), so
+/// most comparisons (every projection key but invite codes and usernames is at most 24
+/// bytes) are three integer comparisons rather than a `memcmp` of an escaped copy.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct VersionKey {
+    table: u8,
+    head: [u64; 3],
+    /// The key's bytes after the first 24 (empty, not allocated, for most keys).
+    tail: Box<[u8]>,
+    /// Orders a key before its extensions by zero bytes, whose heads are equal.
+    len: usize,
+    newer: std::cmp::Reverse<u64>,
+}
+
+/// Bytes of a key held in [`VersionKey::head`].
+const HEAD_BYTES: usize = 24;
+
+impl VersionKey {
+    /// The key of `key`'s version written by batch `seq` (`u64::MAX`: before every
+    /// version of the key; 0: after every one).
+    fn new(table: Table, key: &[u8], seq: u64) -> Self {
+        let mut head = [0u64; 3];
+        for (word, bytes) in head.iter_mut().zip(key.chunks(8)) {
+            let mut padded = [0u8; 8];
+            padded[..bytes.len()].copy_from_slice(bytes);
+            *word = u64::from_be_bytes(padded);
         }
+        let tail = key.get(HEAD_BYTES..).map_or_else(Box::default, Box::from);
+        VersionKey { table: table.index() as u8, head, tail, len: key.len(), newer: std::cmp::Reverse(seq) }
     }
-}
 
-/// The skip-list key of `key`'s version written by batch `seq` (newer batches sort first).
-fn versioned(table: Table, key: &[u8], seq: u64) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(key.len() + 11);
-    encode_key(&mut buf, table, key);
-    buf.extend_from_slice(&[0, 1]);
-    buf.extend_from_slice(&(!seq).to_be_bytes());
-    buf
-}
+    /// Before every key of the tables after `table`.
+    fn end_of(table: Table) -> Self {
+        VersionKey { table: table.index() as u8 + 1, head: [0; 3], tail: Box::default(), len: 0, newer: std::cmp::Reverse(u64::MAX) }
+    }
 
-/// The batch sequence number of a skip-list key.
-fn seq_of(versioned: &[u8]) -> u64 {
-    let tail = versioned.len().saturating_sub(8);
-    let bytes: [u8; 8] = versioned.get(tail..).and_then(|bytes| bytes.try_into().ok()).unwrap_or([0xff; 8]);
-    !u64::from_be_bytes(bytes)
+    fn seq(&self) -> u64 {
+        self.newer.0
+    }
+
+    /// Whether `other` is a version of the same key.
+    fn same_key(&self, other: &VersionKey) -> bool {
+        self.table == other.table && self.head == other.head && self.len == other.len && self.tail == other.tail
+    }
 }
 
 /// Projection writes of some consecutive batches, each version under its batch's sequence
@@ -87,7 +105,7 @@ fn seq_of(versioned: &[u8]) -> u64 {
 /// [`StoreRead::touched_chats`]).
 #[derive(Debug, Default)]
 pub struct Layer {
-    versions: SkipMap<Box<[u8]>, Version>,
+    versions: SkipMap<VersionKey, Version>,
     /// The append-only tables' puts, grouped (see the module docs).
     appended: RwLock<Appended>,
     touched: SkipSet<(UserId, ChatId)>,
@@ -207,8 +225,7 @@ impl Layer {
         }
         for (table, key, value) in writes {
             debug_assert!(!table.is_append_only(), "{table:?} writes go in their groups");
-            let versioned = versioned(table, &key, seq).into_boxed_slice();
-            self.versions.insert(versioned, Version { key: Arc::from(key), value: value.map(Arc::from) });
+            self.versions.insert(VersionKey::new(table, &key, seq), Version { key: Arc::from(key), value: value.map(Arc::from) });
             self.writes.fetch_add(1, Ordering::Relaxed);
         }
         for &entry in touched {
@@ -256,8 +273,7 @@ impl Layer {
     pub fn visit_entries(&self, visit: &mut dyn FnMut(Table, &[u8], Option<&[u8]>)) {
         let mut previous: Option<(u8, Arc<[u8]>)> = None;
         for entry in self.versions.iter() {
-            let Some(table_byte) = entry.key().first().copied() else { continue };
-            let version = entry.value();
+            let (table_byte, version) = (entry.key().table, entry.value());
             if previous.as_ref().is_some_and(|(table, key)| *table == table_byte && *key == version.key) {
                 continue; // an older version of the key just visited
             }
@@ -286,13 +302,12 @@ impl Layer {
         if table.is_append_only() {
             return self.appended().get(table, key, visible).map(Some);
         }
-        let bound = versioned(table, key, visible);
-        let entry = self.versions.lower_bound(Bound::Included(&bound[..]))?;
-        let version = entry.value();
-        if entry.key().first() != Some(&(table.index() as u8)) || *version.key != *key {
+        let bound = VersionKey::new(table, key, visible);
+        let entry = self.versions.lower_bound(Bound::Included(&bound))?;
+        if !entry.key().same_key(&bound) {
             return None;
         }
-        Some(version.value.clone())
+        Some(entry.value().value.clone())
     }
 
     /// The visible versions in `range`, newest per key, in scan order.
@@ -304,59 +319,50 @@ impl Layer {
             }
             return found;
         }
-        let mut prefix = Vec::with_capacity(range.prefix.len() + 2);
-        encode_key(&mut prefix, table, range.prefix);
         let mut found = Vec::new();
-        let within = |encoded: &[u8]| encoded.starts_with(&prefix);
+        let within = |version: &Version| version.key.starts_with(range.prefix);
         match range.direction {
             Direction::Forward => {
-                let mut lower = Vec::new();
-                encode_key(&mut lower, table, range.start.map_or(range.prefix, |start| start.max(range.prefix)));
+                let lower = VersionKey::new(table, range.start.map_or(range.prefix, |start| start.max(range.prefix)), u64::MAX);
                 let mut current: Option<Arc<[u8]>> = None;
                 let mut taken = false;
-                for entry in self.versions.range::<[u8], _>((Bound::Included(&lower[..]), Bound::Unbounded)) {
-                    if !within(entry.key()) {
+                for entry in self.versions.range((Bound::Included(lower), Bound::Excluded(VersionKey::end_of(table)))) {
+                    let version = entry.value();
+                    if !within(version) {
                         break;
                     }
-                    let version = entry.value();
                     if current.as_ref() != Some(&version.key) {
                         current = Some(version.key.clone());
                         taken = false;
                     }
-                    if !taken && seq_of(entry.key()) <= visible {
+                    if !taken && entry.key().seq() <= visible {
                         found.push((version.key.clone(), version.value.clone()));
                         taken = true;
                     }
                 }
             }
             Direction::Reverse => {
-                let upper: Vec<u8> = match range.start {
-                    Some(start) => {
-                        let mut upper = Vec::new();
-                        encode_key(&mut upper, table, start);
-                        upper.extend_from_slice(&[0, 1]);
-                        upper.extend_from_slice(&[0xff; 8]);
-                        upper
-                    }
-                    None => {
-                        let mut upper = prefix.clone();
-                        upper.extend_from_slice(&[0xff; 9]); // above every key under the prefix
-                        upper
-                    }
+                let upper = match range.start {
+                    Some(start) => Bound::Included(VersionKey::new(table, start, 0)),
+                    None => match prefix_successor(range.prefix) {
+                        Some(successor) => Bound::Excluded(VersionKey::new(table, &successor, u64::MAX)),
+                        None => Bound::Excluded(VersionKey::end_of(table)),
+                    },
                 };
+                let lower = VersionKey::new(table, range.prefix, u64::MAX);
                 // Going backwards a key's versions come oldest first: keep the newest visible one.
                 let mut pending: Option<Entry> = None;
                 let mut current: Option<Arc<[u8]>> = None;
-                for entry in self.versions.range::<[u8], _>((Bound::Included(&prefix[..]), Bound::Included(&upper[..]))).rev() {
-                    if !within(entry.key()) {
+                for entry in self.versions.range((Bound::Included(lower), upper)).rev() {
+                    let version = entry.value();
+                    if !within(version) {
                         break;
                     }
-                    let version = entry.value();
                     if current.as_ref() != Some(&version.key) {
                         found.extend(pending.take());
                         current = Some(version.key.clone());
                     }
-                    if seq_of(entry.key()) <= visible {
+                    if entry.key().seq() <= visible {
                         pending = Some((version.key.clone(), version.value.clone()));
                     }
                 }

@@ -17,8 +17,14 @@ enum Op {
     Delete(Vec<u8>),
 }
 
+/// Short keys, and keys around 24 bytes (where layers split a key into words and a tail).
 fn key() -> impl Strategy<Value = Vec<u8>> {
-    proptest::collection::vec(0u8..4, 0..4)
+    let long = (22usize..25, 0u8..2, proptest::collection::vec(0u8..3, 0..3)).prop_map(|(len, byte, tail)| {
+        let mut key = vec![byte; len];
+        key.extend(tail);
+        key
+    });
+    prop_oneof![proptest::collection::vec(0u8..4, 0..4), long]
 }
 
 fn op() -> impl Strategy<Value = Op> {
