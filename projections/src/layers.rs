@@ -57,7 +57,7 @@ struct Version {
 /// batch first. The key's first 24 bytes are three big-endian words (zero-padded), so
 /// most comparisons (every projection key but invite codes and usernames is at most 24
 /// bytes) are three integer comparisons rather than a `memcmp` of an escaped copy.
-#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, PartialEq, Eq)]
 struct VersionKey {
     table: u8,
     head: [u64; 3],
@@ -70,6 +70,27 @@ struct VersionKey {
 
 /// Bytes of a key held in [`VersionKey::head`].
 const HEAD_BYTES: usize = 24;
+
+impl Ord for VersionKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.table, self.head)
+            .cmp(&(other.table, other.head))
+            .then_with(|| {
+                if self.len <= HEAD_BYTES && other.len <= HEAD_BYTES {
+                    self.len.cmp(&other.len) // no tails: skip the slice comparison (a memcmp call)
+                } else {
+                    self.tail.cmp(&other.tail).then(self.len.cmp(&other.len))
+                }
+            })
+            .then_with(|| self.newer.cmp(&other.newer))
+    }
+}
+
+impl PartialOrd for VersionKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 impl VersionKey {
     /// The key of `key`'s version written by batch `seq` (`u64::MAX`: before every
@@ -223,10 +244,19 @@ impl Layer {
         if !appended.is_empty() {
             self.append(seq, appended);
         }
-        for (table, key, value) in writes {
-            debug_assert!(!table.is_append_only(), "{table:?} writes go in their groups");
-            self.versions.insert(VersionKey::new(table, &key, seq), Version { key: Arc::from(key), value: value.map(Arc::from) });
-            self.writes.fetch_add(1, Ordering::Relaxed);
+        // Inserted in key order: each search then walks the nodes the one before it
+        // brought into the cache.
+        let mut versions: Vec<(VersionKey, Version)> = writes
+            .into_iter()
+            .map(|(table, key, value)| {
+                debug_assert!(!table.is_append_only(), "{table:?} writes go in their groups");
+                (VersionKey::new(table, &key, seq), Version { key: Arc::from(key), value: value.map(Arc::from) })
+            })
+            .collect();
+        versions.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
+        self.writes.fetch_add(versions.len(), Ordering::Relaxed);
+        for (key, version) in versions {
+            self.versions.insert(key, version);
         }
         for &entry in touched {
             self.touched.insert(entry);
