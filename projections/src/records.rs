@@ -12,11 +12,22 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 /// Encodes a record.
 #[allow(clippy::expect_used)]
 pub fn encode<T: Serialize>(record: &T) -> Vec<u8> {
-    // Invariant: bincode's serde encoder into a Vec fails only for shapes it cannot
-    // describe (sequences of unknown length); our records are plain structs, enums,
-    // integers, strings, options and vectors, so it cannot fail. Were it to, writing
-    // nothing (or empty bytes) would corrupt the projections silently: panic instead.
-    bincode::serde::encode_to_vec(record, bincode::config::standard()).expect("projection records always encode")
+    thread_local! {
+        /// Where records are encoded before being copied out at their exact size (encoding
+        /// into a new `Vec` grew it a few times per record: reallocations were a few
+        /// percent of the state machine thread). Grows to the largest record encoded.
+        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    SCRATCH.with_borrow_mut(|scratch| {
+        scratch.clear();
+        // Invariant: bincode's serde encoder into a Vec fails only for shapes it cannot
+        // describe (sequences of unknown length); our records are plain structs, enums,
+        // integers, strings, options and vectors, so it cannot fail. Were it to, writing
+        // nothing (or empty bytes) would corrupt the projections silently: panic instead.
+        // (Serializing a record never encodes another, so the scratch is never borrowed twice.)
+        bincode::serde::encode_into_std_write(record, scratch, bincode::config::standard()).expect("projection records always encode");
+        scratch.to_vec()
+    })
 }
 
 /// Decodes a record read from `table` under `key`.

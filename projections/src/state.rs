@@ -1031,12 +1031,12 @@ impl<S: StoreRead> ProjectionState<S> {
     /// chat-list index writes of every change since the previous cut: the writes up to
     /// here are then one flush, persisted as cut number [`Self::cuts`].
     pub fn take_writes(&mut self, cut: bool) -> Result<BatchWrites, ProjectionError> {
-        let changed = std::mem::take(&mut self.changed);
+        let mut changed = std::mem::take(&mut self.changed);
         self.changed_set.clear();
         let mut writes = Vec::with_capacity(changed.len());
         let mut large_last_messages = Vec::new();
         let mut large_chats_changed = Vec::new();
-        for key in changed {
+        for key in changed.drain(..) {
             if let Changed::LargeChat(user, _) = key {
                 large_chats_changed.push(user);
             }
@@ -1048,6 +1048,7 @@ impl<S: StoreRead> ProjectionState<S> {
             }
             writes.push(self.encode(key)?);
         }
+        self.changed = changed; // empty, its capacity kept for the next batch
         if cut {
             let changes = std::mem::take(&mut self.list_changes);
             for (chat, change) in changes {
@@ -1067,7 +1068,10 @@ impl<S: StoreRead> ProjectionState<S> {
         large_chats_changed.dedup();
         Ok(BatchWrites {
             writes,
-            appended: std::mem::take(&mut self.catch_up),
+            appended: {
+                let capacity = self.catch_up.len();
+                std::mem::replace(&mut self.catch_up, Vec::with_capacity(capacity))
+            },
             large_last_messages,
             participants_changed,
             large_chats_changed,

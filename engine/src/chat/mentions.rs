@@ -33,7 +33,11 @@ pub(crate) enum Mention {
 /// mention nobody by the convention above left out). Entities are expected within the
 /// text (the caller checks bounds first); one that is not mentions nobody.
 pub(crate) fn mentions_in(text: &str, entities: &[MessageEntity]) -> Vec<Mention> {
-    let units: Vec<u16> = text.encode_utf16().collect();
+    if entities.is_empty() {
+        return Vec::new(); // most messages: no need to index the text
+    }
+    let mut units: Vec<u16> = Vec::with_capacity(text.len());
+    units.extend(text.encode_utf16());
     entities
         .iter()
         .filter_map(|entity| {
