@@ -43,6 +43,10 @@ pub type KvWrite = (Table, Vec<u8>, Option<Vec<u8>>);
 /// One put of an append-only table ([`Table::is_append_only`]): a new key and its value.
 pub type AppendWrite = (Table, Vec<u8>, Vec<u8>);
 
+/// What [`Layer::visit_entries`] calls for each write: the table, the key, `Some(value)`
+/// for a put or `None` for a delete.
+pub type VisitWrite<'a> = dyn FnMut(Table, &[u8], Option<&[u8]>) + 'a;
+
 /// A key's version as readers get it: the raw key and `Some(value)`, or `None` (deleted).
 pub type Entry = (Arc<[u8]>, Option<Arc<[u8]>>);
 
@@ -300,7 +304,7 @@ impl Layer {
 
     /// Visits every key's newest write (what a flush writes): the skip list's in table and
     /// key order, then the append-only tables' by group.
-    pub fn visit_entries(&self, visit: &mut dyn FnMut(Table, &[u8], Option<&[u8]>)) {
+    pub fn visit_entries(&self, visit: &mut VisitWrite<'_>) {
         let mut previous: Option<(u8, Arc<[u8]>)> = None;
         for entry in self.versions.iter() {
             let (table_byte, version) = (entry.key().table, entry.value());
