@@ -47,14 +47,31 @@ pub type AppendWrite = (Table, Vec<u8>, Vec<u8>);
 /// for a put or `None` for a delete.
 pub type VisitWrite<'a> = dyn FnMut(Table, &[u8], Option<&[u8]>) + 'a;
 
-/// A key's version as readers get it: the raw key and `Some(value)`, or `None` (deleted).
-pub type Entry = (Arc<[u8]>, Option<Arc<[u8]>>);
+/// A write as a layer keeps it and readers get it: the key and the value (`None`:
+/// deleted), in one allocation (a version's one allocation besides its skip-list node:
+/// allocating and freeing them was a good part of both the inserting and the flushing
+/// thread's time).
+#[derive(Clone, Debug)]
+pub struct Entry {
+    bytes: Arc<[u8]>,
+    key_len: usize,
+    deleted: bool,
+}
 
-/// A write as a layer keeps it: the raw key (for readers) and the value.
-#[derive(Debug)]
-struct Version {
-    key: Arc<[u8]>,
-    value: Option<Arc<[u8]>>,
+impl Entry {
+    fn new(key: &[u8], value: Option<&[u8]>) -> Self {
+        // One allocation: a chain of two slices' copies has an exact length.
+        let bytes: Arc<[u8]> = key.iter().chain(value.unwrap_or_default()).copied().collect();
+        Entry { bytes, key_len: key.len(), deleted: value.is_none() }
+    }
+
+    fn key(&self) -> &[u8] {
+        self.bytes.get(..self.key_len).unwrap_or_default()
+    }
+
+    fn value(&self) -> Option<&[u8]> {
+        if self.deleted { None } else { self.bytes.get(self.key_len..) }
+    }
 }
 
 /// The skip list's key of one version: ordered by table, then key bytes, then newest
@@ -130,7 +147,7 @@ impl VersionKey {
 /// [`StoreRead::touched_chats`]).
 #[derive(Debug, Default)]
 pub struct Layer {
-    versions: SkipMap<VersionKey, Version>,
+    versions: SkipMap<VersionKey, Entry>,
     /// The append-only tables' puts, grouped (see the module docs).
     appended: RwLock<Appended>,
     touched: SkipSet<(UserId, ChatId)>,
@@ -203,7 +220,7 @@ impl Appended {
                     .iter()
                     .take_while(|put| put.key.starts_with(range.prefix))
                     .filter(|put| put.seq <= visible && range.contains(&put.key))
-                    .map(|put| (Arc::from(put.key.as_slice()), Some(Arc::from(put.value.as_slice())))),
+                    .map(|put| Entry::new(&put.key, Some(&put.value))),
             );
         };
         if range.prefix.len() >= group_bytes {
@@ -217,15 +234,15 @@ impl Appended {
                     take(puts);
                 }
             }
-            found.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
+            found.sort_unstable_by(|a, b| a.key().cmp(b.key()));
         }
         found
     }
 
-    fn get(&self, table: Table, key: &[u8], visible: u64) -> Option<Arc<[u8]>> {
+    fn get(&self, table: Table, key: &[u8], visible: u64) -> Option<Vec<u8>> {
         let puts = self.groups.get(&group_of(table, key))?;
         let found = puts.binary_search_by(|put| put.key.as_slice().cmp(key)).ok()?;
-        puts.get(found).filter(|put| put.seq <= visible).map(|put| Arc::from(put.value.as_slice()))
+        puts.get(found).filter(|put| put.seq <= visible).map(|put| put.value.clone())
     }
 }
 
@@ -250,11 +267,11 @@ impl Layer {
         }
         // Inserted in key order: each search then walks the nodes the one before it
         // brought into the cache.
-        let mut versions: Vec<(VersionKey, Version)> = writes
+        let mut versions: Vec<(VersionKey, Entry)> = writes
             .into_iter()
             .map(|(table, key, value)| {
                 debug_assert!(!table.is_append_only(), "{table:?} writes go in their groups");
-                (VersionKey::new(table, &key, seq), Version { key: Arc::from(key), value: value.map(Arc::from) })
+                (VersionKey::new(table, &key, seq), Entry::new(&key, value.as_deref()))
             })
             .collect();
         versions.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
@@ -305,15 +322,15 @@ impl Layer {
     /// Visits every key's newest write (what a flush writes): the skip list's in table and
     /// key order, then the append-only tables' by group.
     pub fn visit_entries(&self, visit: &mut VisitWrite<'_>) {
-        let mut previous: Option<(u8, Arc<[u8]>)> = None;
+        let mut previous: Option<(u8, Entry)> = None;
         for entry in self.versions.iter() {
             let (table_byte, version) = (entry.key().table, entry.value());
-            if previous.as_ref().is_some_and(|(table, key)| *table == table_byte && *key == version.key) {
+            if previous.as_ref().is_some_and(|(table, key)| *table == table_byte && key.key() == version.key()) {
                 continue; // an older version of the key just visited
             }
-            previous = Some((table_byte, version.key.clone()));
+            previous = Some((table_byte, version.clone()));
             let Some(table) = Table::ALL.get(usize::from(table_byte)).copied() else { continue };
-            visit(table, &version.key, version.value.as_deref());
+            visit(table, version.key(), version.value());
         }
         let appended = self.appended();
         for ((table_byte, _), puts) in &appended.groups {
@@ -332,7 +349,7 @@ impl Layer {
     }
 
     /// The newest version of `key` at `visible`: `Some(None)` when deleted there.
-    fn lookup_owned(&self, table: Table, key: &[u8], visible: u64) -> Option<Option<Arc<[u8]>>> {
+    fn lookup_owned(&self, table: Table, key: &[u8], visible: u64) -> Option<Option<Vec<u8>>> {
         if table.is_append_only() {
             return self.appended().get(table, key, visible).map(Some);
         }
@@ -341,7 +358,7 @@ impl Layer {
         if !entry.key().same_key(&bound) {
             return None;
         }
-        Some(entry.value().value.clone())
+        Some(entry.value().value().map(<[u8]>::to_vec))
     }
 
     /// The visible versions in `range`, newest per key, in scan order.
@@ -354,23 +371,23 @@ impl Layer {
             return found;
         }
         let mut found = Vec::new();
-        let within = |version: &Version| version.key.starts_with(range.prefix);
+        let within = |version: &Entry| version.key().starts_with(range.prefix);
         match range.direction {
             Direction::Forward => {
                 let lower = VersionKey::new(table, range.start.map_or(range.prefix, |start| start.max(range.prefix)), u64::MAX);
-                let mut current: Option<Arc<[u8]>> = None;
+                let mut current: Option<Entry> = None;
                 let mut taken = false;
                 for entry in self.versions.range((Bound::Included(lower), Bound::Excluded(VersionKey::end_of(table)))) {
                     let version = entry.value();
                     if !within(version) {
                         break;
                     }
-                    if current.as_ref() != Some(&version.key) {
-                        current = Some(version.key.clone());
+                    if current.as_ref().is_none_or(|current| current.key() != version.key()) {
+                        current = Some(version.clone());
                         taken = false;
                     }
                     if !taken && entry.key().seq() <= visible {
-                        found.push((version.key.clone(), version.value.clone()));
+                        found.push(version.clone());
                         taken = true;
                     }
                 }
@@ -386,18 +403,18 @@ impl Layer {
                 let lower = VersionKey::new(table, range.prefix, u64::MAX);
                 // Going backwards a key's versions come oldest first: keep the newest visible one.
                 let mut pending: Option<Entry> = None;
-                let mut current: Option<Arc<[u8]>> = None;
+                let mut current: Option<Entry> = None;
                 for entry in self.versions.range((Bound::Included(lower), upper)).rev() {
                     let version = entry.value();
                     if !within(version) {
                         break;
                     }
-                    if current.as_ref() != Some(&version.key) {
+                    if current.as_ref().is_none_or(|current| current.key() != version.key()) {
                         found.extend(pending.take());
-                        current = Some(version.key.clone());
+                        current = Some(version.clone());
                     }
                     if entry.key().seq() <= visible {
-                        pending = Some((version.key.clone(), version.value.clone()));
+                        pending = Some(version.clone());
                     }
                 }
                 found.extend(pending);
@@ -429,7 +446,7 @@ impl<'a, B: StoreRead + ?Sized> LayeredView<'a, B> {
     }
 
     /// The newest visible write of `key` in any layer: `Some(None)` when deleted there.
-    fn layered(&self, table: Table, key: &[u8]) -> Option<Option<Arc<[u8]>>> {
+    fn layered(&self, table: Table, key: &[u8]) -> Option<Option<Vec<u8>>> {
         self.layers.iter().find_map(|layer| layer.lookup_owned(table, key, self.visible))
     }
 }
@@ -446,17 +463,17 @@ fn merged_layers(layers: &[Arc<Layer>], table: Table, range: ScanRange<'_>, visi
     let mut merged = Vec::new();
     loop {
         // The first key in scan order among the layers; the newest layer (lowest index) wins ties.
-        let mut best: Option<(usize, Arc<[u8]>)> = None;
+        let mut best: Option<(usize, Entry)> = None;
         for (index, list) in lists.iter_mut().enumerate() {
-            if let Some((key, _)) = list.peek()
-                && best.as_ref().is_none_or(|(_, best_key)| before(key, best_key))
+            if let Some(entry) = list.peek()
+                && best.as_ref().is_none_or(|(_, best)| before(entry.key(), best.key()))
             {
-                best = Some((index, key.clone()));
+                best = Some((index, entry.clone()));
             }
         }
-        let Some((winner, key)) = best else { return merged };
+        let Some((winner, best)) = best else { return merged };
         for (index, list) in lists.iter_mut().enumerate() {
-            if list.peek().is_some_and(|(other, _)| *other == key) {
+            if list.peek().is_some_and(|other| other.key() == best.key()) {
                 let entry = list.next();
                 if index == winner {
                     merged.extend(entry);
@@ -469,7 +486,7 @@ fn merged_layers(layers: &[Arc<Layer>], table: Table, range: ScanRange<'_>, visi
 impl<B: StoreRead + ?Sized> StoreRead for LayeredView<'_, B> {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, ProjectionError> {
         match self.layered(table, key) {
-            Some(value) => Ok(value.map(|value| value.to_vec())),
+            Some(value) => Ok(value),
             None => self.base.get(table, key),
         }
     }
@@ -484,8 +501,8 @@ impl<B: StoreRead + ?Sized> StoreRead for LayeredView<'_, B> {
             return self.base.scan(table, range, visit);
         }
         let layered = merged_layers(self.layers, table, range, self.visible);
-        let shadowed: std::collections::HashSet<&[u8]> = layered.iter().map(|(key, _)| &key[..]).collect();
-        let mut pending = layered.iter().map(|(key, value)| (&key[..], value.as_deref())).peekable();
+        let shadowed: std::collections::HashSet<&[u8]> = layered.iter().map(Entry::key).collect();
+        let mut pending = layered.iter().map(|entry| (entry.key(), entry.value())).peekable();
         let before = |a: &[u8], b: &[u8]| match range.direction {
             Direction::Forward => a < b,
             Direction::Reverse => a > b,
