@@ -285,7 +285,8 @@ impl Layer {
     }
 
     /// Puts batch `seq`'s append-only writes in their groups, under the write lock (a
-    /// move each: readers wait that long at most). Runs on the one thread that inserts.
+    /// move each: readers wait that long at most; the inserting thread waits for readers
+    /// copying out of one group). Runs on the one thread that inserts.
     fn append(&self, seq: u64, appended: Vec<AppendWrite>) {
         debug_assert!(appended.iter().all(|(table, _, _)| table.is_append_only()));
         self.writes.fetch_add(appended.len(), Ordering::Relaxed);
