@@ -108,6 +108,45 @@ proptest! {
     }
 }
 
+/// Append-only puts as the append-only tests lay them out: `keys` split at `cuts` (indexes
+/// into `keys`) into batches, the first standing for the flushed base (`in_base` keys) and
+/// the others inserted into one layer as batches 1, 2, ... up to `visible`; `invisible` in
+/// one more batch past it. The model holds every batch but the invisible one.
+struct AppendOnly {
+    base: MemStore,
+    model: MemStore,
+    layers: Vec<Arc<Layer>>,
+    visible: u64,
+    in_base: usize,
+}
+
+fn append_only(table: Table, keys: &[Vec<u8>], cuts: &[usize], invisible: &[Vec<u8>]) -> AppendOnly {
+    let mut bounds: Vec<usize> = cuts.iter().map(|cut| cut % (keys.len() + 1)).collect();
+    bounds.push(0);
+    bounds.push(keys.len());
+    bounds.sort_unstable();
+    bounds.dedup();
+    let (mut base, mut model, layer) = (MemStore::new(), MemStore::new(), Layer::new());
+    let value = |key: &[u8]| key.iter().rev().copied().collect::<Vec<u8>>();
+    for (seq, window) in bounds.windows(2).enumerate() {
+        let batch: Vec<(Table, Vec<u8>, Vec<u8>)> =
+            keys[window[0]..window[1]].iter().map(|key| (table, key.clone(), value(key))).collect();
+        for (_, key, value) in &batch {
+            model.put(table, key.clone(), value.clone());
+            if seq == 0 {
+                base.put(table, key.clone(), value.clone()); // the first batch stands for the flushed base
+            }
+        }
+        if seq > 0 {
+            layer.insert(seq as u64, Vec::new(), batch, &[]);
+        }
+    }
+    let visible = bounds.len() as u64;
+    layer.insert(visible + 1, Vec::new(), invisible.iter().map(|key| (table, key.clone(), value(key))).collect(), &[]);
+    let in_base = bounds.get(1).copied().unwrap_or(0);
+    AppendOnly { base, model, layers: vec![Arc::new(layer)], visible, in_base }
+}
+
 proptest! {
     /// Append-only tables (the catch-up index) go into groups, not the skip list: the same
     /// reads, with keys that are each put once (in the base or a batch), in any order and of
@@ -128,32 +167,7 @@ proptest! {
         let rotation = cuts.first().copied().unwrap_or(0) % keys.len().max(1);
         keys.rotate_left(rotation);
         let invisible: Vec<Vec<u8>> = keys.split_off(keys.len().saturating_sub(invisible));
-        let mut bounds: Vec<usize> = cuts.iter().map(|cut| cut % (keys.len() + 1)).collect();
-        bounds.push(0);
-        bounds.push(keys.len());
-        bounds.sort_unstable();
-        bounds.dedup();
-        let mut base = MemStore::new();
-        let mut model = MemStore::new();
-        let layer = Layer::new();
-        let value = |key: &[u8]| key.iter().rev().copied().collect::<Vec<u8>>();
-        for (seq, window) in bounds.windows(2).enumerate() {
-            let batch: Vec<(Table, Vec<u8>, Vec<u8>)> =
-                keys[window[0]..window[1]].iter().map(|key| (table, key.clone(), value(key))).collect();
-            for (_, key, value) in &batch {
-                model.put(table, key.clone(), value.clone());
-                if seq == 0 {
-                    base.put(table, key.clone(), value.clone()); // the first batch stands for the flushed base
-                }
-            }
-            if seq > 0 {
-                layer.insert(seq as u64, Vec::new(), batch, &[]);
-            }
-        }
-        let visible = bounds.len() as u64;
-        let hidden: Vec<(Table, Vec<u8>, Vec<u8>)> = invisible.iter().map(|key| (table, key.clone(), value(key))).collect();
-        layer.insert(visible + 1, Vec::new(), hidden, &[]);
-        let layers = vec![Arc::new(layer)];
+        let AppendOnly { base, model, layers, visible, in_base } = append_only(table, &keys, &cuts, &invisible);
         let view = LayeredView::new(&base, &layers, visible);
 
         let start = start.filter(|start| start.starts_with(&prefix));
@@ -164,7 +178,7 @@ proptest! {
             prop_assert_eq!(view.get(table, probe).unwrap(), model.get(table, probe).unwrap());
         }
         let flushed: usize = layers[0].entries().len();
-        prop_assert_eq!(flushed, keys.len() - bounds.get(1).copied().unwrap_or(0) + invisible.len());
+        prop_assert_eq!(flushed, keys.len() - in_base + invisible.len());
     }
 }
 
@@ -187,29 +201,7 @@ proptest! {
         let key = |user: u64, position: u64| [user.to_be_bytes(), position.to_be_bytes()].concat();
         let mut keys: Vec<Vec<u8>> = users.iter().enumerate().map(|(position, &user)| key(user, position as u64 + 1)).collect();
         let invisible: Vec<Vec<u8>> = keys.split_off(keys.len().saturating_sub(invisible));
-        let mut bounds: Vec<usize> = cuts.iter().map(|cut| cut % (keys.len() + 1)).collect();
-        bounds.push(0);
-        bounds.push(keys.len());
-        bounds.sort_unstable();
-        bounds.dedup();
-        let (mut base, mut model, layer) = (MemStore::new(), MemStore::new(), Layer::new());
-        let value = |key: &[u8]| key.iter().rev().copied().collect::<Vec<u8>>();
-        for (seq, window) in bounds.windows(2).enumerate() {
-            let batch: Vec<(Table, Vec<u8>, Vec<u8>)> =
-                keys[window[0]..window[1]].iter().map(|key| (table, key.clone(), value(key))).collect();
-            for (_, key, value) in &batch {
-                model.put(table, key.clone(), value.clone());
-                if seq == 0 {
-                    base.put(table, key.clone(), value.clone());
-                }
-            }
-            if seq > 0 {
-                layer.insert(seq as u64, Vec::new(), batch, &[]);
-            }
-        }
-        let visible = bounds.len() as u64;
-        layer.insert(visible + 1, Vec::new(), invisible.iter().map(|key| (table, key.clone(), value(key))).collect(), &[]);
-        let layers = vec![Arc::new(layer)];
+        let AppendOnly { base, model, layers, visible, .. } = append_only(table, &keys, &cuts, &invisible);
         let view = LayeredView::new(&base, &layers, visible);
 
         let prefix: Vec<u8> = match prefix_user {
