@@ -1,6 +1,7 @@
 //! Crash points inside the engine (the `fail` crate, compiled in by the `failpoints`
 //! feature for tests): an I/O error before the commit's write, a crash after the write
-//! but before the acknowledgement, a crash after the acknowledgement, a projection flush
+//! but before the acknowledgement, a crash after the acknowledgement, a crash of the state
+//! machine between submitting a batch and inserting its writes, a projection flush
 //! that fails before its write and one that crashes right after it, and an error inside
 //! a rebuild before its switch. After each, the reopened directory's log is gapless,
 //! its checkpoint not ahead, and its projections equal a fold of the log. Each test shows
@@ -98,6 +99,44 @@ async fn a_crash_after_the_acknowledgement_loses_nothing_acknowledged() {
     let f = f.reopen().await;
     let history = f.engine.get_history(BOB, messages::GetHistory { chat_ref: Some(dm(ANN)), ..Default::default() }).await.unwrap();
     assert_eq!(history.messages.iter().map(|m| m.message_id).collect::<Vec<_>>(), [acknowledged.message_id]);
+    close_and_assert_consistent(f);
+    scenario.teardown();
+}
+
+#[tokio::test]
+async fn a_batch_synced_before_its_writes_are_inserted_is_answered_only_once_readers_see_it() {
+    let scenario = fail::FailScenario::setup();
+    let f = fixture().await;
+    send(&f.engine, ANN, &dm(BOB), "before").await; // the DM exists: reading it needs no command
+    fail::cfg("state_machine::before_insert", "sleep(200)").unwrap(); // the sync wins the race
+    let sent = f.engine.send_message(ANN, hello()).await.unwrap();
+    fail::remove("state_machine::before_insert");
+    assert_eq!(conversation(&f.engine, ANN, &dm(BOB)).await.last_message_id, sent.message_id, "read back at once");
+    close_and_assert_consistent(f);
+    scenario.teardown();
+}
+
+#[tokio::test]
+async fn a_crash_of_the_state_machine_while_the_writer_syncs_answers_the_callers_and_keeps_the_durable_batch() {
+    let scenario = fail::FailScenario::setup();
+    let f = fixture().await;
+    // The state machine submits a batch, then inserts its writes for readers while the
+    // writer syncs it: a crash between the two must not leave the completion waiting.
+    fail::cfg("state_machine::before_insert", "panic").unwrap();
+    let unpublished = f.engine.send_message(ANN, hello()).await;
+    assert!(
+        matches!(&unpublished, Err(EngineError::WriterFailed { reason }) if reason.contains("state machine failed")),
+        "answered, not left waiting: {unpublished:?}"
+    );
+    let refused = f.engine.send_message(ANN, hello()).await;
+    assert!(
+        matches!(&refused, Err(EngineError::WriterFailed { reason }) if reason.contains("state_machine::before_insert")),
+        "{refused:?}"
+    );
+    fail::remove("state_machine::before_insert");
+    let f = f.reopen().await;
+    assert_eq!(messages_in_log(&f).await, 1, "the batch was submitted, and so written, before the crash");
+    assert_eq!(conversation(&f.engine, BOB, &dm(ANN)).await.unread_count, 1, "reopening folds it");
     close_and_assert_consistent(f);
     scenario.teardown();
 }

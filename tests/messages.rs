@@ -82,3 +82,35 @@ async fn the_owner_highlights_a_message_that_exists() {
     f.engine.edit_chat(ANN, highlight(0)).await.unwrap();
     assert_projections_equal_a_fold_of_the_log(&f.engine).await;
 }
+
+/// Sync log, 64 senders at once, each in a group of its own: the state machine ends
+/// batches early while the writer is idle and inserts each batch's writes for readers
+/// while the writer syncs it. Every acknowledged message is read back at once.
+#[tokio::test]
+async fn every_message_of_many_concurrent_senders_is_read_back_as_soon_as_it_is_acknowledged() {
+    const SENDERS: usize = 64;
+    const SENDS_EACH: usize = 30;
+    let f = fixture().await;
+    let mut groups = Vec::with_capacity(SENDERS);
+    for _ in 0..SENDERS {
+        groups.push(create_group(&f.engine, ANN, &[BOB]).await);
+    }
+    let mut tasks = Vec::with_capacity(SENDERS);
+    for id in groups.iter().copied() {
+        let engine = f.engine.clone();
+        tasks.push(tokio::spawn(async move {
+            for n in 0..SENDS_EACH {
+                let sent = send(&engine, ANN, &group(id), &format!("message {n}")).await;
+                let read = conversation(&engine, ANN, &group(id)).await;
+                assert_eq!(read.last_message_id, sent.get(), "read back at once in group {id}");
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    for id in groups {
+        assert_eq!(conversation(&f.engine, BOB, &group(id)).await.unread_count, SENDS_EACH as u32);
+    }
+    assert_projections_equal_a_fold_of_the_log(&f.engine).await;
+}

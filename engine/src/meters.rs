@@ -20,6 +20,9 @@ pub(crate) struct Meters {
     pub(crate) events: AtomicU64,
     /// Batches handed to the writer.
     pub(crate) batches: AtomicU64,
+    /// Commits of the log writer: groups of batches written with one sync (`Sync`) or one
+    /// round of writes (`Buffered`).
+    pub(crate) commits: AtomicU64,
     /// Projection writes flushed (puts and deletes).
     pub(crate) flushed_writes: AtomicU64,
     /// Bytes of records the state machine holds, after its last batch (a gauge).
@@ -27,10 +30,21 @@ pub(crate) struct Meters {
 }
 
 impl Meters {
-    /// Adds the time since `started` to `counter`.
-    pub(crate) fn add_since(counter: &AtomicU64, started: Instant) {
+    /// Adds the time since `started` to `counter`; returns it (nanoseconds).
+    pub(crate) fn add_since(counter: &AtomicU64, started: Instant) -> u64 {
         let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         counter.fetch_add(nanos, Ordering::Relaxed);
+        nanos
+    }
+
+    /// `average` moved toward `sample` by 1/`samples_averaged`: an average over about the
+    /// last `samples_averaged` samples (the first sample, when `average` is 0).
+    pub(crate) fn moving_average(average: u64, sample: u64, samples_averaged: u64) -> u64 {
+        if average == 0 {
+            return sample;
+        }
+        let samples_averaged = samples_averaged.max(1);
+        average - average / samples_averaged + sample / samples_averaged
     }
 
     /// A copy of the counters.
@@ -43,6 +57,7 @@ impl Meters {
             flush_ns: get(&self.flush_ns),
             events: get(&self.events),
             batches: get(&self.batches),
+            commits: get(&self.commits),
             flushed_writes: get(&self.flushed_writes),
             state_bytes: get(&self.state_bytes),
         }
@@ -64,6 +79,9 @@ pub struct MeterReadings {
     pub events: u64,
     /// Batches handed to the log writer.
     pub batches: u64,
+    /// Commits of the log writer: groups of batches written with one sync (`Sync`) or one
+    /// round of writes (`Buffered`). Events per commit is the group commit's batch.
+    pub commits: u64,
     /// Projection writes flushed.
     pub flushed_writes: u64,
     /// Bytes of records the state machine holds (approximate footprints), after its last

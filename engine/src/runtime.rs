@@ -181,6 +181,8 @@ impl Core {
             effects: effects_tx,
             policy: FlushPolicy { interval_ms: state_config.flush_interval_ms, events_max: state_config.flush_events_max },
             batch_max: log.commit_batch_max,
+            submit_when_writer_idle: log.durability == crate::log::Durability::Sync,
+            command_ns: 0,
             idempotency_window_ms: log.idempotency_window_ms,
             failure: failure.clone(),
             meters,

@@ -135,6 +135,13 @@ pub(crate) struct StateMachine {
     pub(crate) effects: mpsc::UnboundedSender<EffectBatch>,
     pub(crate) policy: FlushPolicy,
     pub(crate) batch_max: usize,
+    /// Whether a batch is submitted as soon as the writer is idle, its other commands
+    /// carried to the next batch (see [`StateMachine::run`]): for `Sync` logs, whose
+    /// commits cost a sync whatever their size.
+    pub(crate) submit_when_writer_idle: bool,
+    /// Nanoseconds a command took lately to decide, stage and fold (a moving average over
+    /// about as many batches as the writer's `commit_ns`).
+    pub(crate) command_ns: u64,
     /// How long an idempotency key is remembered, in milliseconds.
     pub(crate) idempotency_window_ms: u64,
     /// Set by a failed commit (on the writer thread) or a fold error: refuse everything.
@@ -154,9 +161,19 @@ type Outcome = (oneshot::Sender<Result<Output, EngineError>>, Result<Output, Eng
 
 impl StateMachine {
     /// Runs until the command channel closes, then cuts and hands over a final flush.
+    ///
+    /// A batch is every command queued when it starts (at most `batch_max`). When
+    /// `submit_when_writer_idle` is set, a batch ends early, after a command that staged
+    /// events, if the writer is idle then and the commands left would take longer to
+    /// decide than a commit takes (both by recent averages): the commit starts while they
+    /// are decided (carried to the next batch, ahead of newer commands), instead of the
+    /// disk waiting for the whole queue. Shorter queues stay one batch: a sync of 8 events
+    /// costs about 80% of one of 15 (BENCHMARKS.md), so splitting them would cost more
+    /// syncs than it saves waiting.
     pub(crate) fn run(mut self, commands: Receiver<Request>) {
         let mut events_since_cut: u64 = 0;
         let mut last_cut = Instant::now();
+        let mut carried: Vec<Command> = Vec::new();
         loop {
             let wait = if events_since_cut == 0 {
                 Duration::from_secs(3_600)
@@ -164,12 +181,14 @@ impl StateMachine {
                 Duration::from_millis(self.policy.interval_ms).saturating_sub(last_cut.elapsed())
             };
             let mut batch = Vec::new();
-            match commands.recv_timeout(wait) {
-                Ok(command) => batch.push(command),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
+            if carried.is_empty() {
+                match commands.recv_timeout(wait) {
+                    Ok(command) => batch.push(command),
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
             }
-            while batch.len() < self.batch_max.max(1) {
+            while batch.len() + carried.len() < self.batch_max.max(1) {
                 match commands.try_recv() {
                     Ok(command) => batch.push(command),
                     Err(_) => break,
@@ -177,8 +196,10 @@ impl StateMachine {
             }
             let mut flushes = Vec::new();
             let mut work = Vec::new(); // replicated mode's records and publish outcomes
-            let batch: Vec<Command> = batch
+            let batch: Vec<Command> = std::mem::take(&mut carried)
                 .into_iter()
+                .map(Request::Command)
+                .chain(batch)
                 .filter_map(|request| match request {
                     Request::Command(command) => Some(command),
                     Request::Flush(reply) => {
@@ -193,19 +214,25 @@ impl StateMachine {
                 .collect();
             let due = events_since_cut > 0
                 && (!flushes.is_empty() || last_cut.elapsed() >= Duration::from_millis(self.policy.interval_ms));
+            // A flush answers for every command queued before it: no batch ends early then.
+            let early = self.submit_when_writer_idle && flushes.is_empty() && work.is_empty() && self.replica.is_none();
             let committed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                self.run_batch(batch, work, due, flushes, &mut events_since_cut)
+                self.run_batch(batch, work, due, flushes, early, &mut events_since_cut)
             }));
             match committed {
-                Ok(true) => last_cut = Instant::now(),
-                Ok(false) => {}
+                Ok((was_cut, rest)) => {
+                    if was_cut {
+                        last_cut = Instant::now();
+                    }
+                    carried = rest;
+                }
                 Err(panic) => self.fail(format!("a decision or fold panicked: {}", panic_reason(&panic))),
             }
         }
         // Clean shutdown: whatever is not flushed yet goes in one last cut.
         if events_since_cut > 0 {
             let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                self.run_batch(Vec::new(), Vec::new(), true, Vec::new(), &mut events_since_cut)
+                self.run_batch(Vec::new(), Vec::new(), true, Vec::new(), false, &mut events_since_cut)
             }));
         }
     }
@@ -222,21 +249,23 @@ impl StateMachine {
         }
     }
 
-    /// Decides, stages and folds `commands`, then submits the batch. Returns whether the
-    /// batch was a cut.
+    /// Decides, stages and folds `commands` (with `early`, only up to the first command
+    /// after which the writer is idle and the batch has events), then submits the batch.
+    /// Returns whether the batch was a cut, and the commands not run.
     fn run_batch(
         &mut self,
         commands: Vec<Command>,
         work: Vec<Request>,
         due: bool,
         flushes: Vec<oneshot::Sender<u64>>,
+        early: bool,
         events_since_cut: &mut u64,
-    ) -> bool {
+    ) -> (bool, Vec<Command>) {
         if let Some(reason) = self.failure() {
             for command in commands {
                 let _ = command.reply.send(Err(crate::storage_error::writer_failed(&reason)));
             }
-            return false;
+            return (false, Vec::new());
         }
         let started = std::time::Instant::now();
         self.state.mark_persisted(self.flush_state.landed.load(Ordering::Acquire));
@@ -255,13 +284,17 @@ impl StateMachine {
                     for (reply, outcome) in outcomes {
                         let _ = reply.send(outcome.and(Err(crate::storage_error::writer_failed(&reason))));
                     }
-                    return false;
+                    return (false, Vec::new());
                 }
                 Vec::new()
             }
         };
         let mut commands = commands.into_iter();
+        let commit_ns = self.writer.commit_ns();
+        let deciding = Instant::now();
+        let mut decided: u64 = 0;
         while let Some(Command { idempotency, decide, replay, reply }) = commands.next() {
+            decided += 1;
             match self.run_command(idempotency, decide, replay, &mut log_batch, &mut effects) {
                 Ok(outcome) => outcomes.push((reply, outcome)),
                 Err(fatal) => {
@@ -275,10 +308,17 @@ impl StateMachine {
                     for command in commands {
                         let _ = command.reply.send(Err(crate::storage_error::writer_failed(&reason)));
                     }
-                    return false;
+                    return (false, Vec::new());
                 }
             }
+            if early && !log_batch.is_empty() && ends_batch_early(commands.len(), self.command_ns, commit_ns, || self.writer.is_idle()) {
+                break;
+            }
         }
+        if let Some(took_ns) = u64::try_from(deciding.elapsed().as_nanos()).unwrap_or(u64::MAX).checked_div(decided) {
+            self.command_ns = crate::meters::Meters::moving_average(self.command_ns, took_ns, crate::log::COMMIT_NS_AVERAGED);
+        }
+        let rest: Vec<Command> = commands.collect();
         *events_since_cut += log_batch.events().len() as u64;
         let cut = *events_since_cut > 0
             && (due || *events_since_cut >= self.policy.events_max || self.state.over_budget());
@@ -289,7 +329,7 @@ impl StateMachine {
                 for (reply, _) in outcomes {
                     let _ = reply.send(Err(crate::storage_error::writer_failed(&err.to_string())));
                 }
-                return false;
+                return (false, rest); // refused by the next batch: the engine failed
             }
         };
         if let Err(err) = self.sequencer.seal(&mut log_batch, Some(self.ids.last_id())) {
@@ -297,22 +337,15 @@ impl StateMachine {
             for (reply, _) in outcomes {
                 let _ = reply.send(Err(crate::storage_error::writer_failed(&err.to_string())));
             }
-            return false;
+            return (false, rest); // refused by the next batch: the engine failed
         }
-        // The batch's writes go into the active layer now, while the writer writes and
-        // syncs the batches before it: readers read as of the last published batch, every
-        // version in a layer carries its batch, and the caches serve an entry only to
-        // readers at or after its batch, so nothing of this batch shows before its
-        // completion publishes it. (On the writer thread, after the sync, these inserts were
-        // half of that thread's time and delayed the next group's write.)
         let visible = if batch_writes.writes.is_empty() && batch_writes.appended.is_empty() && batch_writes.touched.is_empty() {
             None
         } else {
             self.batch_seq += 1;
-            self.views.caches.record(self.batch_seq, &batch_writes);
-            self.active.insert(self.batch_seq, batch_writes.writes, batch_writes.appended, &batch_writes.touched);
             Some(self.batch_seq)
         };
+        let layer = self.active.clone();
         // At a cut the writes of later batches go to a new layer; the completion freezes
         // this one for the flusher.
         let next = cut.then(|| {
@@ -329,12 +362,26 @@ impl StateMachine {
         if let Err(err) = self.writer.submit(log_batch, completion) {
             self.fail(err.to_string());
         }
+        // The batch's writes go into its layer now, while the writer writes and syncs it:
+        // readers read as of the last published batch, every version in a layer carries
+        // its batch, and the caches serve an entry only to readers at or after its batch,
+        // so nothing of this batch shows before its completion, which waits for these
+        // inserts (`Views::wait_inserted`), publishes it. (Before the submit, they delayed
+        // the sync; on the writer thread, after it, they delayed the next group's write.)
+        if let Some(seq) = visible {
+            let started = Instant::now();
+            fail::fail_point!("state_machine::before_insert");
+            self.views.caches.record(seq, &batch_writes);
+            layer.insert(seq, batch_writes.writes, batch_writes.appended, &batch_writes.touched);
+            self.views.inserted(seq);
+            crate::meters::Meters::add_since(&self.meters.decide_ns, started);
+        }
         if cut {
             *events_since_cut = 0;
         }
         self.state.evict();
         self.meters.state_bytes.store(self.state.bytes() as u64, Ordering::Relaxed);
-        cut
+        (cut, rest)
     }
 
     /// Runs one command: `Ok(outcome)` for its caller, `Err` for a fold error (fatal).
@@ -403,6 +450,18 @@ impl StateMachine {
         let failure = self.failure.clone();
         let position = if log_batch.is_empty() { None } else { Some(log_batch.last_position()) };
         Box::new(move |written| match written {
+            Ok(()) if visible.is_some_and(|seq| !views.wait_inserted(seq, &failure)) => {
+                // The state machine failed before inserting the batch's writes: nothing of it
+                // is published, and the engine refuses writes until it reopens (which folds
+                // the batch from the log).
+                for (reply, outcome) in outcomes {
+                    let answer = match outcome {
+                        Ok(_) => Err(crate::storage_error::writer_failed("the state machine failed")),
+                        refused => refused,
+                    };
+                    let _ = reply.send(answer);
+                }
+            }
             Ok(()) => {
                 if let Some(seq) = visible {
                     views.publish_batch(seq, position.unwrap_or(Position::ZERO));
@@ -435,6 +494,13 @@ impl StateMachine {
     }
 }
 
+/// Whether a batch with events ends before its `left` other commands (see
+/// [`StateMachine::run`]): when deciding them would take at least a commit, by the
+/// recent `command_ns` and `commit_ns`, and the writer is idle.
+fn ends_batch_early(left: usize, command_ns: u64, commit_ns: u64, writer_idle: impl FnOnce() -> bool) -> bool {
+    left > 0 && (left as u64).saturating_mul(command_ns) >= commit_ns && writer_idle()
+}
+
 /// Callers of a flush, answered once the batch that cut is published.
 struct Flushed {
     number: u64,
@@ -446,5 +512,31 @@ impl Flushed {
         for reply in self.replies {
             let _ = reply.send(self.number);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ends_batch_early;
+
+    #[test]
+    fn a_batch_ends_early_when_the_commands_left_take_longer_than_a_commit_and_the_writer_is_idle() {
+        assert!(ends_batch_early(100, 8_000, 300_000, || true), "800 µs of commands left, a 300 µs commit");
+        assert!(ends_batch_early(1, 300_000, 300_000, || true), "exactly a commit's worth left");
+    }
+
+    #[test]
+    fn a_batch_stays_whole_when_its_commands_left_take_less_than_a_commit() {
+        assert!(!ends_batch_early(15, 8_000, 300_000, || true), "120 µs of commands left: one sync for all");
+    }
+
+    #[test]
+    fn a_batch_stays_whole_while_the_writer_is_busy() {
+        assert!(!ends_batch_early(100, 8_000, 300_000, || false));
+    }
+
+    #[test]
+    fn the_last_command_of_a_batch_never_ends_it_early() {
+        assert!(!ends_batch_early(0, 8_000, 0, || true), "nothing left to carry");
     }
 }

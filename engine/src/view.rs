@@ -149,6 +149,8 @@ pub(crate) struct Views {
     landed: AtomicU64,
     /// Serializes publishers (the writer thread and the flusher).
     publishing: Mutex<()>,
+    /// The last batch whose writes the state machine inserted in its layer.
+    inserted: AtomicU64,
     /// Large chats' last message ids, groups' participants and users' large chats,
     /// recorded by the state machine before each batch is published (see `osmium_projections::read_caches`).
     pub(crate) caches: ReadCaches,
@@ -176,6 +178,7 @@ impl Views {
             current: ArcSwap::from_pointee(published),
             landed: AtomicU64::new(landed),
             publishing: Mutex::new(()),
+            inserted: AtomicU64::new(0),
             caches: ReadCaches::new(),
         }
     }
@@ -220,6 +223,26 @@ impl Views {
         let _serialized = self.publishing.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let current = self.current.load_full();
         self.current.store(Arc::new(change(&current)));
+    }
+
+    /// The state machine inserted batch `seq`'s writes (and every batch's before).
+    pub(crate) fn inserted(&self, seq: u64) {
+        self.inserted.fetch_max(seq, Ordering::Release);
+    }
+
+    /// Waits until batch `seq`'s writes are inserted (the state machine inserts them while
+    /// the writer syncs the batch: a wait is rare and short). Returns false, without
+    /// waiting longer, if the engine failed first (`failure` is set).
+    pub(crate) fn wait_inserted(&self, seq: u64, failure: &Mutex<Option<String>>) -> bool {
+        loop {
+            if self.inserted.load(Ordering::Acquire) >= seq {
+                return true;
+            }
+            if failure.lock().map_or(true, |failure| failure.is_some()) {
+                return self.inserted.load(Ordering::Acquire) >= seq;
+            }
+            std::thread::yield_now();
+        }
     }
 
     /// Batch `visible` is durable: readers see the layers' versions up to it, folded up to

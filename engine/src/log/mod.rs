@@ -30,7 +30,7 @@ mod writer;
 pub use read::decode_event;
 pub(crate) use read::read_events;
 pub use sequencer::{LogBatch, Sequencer};
-pub use writer::{Completion, GROUP_BATCHES_MAX, LogWriter};
+pub use writer::{COMMIT_NS_AVERAGED, Completion, GROUP_BATCHES_MAX, LogWriter};
 pub(crate) use writer::{Published, panic_reason};
 
 pub use crate::stream::ExpectedVersion;

@@ -10,7 +10,7 @@ use osmium_proto::ids::Position;
 use rocksdb::{DB, WriteOptions};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use tokio::sync::{broadcast, watch};
 
@@ -19,6 +19,9 @@ pub type Completion = Box<dyn FnOnce(Result<(), EngineError>) + Send>;
 
 /// Staged batches written in one group at most (one sync covers them all).
 pub const GROUP_BATCHES_MAX: usize = 64;
+
+/// Commits over which [`LogWriter::commit_ns`] averages (each weighs 1/this).
+pub const COMMIT_NS_AVERAGED: u64 = 8;
 
 struct Job {
     batch: LogBatch,
@@ -37,6 +40,10 @@ pub(crate) struct Published {
 pub struct LogWriter {
     submit: Option<Sender<Job>>,
     thread: Option<JoinHandle<()>>,
+    /// Batches submitted and not yet written (queued or in the write under way).
+    unwritten: Arc<AtomicUsize>,
+    /// Nanoseconds a commit took lately (a moving average; syncs included).
+    commit_ns: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for LogWriter {
@@ -56,12 +63,24 @@ impl LogWriter {
         meters: Arc<Meters>,
     ) -> Result<LogWriter, EngineError> {
         let (submit, jobs) = crossbeam_channel::bounded(queue_max.max(1));
-        let thread = Thread { db, path: path.clone(), durability, published, failure: None, jobs, meters };
+        let unwritten = Arc::new(AtomicUsize::new(0));
+        let commit_ns = Arc::new(AtomicU64::new(0));
+        let thread = Thread {
+            db,
+            path: path.clone(),
+            durability,
+            published,
+            failure: None,
+            jobs,
+            meters,
+            unwritten: unwritten.clone(),
+            commit_ns: commit_ns.clone(),
+        };
         let handle = std::thread::Builder::new()
             .name("osmium-log-writer".into())
             .spawn(move || thread.run())
             .map_err(|source| EngineError::Io { path, source })?;
-        Ok(LogWriter { submit: Some(submit), thread: Some(handle) })
+        Ok(LogWriter { submit: Some(submit), thread: Some(handle), unwritten, commit_ns })
     }
 
     /// Queues `batch` behind those already queued (waits while the queue is full: the
@@ -69,7 +88,23 @@ impl LogWriter {
     /// batch is durable, or with the reason it never will be.
     pub fn submit(&self, batch: LogBatch, done: Completion) -> Result<(), EngineError> {
         let submit = self.submit.as_ref().ok_or(EngineError::Closed)?;
-        submit.send(Job { batch, done }).map_err(|_| EngineError::Closed)
+        self.unwritten.fetch_add(1, Ordering::AcqRel);
+        submit.send(Job { batch, done }).map_err(|_| {
+            self.unwritten.fetch_sub(1, Ordering::AcqRel);
+            EngineError::Closed
+        })
+    }
+
+    /// Whether every submitted batch is written: the writer waits for work (its
+    /// completions may still be running). A batch submitted now is written at once.
+    pub fn is_idle(&self) -> bool {
+        self.unwritten.load(Ordering::Acquire) == 0
+    }
+
+    /// Nanoseconds a commit (a group's writes and its sync) took lately: a moving average
+    /// over about the last [`COMMIT_NS_AVERAGED`] commits, 0 before the first.
+    pub fn commit_ns(&self) -> u64 {
+        self.commit_ns.load(Ordering::Relaxed)
     }
 }
 
@@ -94,6 +129,8 @@ struct Thread {
     failure: Option<String>,
     jobs: Receiver<Job>,
     meters: Arc<Meters>,
+    unwritten: Arc<AtomicUsize>,
+    commit_ns: Arc<AtomicU64>,
 }
 
 impl Thread {
@@ -120,6 +157,7 @@ impl Thread {
 
     fn write_group(&mut self, mut group: Vec<Job>) {
         if let Some(reason) = &self.failure {
+            self.unwritten.fetch_sub(group.len(), Ordering::AcqRel);
             for job in group {
                 (job.done)(Err(crate::storage_error::writer_failed(reason)));
             }
@@ -127,11 +165,17 @@ impl Thread {
         }
         let started = std::time::Instant::now();
         let written = self.write(&mut group);
-        Meters::add_since(&self.meters.write_ns, started);
+        self.unwritten.fetch_sub(group.len(), Ordering::AcqRel);
+        let took_ns = Meters::add_since(&self.meters.write_ns, started);
+        if matches!(written, Ok(Some(_))) {
+            let average = Meters::moving_average(self.commit_ns.load(Ordering::Relaxed), took_ns, COMMIT_NS_AVERAGED);
+            self.commit_ns.store(average, Ordering::Relaxed);
+        }
         let started = std::time::Instant::now();
         match written {
             Ok(last) => {
                 if let Some(last) = last {
+                    self.meters.commits.fetch_add(1, Ordering::Relaxed);
                     fail::fail_point!("commit::after_write");
                     self.published.durable.store(last.get(), Ordering::Release);
                     self.published.position_tx.send_replace(last);
