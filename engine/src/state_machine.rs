@@ -168,7 +168,7 @@ impl StateMachine {
     /// decide than a commit takes (both by recent averages): the commit starts while they
     /// are decided (carried to the next batch, ahead of newer commands), instead of the
     /// disk waiting for the whole queue. Shorter queues stay one batch: a sync of 8 events
-    /// costs about 80% of one of 15 (BENCHMARKS.md), so splitting them would cost more
+    /// costs about 90% of one of 14 (BENCHMARKS.md), so splitting them would cost more
     /// syncs than it saves waiting.
     pub(crate) fn run(mut self, commands: Receiver<Request>) {
         let mut events_since_cut: u64 = 0;
