@@ -135,9 +135,9 @@ pub(crate) struct StateMachine {
     pub(crate) effects: mpsc::UnboundedSender<EffectBatch>,
     pub(crate) policy: FlushPolicy,
     pub(crate) batch_max: usize,
-    /// Whether a batch is submitted as soon as the writer is idle, its other commands
-    /// carried to the next batch (see [`StateMachine::run`]): for `Sync` logs, whose
-    /// commits cost a sync whatever their size.
+    /// Whether a batch may end early while the writer is idle, its other commands carried
+    /// to the next batch (see [`StateMachine::run`]): for `Sync` logs, whose commits cost
+    /// a sync, about the same for few events as for many.
     pub(crate) submit_when_writer_idle: bool,
     /// Nanoseconds a command took lately to decide, stage and fold (a moving average over
     /// about as many batches as the writer's `commit_ns`).
@@ -182,7 +182,7 @@ impl StateMachine {
             };
             let mut batch = Vec::new();
             if carried.is_empty() {
-                match commands.recv_timeout(wait) {
+                match crate::log::recv_spinning(&commands, Some(wait)) {
                     Ok(command) => batch.push(command),
                     Err(RecvTimeoutError::Timeout) => {}
                     Err(RecvTimeoutError::Disconnected) => break,
@@ -454,13 +454,7 @@ impl StateMachine {
                 // The state machine failed before inserting the batch's writes: nothing of it
                 // is published, and the engine refuses writes until it reopens (which folds
                 // the batch from the log).
-                for (reply, outcome) in outcomes {
-                    let answer = match outcome {
-                        Ok(_) => Err(crate::storage_error::writer_failed("the state machine failed")),
-                        refused => refused,
-                    };
-                    let _ = reply.send(answer);
-                }
+                answer_failed(outcomes, "the state machine failed");
             }
             Ok(()) => {
                 if let Some(seq) = visible {
@@ -481,16 +475,22 @@ impl StateMachine {
                 if let Ok(mut failure) = failure.lock() {
                     failure.get_or_insert_with(|| err.to_string());
                 }
-                for (reply, outcome) in outcomes {
-                    let answer = match outcome {
-                        Ok(_) => Err(crate::storage_error::writer_failed(&err.to_string())),
-                        refused => refused,
-                    };
-                    let _ = reply.send(answer);
-                }
+                answer_failed(outcomes, &err.to_string());
                 drop(flushed); // its callers see the engine failed
             }
         })
+    }
+}
+
+/// Answers a batch that will never be published: its refusals as they are, its accepted
+/// commands with the engine's failure.
+fn answer_failed(outcomes: Vec<Outcome>, reason: &str) {
+    for (reply, outcome) in outcomes {
+        let answer = match outcome {
+            Ok(_) => Err(crate::storage_error::writer_failed(reason)),
+            refused => refused,
+        };
+        let _ = reply.send(answer);
     }
 }
 

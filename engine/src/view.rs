@@ -231,8 +231,8 @@ impl Views {
     }
 
     /// Waits until batch `seq`'s writes are inserted (the state machine inserts them while
-    /// the writer syncs the batch: a wait is rare and short). Returns false, without
-    /// waiting longer, if the engine failed first (`failure` is set).
+    /// the writer syncs the batch: a wait lasts one batch's inserts at most). Returns
+    /// false, without waiting longer, if the engine failed first (`failure` is set).
     pub(crate) fn wait_inserted(&self, seq: u64, failure: &Mutex<Option<String>>) -> bool {
         loop {
             if self.inserted.load(Ordering::Acquire) >= seq {

@@ -5,7 +5,8 @@
 //! Parts (numbered as in `BENCHMARKS.md`):
 //! 1. raw RocksDB baselines: `WriteBatch`es of real encoded events (same value sizes, same
 //!    options as the engine), WAL synced and not, at the batch sizes the group commit
-//!    reached in parts 2 and 3; sequential iteration plus prost decode of the log of part 7;
+//!    reached in parts 2 and 3 (events per commit of the log writer: per sync);
+//!    sequential iteration plus prost decode of the log of part 7;
 //! 2. durable (`Sync`) append throughput with 1, 16 and 256 concurrent submitters;
 //! 3. `Buffered` append throughput, same submitters;
 //! 4. `send_message` cost against group size (2, 100, 1,000, 10,000 members);
@@ -703,7 +704,8 @@ struct AppendResult {
 
 /// Parts 2 and 3 for one durability, with their raw baselines: for every submitter count,
 /// `runs` times an engine run and then a raw run at the batch size the engine's group
-/// commit reached in it (interleaved, so that both see the same disk conditions).
+/// commit reached in it, in events per commit (interleaved, so that both see the same
+/// disk conditions).
 /// Returns the medians and the mean size of the values written.
 async fn append_part(
     dir: &Path,

@@ -30,8 +30,8 @@ mod writer;
 pub use read::decode_event;
 pub(crate) use read::read_events;
 pub use sequencer::{LogBatch, Sequencer};
-pub use writer::{COMMIT_NS_AVERAGED, Completion, GROUP_BATCHES_MAX, LogWriter};
-pub(crate) use writer::{Published, panic_reason};
+pub use writer::{COMMIT_NS_AVERAGED, Completion, GROUP_BATCHES_MAX, IDLE_SPIN_US, LogWriter};
+pub(crate) use writer::{Published, panic_reason, recv_spinning};
 
 pub use crate::stream::ExpectedVersion;
 use crate::clock::{Clock, SystemClock};
