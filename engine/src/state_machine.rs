@@ -281,9 +281,7 @@ impl StateMachine {
                 if let Err(fatal) = ran {
                     let reason = fatal.to_string();
                     self.fail(format!("folding a record of the replicated log failed: {reason}"));
-                    for (reply, outcome) in outcomes {
-                        let _ = reply.send(outcome.and(Err(crate::storage_error::writer_failed(&reason))));
-                    }
+                    answer_failed(outcomes, &reason);
                     return (false, Vec::new());
                 }
                 Vec::new()
@@ -302,9 +300,7 @@ impl StateMachine {
                     let reason = fatal.to_string();
                     self.fail(format!("a fold failed after its command was accepted: {reason}"));
                     let _ = reply.send(Err(fatal));
-                    for (reply, outcome) in outcomes {
-                        let _ = reply.send(outcome.and(Err(crate::storage_error::writer_failed(&reason))));
-                    }
+                    answer_failed(outcomes, &reason);
                     for command in commands {
                         let _ = command.reply.send(Err(crate::storage_error::writer_failed(&reason)));
                     }
@@ -486,11 +482,7 @@ impl StateMachine {
 /// commands with the engine's failure.
 fn answer_failed(outcomes: Vec<Outcome>, reason: &str) {
     for (reply, outcome) in outcomes {
-        let answer = match outcome {
-            Ok(_) => Err(crate::storage_error::writer_failed(reason)),
-            refused => refused,
-        };
-        let _ = reply.send(answer);
+        let _ = reply.send(outcome.and(Err(crate::storage_error::writer_failed(reason))));
     }
 }
 
