@@ -27,32 +27,47 @@ pub const LOCK_WAIT_MAX_MS: u64 = 1_000;
 /// How often a waiting open tries the lock again.
 const LOCK_RETRY_INTERVAL_MS: u64 = 2;
 
-/// RocksDB's memtables of one database, all column families together, in bytes: past it
-/// RocksDB flushes the largest (without a bound, each of the 26 column families could hold
-/// 64 MiB, and a rebuild fills all the projection families at once).
+/// RocksDB's memory in this process, in bytes: one LRU cache holds the data blocks, the
+/// index and filter blocks of every table file, and (charged through one write buffer
+/// manager) the memtables of every database the process opens. Without the charge,
+/// memtables came on top of the cache; without the index blocks in it, the table
+/// readers' memory grew with the directory (21 MiB at 10M events, issue #11).
+pub const ROCKSDB_MEMORY_BYTES_MAX: usize = 192 * 1024 * 1024;
+/// Of [`ROCKSDB_MEMORY_BYTES_MAX`], what the memtables of all databases and column
+/// families together may hold, in bytes: past it RocksDB flushes the largest (without a
+/// bound, each of the 26 column families could hold 64 MiB, and a rebuild fills all the
+/// projection families at once). Blocks get at least the rest.
 pub const MEMTABLES_BYTES_MAX: usize = 128 * 1024 * 1024;
-/// RocksDB's block cache, shared by every column family of every database the process
-/// opens, in bytes (without it each family had a cache of its own).
-pub const BLOCK_CACHE_BYTES: usize = 64 * 1024 * 1024;
 
-/// The one block cache of the process.
-fn block_cache() -> &'static rocksdb::Cache {
+/// The one block cache of the process, which the memtables are charged to.
+pub(crate) fn block_cache() -> &'static rocksdb::Cache {
     static CACHE: std::sync::OnceLock<rocksdb::Cache> = std::sync::OnceLock::new();
-    CACHE.get_or_init(|| rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES))
+    CACHE.get_or_init(|| rocksdb::Cache::new_lru_cache(ROCKSDB_MEMORY_BYTES_MAX))
+}
+
+/// The one write buffer manager of the process: bounds the memtables of every database
+/// together and charges them to [`block_cache`]. Writes never stall on it (RocksDB
+/// flushes instead), so the bound holds up to the memtables being flushed.
+fn write_buffer_manager() -> &'static rocksdb::WriteBufferManager {
+    static MANAGER: std::sync::OnceLock<rocksdb::WriteBufferManager> = std::sync::OnceLock::new();
+    MANAGER.get_or_init(|| rocksdb::WriteBufferManager::new_write_buffer_manager_with_cache(MEMTABLES_BYTES_MAX, false, block_cache().clone()))
 }
 
 /// The RocksDB options every data directory and each of its column families is opened
 /// with (public so that benchmarks can open a raw baseline database the same way).
-/// RocksDB's own memory is bounded by [`MEMTABLES_BYTES_MAX`] and [`BLOCK_CACHE_BYTES`].
+/// RocksDB's own memory is bounded by [`ROCKSDB_MEMORY_BYTES_MAX`].
 pub fn db_options() -> Options {
     let mut options = Options::default();
     options.create_if_missing(true);
     options.create_missing_column_families(true);
     options.set_compression_type(rocksdb::DBCompressionType::Lz4);
     options.set_max_background_jobs(2);
-    options.set_db_write_buffer_size(MEMTABLES_BYTES_MAX);
+    options.set_write_buffer_manager(write_buffer_manager());
     let mut table = rocksdb::BlockBasedOptions::default();
     table.set_block_cache(block_cache());
+    table.set_cache_index_and_filter_blocks(true);
+    table.set_cache_index_and_filter_blocks_with_high_priority(true);
+    table.set_pin_l0_filter_and_index_blocks_in_cache(true);
     options.set_block_based_table_factory(&table);
     crate::storage_error::refuse_damaged_write_ahead_logs(&mut options);
     options

@@ -1431,6 +1431,7 @@ fn rebuild_section(plan: &BenchPlan, root: &Path, runtime: tokio::runtime::Runti
     // The generated log was written around an engine: its projections are empty, so an
     // engine opening it folds every event, with the default memory budget.
     progress(format!("opening an engine on it in a child process (folds all {} events)", thousands(plan.rebuild_events as f64)));
+    if let Some(keep) = std::env::var_os("OSMIUM_BENCH_KEEP") { let _ = std::process::Command::new("cp").arg("-a").arg(&rebuild_dir).arg(keep).status(); }
     let (open_seconds, open_rss) = open_in_child(&rebuild_dir)?;
     let budget_mib = StateConfig::default().state_bytes_max as f64 / (1u64 << 20) as f64;
     let meter = PartRss::start();
@@ -1508,9 +1509,9 @@ fn rebuild_section(plan: &BenchPlan, root: &Path, runtime: tokio::runtime::Runti
         open_rss.map_or(f64::NAN, |bytes| bytes as f64 / (1u64 << 20) as f64),
         Unit::MiB,
         format!(
-            "VmHWM of a child process that only opens it; state_bytes_max {budget_mib:.0} MiB + RocksDB (memtables {} MiB, block cache {} MiB) + the unflushed records of one recovery flush",
+            "VmHWM of a child process that only opens it; state_bytes_max {budget_mib:.0} MiB + RocksDB {} MiB (memtables at most {} MiB of it) + the unflushed records of one recovery flush",
+            osmium_engine::directory::ROCKSDB_MEMORY_BYTES_MAX >> 20,
             osmium_engine::directory::MEMTABLES_BYTES_MAX >> 20,
-            osmium_engine::directory::BLOCK_CACHE_BYTES >> 20
         ),
     ));
     section.rows.push(Row::new(
