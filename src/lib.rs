@@ -26,6 +26,7 @@ pub use osmium_engine::{
     ChatEngine, Clock, CommittedBatch, Durability, EngineConfig, EngineError, EngineStats, LogConfig, LogReader,
     ManualClock, OpenError, StateConfig, SystemClock,
 };
+pub use osmium_engine::directory::{MEMTABLES_BYTES_MAX, ROCKSDB_MEMORY_BYTES_MAX, RocksMemory};
 pub use osmium_engine::log::IDEMPOTENCY_WINDOW_MS_DEFAULT;
 pub use osmium_proto as proto;
 

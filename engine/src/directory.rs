@@ -40,7 +40,7 @@ pub const ROCKSDB_MEMORY_BYTES_MAX: usize = 192 * 1024 * 1024;
 pub const MEMTABLES_BYTES_MAX: usize = 128 * 1024 * 1024;
 
 /// The one block cache of the process, which the memtables are charged to.
-pub(crate) fn block_cache() -> &'static rocksdb::Cache {
+fn block_cache() -> &'static rocksdb::Cache {
     static CACHE: std::sync::OnceLock<rocksdb::Cache> = std::sync::OnceLock::new();
     CACHE.get_or_init(|| rocksdb::Cache::new_lru_cache(ROCKSDB_MEMORY_BYTES_MAX))
 }
@@ -51,6 +51,18 @@ pub(crate) fn block_cache() -> &'static rocksdb::Cache {
 fn write_buffer_manager() -> &'static rocksdb::WriteBufferManager {
     static MANAGER: std::sync::OnceLock<rocksdb::WriteBufferManager> = std::sync::OnceLock::new();
     MANAGER.get_or_init(|| rocksdb::WriteBufferManager::new_write_buffer_manager_with_cache(MEMTABLES_BYTES_MAX, false, block_cache().clone()))
+}
+
+/// RocksDB's memory as RocksDB counts it (for metrics: see [`DataDir::rocksdb_memory`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RocksMemory {
+    /// This directory's memtables, mutable and immutable (also charged to the cache).
+    pub memtables_bytes: u64,
+    /// The process's one cache: data blocks, index and filter blocks, and the charge of
+    /// every database's memtables. At most about [`ROCKSDB_MEMORY_BYTES_MAX`].
+    pub cache_bytes: u64,
+    /// Table readers' memory outside the cache (small: index and filter blocks are in it).
+    pub table_readers_bytes: u64,
 }
 
 /// The RocksDB options every data directory and each of its column families is opened
@@ -129,6 +141,19 @@ impl DataDir {
         let (slot, last_position) = check_format(&db, path, true)?;
         load_catch_up_floor(&db, &catch_up_floor)?;
         Ok(DataDir { db: Arc::new(db), path: path.to_path_buf(), slot, last_position, lock: Some(lock), catch_up_floor })
+    }
+
+    /// RocksDB's memory now; zeros where RocksDB cannot tell (a failed property read
+    /// costs a metric, not the caller's operation).
+    pub fn rocksdb_memory(&self) -> RocksMemory {
+        match rocksdb::perf::get_memory_usage_stats(Some(&[&*self.db]), Some(&[block_cache()])) {
+            Ok(stats) => RocksMemory {
+                memtables_bytes: stats.mem_table_total,
+                cache_bytes: stats.cache_total,
+                table_readers_bytes: stats.mem_table_readers_total,
+            },
+            Err(_) => RocksMemory::default(),
+        }
     }
 
     /// Opens an existing directory for writing, refusing to create one.

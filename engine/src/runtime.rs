@@ -261,6 +261,11 @@ impl Core {
         self.flush_state.meters.read()
     }
 
+    /// RocksDB's memory now.
+    pub(crate) fn rocksdb_memory(&self) -> crate::directory::RocksMemory {
+        self.dir.rocksdb_memory()
+    }
+
     /// The catch-up floor (see [`crate::retention`]).
     pub(crate) fn catch_up_floor(&self) -> u64 {
         self.dir.catch_up_floor.load(std::sync::atomic::Ordering::Acquire)

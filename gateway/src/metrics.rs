@@ -14,6 +14,7 @@
 //! | `osmium_engine_events_appended_total` | counter | events committed to the log |
 //! | `osmium_engine_commit_batch_events` | histogram | events per group-commit batch |
 //! | `osmium_engine_fold_lag_positions` | gauge | replicated mode (`--log nats://...`): positions of the replicated log this node has not folded yet (the log's last position minus the last folded one; 0 with the embedded log) |
+//! | `osmium_engine_memory_bytes{part}` | gauge | what the engine holds, polled every [`MEMORY_POLL_MS`]: `state` (projection records in memory, bounded by `state_bytes_max`), `rocksdb_cache` (RocksDB's one cache: blocks, index blocks and the memtables' charge, bounded by `ROCKSDB_MEMORY_BYTES_MAX`), `rocksdb_memtables`, `rocksdb_table_readers` |
 //! | `osmium_gateway_update_lag_positions` | histogram | per update queued for a connection: log positions committed after the update's own position by then (how far the engine's update fan-out plus the gateway's forwarding run behind the log) |
 //!
 //! "Projection lag" in the sense of projections behind the log is always 0 here: the
@@ -33,6 +34,10 @@ use prometheus_client::registry::Registry;
 type RequestLabels = [(&'static str, &'static str); 2];
 type KindLabel = [(&'static str, &'static str); 1];
 type LimitLabel = [(&'static str, &'static str); 1];
+type PartLabel = [(&'static str, &'static str); 1];
+
+/// How often the server copies the engine's memory figures into the metrics.
+pub const MEMORY_POLL_MS: u64 = 1_000;
 
 /// Which rate limit refused a call (the `limit` label of `rate_limited_total`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,6 +93,7 @@ pub struct Metrics {
     update_lag: Histogram,
     /// Replicated mode: positions of the replicated log not folded yet by this node.
     pub fold_lag: Gauge,
+    memory: Family<PartLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -112,6 +118,8 @@ impl Metrics {
         let commit_batch_events = Histogram::new(exponential_buckets(1.0, 2.0, 12));
         let update_lag = Histogram::new(exponential_buckets(1.0, 2.0, 12));
         let fold_lag = Gauge::default();
+        let memory = Family::<PartLabel, Gauge>::default();
+        registry.register("osmium_engine_memory_bytes", "What the engine holds in memory, by part", memory.clone());
         registry.register(
             "osmium_engine_fold_lag_positions",
             "Positions of the replicated log this node has not folded yet (0 with the embedded log)",
@@ -166,6 +174,20 @@ impl Metrics {
             commit_batch_events,
             update_lag,
             fold_lag,
+            memory,
+        }
+    }
+
+    /// Copies the engine's memory figures into `osmium_engine_memory_bytes`.
+    pub fn engine_memory(&self, stats: &osmium_engine::EngineStats) {
+        let rocksdb = &stats.rocksdb_memory;
+        for (part, bytes) in [
+            ("state", stats.meters.state_bytes),
+            ("rocksdb_cache", rocksdb.cache_bytes),
+            ("rocksdb_memtables", rocksdb.memtables_bytes),
+            ("rocksdb_table_readers", rocksdb.table_readers_bytes),
+        ] {
+            self.memory.get_or_create(&[("part", part)]).set(i64::try_from(bytes).unwrap_or(i64::MAX));
         }
     }
 

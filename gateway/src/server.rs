@@ -118,6 +118,7 @@ impl Gateway {
             tokio::spawn(tail(engine.log().subscribe(), metrics.clone())),
             tokio::spawn(poll_tokens(shared.clone())),
             tokio::spawn(purge_invites(engine.clone())),
+            tokio::spawn(engine_memory(engine.clone(), metrics.clone())),
         ];
         if engine.fold_lag().is_some() {
             background.push(tokio::spawn(fold_lag(engine.clone(), metrics.clone())));
@@ -242,6 +243,16 @@ async fn fold_lag(engine: ChatEngine, metrics: Arc<Metrics>) {
         tick.tick().await;
         let lag = engine.fold_lag().unwrap_or(0);
         metrics.fold_lag.set(i64::try_from(lag).unwrap_or(i64::MAX));
+    }
+}
+
+/// Copies the engine's memory figures into the metrics every
+/// [`crate::metrics::MEMORY_POLL_MS`].
+async fn engine_memory(engine: ChatEngine, metrics: Arc<Metrics>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(crate::metrics::MEMORY_POLL_MS));
+    loop {
+        tick.tick().await;
+        metrics.engine_memory(&engine.stats());
     }
 }
 

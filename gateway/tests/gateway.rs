@@ -487,6 +487,40 @@ async fn dropping_the_gateway_without_shutdown_releases_the_directory() {
     drop(client);
 }
 
+/// The metrics endpoint's answer, status line included.
+async fn scrape_metrics(gateway: &Gateway) -> String {
+    let mut http = tokio::net::TcpStream::connect(gateway.metrics_addr().unwrap()).await.unwrap();
+    http.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut body = String::new();
+    http.read_to_string(&mut body).await.unwrap();
+    assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
+    body
+}
+
+#[tokio::test]
+async fn metrics_endpoint_serves_the_engines_memory_by_part() {
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = start(dir.path()).await;
+    let client = signed_in(&gateway, dir.path(), ANN, "ann").await;
+    // After a sign-in the state holds the user and RocksDB's cache the memtable's charge;
+    // the figures are copied every MEMORY_POLL_MS.
+    let value = |body: &str, part: &str| {
+        let prefix = format!("osmium_engine_memory_bytes{{part=\"{part}\"}} ");
+        body.lines().find_map(|line| line.strip_prefix(prefix.as_str())).and_then(|value| value.parse::<u64>().ok())
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let body = scrape_metrics(&gateway).await;
+        let parts = ["state", "rocksdb_cache", "rocksdb_memtables"].map(|part| value(&body, part));
+        if parts.iter().all(|bytes| bytes.is_some_and(|bytes| bytes > 0)) && value(&body, "rocksdb_table_readers").is_some() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "memory parts {parts:?} in\n{body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop(gateway, [client]).await;
+}
+
 #[tokio::test]
 async fn metrics_endpoint_serves_request_and_engine_counters() {
     let dir = tempfile::tempdir().unwrap();
@@ -504,11 +538,7 @@ async fn metrics_endpoint_serves_request_and_engine_counters() {
     // The engine counters follow the log's live tail, a moment after the commit.
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let mut http = tokio::net::TcpStream::connect(gateway.metrics_addr().unwrap()).await.unwrap();
-        http.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
-        let mut body = String::new();
-        http.read_to_string(&mut body).await.unwrap();
-        assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
+        let body = scrape_metrics(&gateway).await;
         let missing: Vec<_> = expected.iter().filter(|line| !body.lines().any(|got| got == **line)).collect();
         if missing.is_empty() {
             break;

@@ -707,6 +707,7 @@ impl ChatEngine {
             unflushed_layers: self.inner.core.views.layers(),
             failure: self.inner.core.failure(),
             meters: self.inner.core.meters(),
+            rocksdb_memory: self.inner.core.rocksdb_memory(),
         }
     }
 }
@@ -738,6 +739,10 @@ pub struct EngineStats {
     pub failure: Option<String>,
     /// Busy times and counts of the engine's threads.
     pub meters: crate::meters::MeterReadings,
+    /// RocksDB's memory: with [`crate::meters::MeterReadings::state_bytes`], most of what
+    /// the engine holds (`state_bytes_max` plus
+    /// [`crate::directory::ROCKSDB_MEMORY_BYTES_MAX`], BENCHMARKS.md "peak RSS").
+    pub rocksdb_memory: crate::directory::RocksMemory,
 }
 
 fn created_chat(output: &Output) -> Result<ChatId, EngineError> {
