@@ -38,6 +38,7 @@ pub mod limits;
 pub mod query;
 pub mod read_caches;
 pub mod records;
+mod sharded;
 pub mod state;
 pub mod store;
 pub mod tables;

@@ -22,6 +22,7 @@ use crate::effects::Effect;
 use crate::error::ProjectionError;
 use crate::keys;
 use crate::layers::{AppendWrite, KvWrite};
+use crate::sharded::ShardedMap;
 use crate::records::{self, ChatRecord, InviteRecord, MemberRecord, MessageRecord, NotifPrefs, UserRecord, decode};
 use crate::store::{MemStore, ScanRange, Store, StoreRead, collect_prefix};
 use crate::tables::Table;
@@ -180,8 +181,9 @@ pub struct ProjectionState<S> {
     chats: HashMap<ChatId, ChatEntry>,
     /// Boxed: a record is about 200 bytes, and the table moves every entry when it grows
     /// (a rebuild's batch holds hundreds of thousands of new messages).
-    messages: HashMap<(ChatId, MessageId), Slot<Box<MessageRecord>>>,
-    users: HashMap<UserId, Slot<UserRecord>>,
+    messages: ShardedMap<(ChatId, MessageId), Slot<Box<MessageRecord>>>,
+    /// Sharded like `messages`: a million users are a table of 150 MB.
+    users: ShardedMap<UserId, Slot<UserRecord>>,
     direct_chats: HashMap<(UserId, UserId), Slot<ChatId>>,
     invites: HashMap<String, Slot<InviteRecord>>,
     /// The username index, keyed by [`keys::username`] bytes.
@@ -275,8 +277,8 @@ impl<S: StoreRead> ProjectionState<S> {
         ProjectionState {
             source,
             chats: HashMap::new(),
-            messages: HashMap::new(),
-            users: HashMap::new(),
+            messages: ShardedMap::new(),
+            users: ShardedMap::new(),
             direct_chats: HashMap::new(),
             invites: HashMap::new(),
             usernames: HashMap::new(),
@@ -1227,15 +1229,21 @@ impl<S: StoreRead> ProjectionState<S> {
             freed += slot.bytes;
             false
         });
-        freed += evict_slots(&mut self.users, evicted);
+        self.users.retain(|_, slot| {
+            let keep = !evicted(slot.persist_cut, slot.last_used);
+            if !keep {
+                freed += slot.bytes;
+            }
+            keep
+        });
         freed += evict_slots(&mut self.direct_chats, evicted);
         freed += evict_slots(&mut self.invites, evicted);
         freed += evict_slots(&mut self.usernames, evicted);
         freed += evict_slots(&mut self.parked_overrides, evicted);
         self.bytes -= freed;
         shrink_sparse(&mut self.chats);
-        shrink_sparse(&mut self.messages);
-        shrink_sparse(&mut self.users);
+        self.messages.shrink_sparse();
+        self.users.shrink_sparse();
         shrink_sparse(&mut self.direct_chats);
         shrink_sparse(&mut self.invites);
         shrink_sparse(&mut self.usernames);
@@ -1331,7 +1339,7 @@ impl<S: StoreRead> ProjectionState<S> {
                 }
             }
         }
-        for (&(chat, message), slot) in &self.messages {
+        for (&(chat, message), slot) in self.messages.iter() {
             if let Some(record) = &slot.value {
                 store.put(Table::ChatidMsgidMessage, keys::message(chat, message), records::encode(record));
             }
@@ -1346,7 +1354,7 @@ impl<S: StoreRead> ProjectionState<S> {
                 store.put(Table::CodeInvite, keys::invite(code), records::encode(record));
             }
         }
-        for (&user, slot) in &self.users {
+        for (&user, slot) in self.users.iter() {
             if let Some(record) = &slot.value {
                 store.put(Table::UseridUser, keys::user(user), records::encode(record));
             }
