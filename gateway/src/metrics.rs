@@ -17,11 +17,11 @@
 //! | `osmium_engine_memory_bytes{part}` | gauge | what the engine holds, polled every [`MEMORY_POLL_MS`]: `state` (projection records in memory, bounded by `state_bytes_max`), `rocksdb_cache` (RocksDB's one cache: blocks, index blocks and the memtables' charge, bounded by `ROCKSDB_MEMORY_BYTES_MAX`), `rocksdb_memtables`, `rocksdb_table_readers` |
 //! | `osmium_gateway_update_lag_positions` | histogram | per update queued for a connection: log positions committed after the update's own position by then (how far the engine's update fan-out plus the gateway's forwarding run behind the log) |
 //!
-//! "Projection lag" in the sense of projections behind the log is always 0 here: the
-//! engine writes the projections in the commit's own batch. What can lag is the update
-//! fan-out (it reads the projections after the commit and publishes per user), so that
-//! is what `osmium_gateway_update_lag_positions` measures, at the point where updates
-//! reach a connection's queue. Typing updates, which are not logged, carry the position
+//! "Projection lag" in the sense of reads behind the log is always 0 here: a command's
+//! effects are visible to reads when it is answered (the projections reach RocksDB later,
+//! at cuts, which reads do not wait for). What can lag is the update fan-out, so that is
+//! what `osmium_gateway_update_lag_positions` measures, at the point where updates reach
+//! a connection's queue. Typing updates, which are not logged, carry the position
 //! current when they were made and so count as lag 0 at once.
 
 use prometheus_client::encoding::text::encode;
