@@ -44,17 +44,16 @@ const fn table_entry_bytes<K, V>() -> usize {
 /// Buckets of [`ProjectionState::evict`]'s histogram of last uses.
 const EVICTION_BUCKETS: usize = 1_024;
 
-/// Drops the slots `evicted(persist_cut, last_used)` chooses; returns their bytes.
-fn evict_slots<K, V>(table: &mut HashMap<K, Slot<V>>, evicted: impl Fn(u64, u64) -> bool) -> usize {
-    let mut freed = 0;
-    table.retain(|_, slot| {
+/// A `retain` predicate that drops the slots `evicted(persist_cut, last_used)` chooses,
+/// adding their bytes to `freed`.
+fn unless_evicted<'a, K, V>(evicted: impl Fn(u64, u64) -> bool + 'a, freed: &'a mut usize) -> impl FnMut(&K, &mut Slot<V>) -> bool + 'a {
+    move |_, slot| {
         let keep = !evicted(slot.persist_cut, slot.last_used);
         if !keep {
-            freed += slot.bytes;
+            *freed += slot.bytes;
         }
         keep
-    });
-    freed
+    }
 }
 
 /// Entries below which [`shrink_sparse`] leaves a table as it is.
@@ -1229,17 +1228,11 @@ impl<S: StoreRead> ProjectionState<S> {
             freed += slot.bytes;
             false
         });
-        self.users.retain(|_, slot| {
-            let keep = !evicted(slot.persist_cut, slot.last_used);
-            if !keep {
-                freed += slot.bytes;
-            }
-            keep
-        });
-        freed += evict_slots(&mut self.direct_chats, evicted);
-        freed += evict_slots(&mut self.invites, evicted);
-        freed += evict_slots(&mut self.usernames, evicted);
-        freed += evict_slots(&mut self.parked_overrides, evicted);
+        self.users.retain(unless_evicted(evicted, &mut freed));
+        self.direct_chats.retain(unless_evicted(evicted, &mut freed));
+        self.invites.retain(unless_evicted(evicted, &mut freed));
+        self.usernames.retain(unless_evicted(evicted, &mut freed));
+        self.parked_overrides.retain(unless_evicted(evicted, &mut freed));
         self.bytes -= freed;
         shrink_sparse(&mut self.chats);
         self.messages.shrink_sparse();
