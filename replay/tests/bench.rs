@@ -76,7 +76,7 @@ fn bench_prints_every_row_and_cleans_up() {
     for part in ["| 2 |", "| 3 |", "| 4 |", "| 5 |", "| 7 | rebuild"] {
         assert!(rows.iter().filter(|row| row.starts_with(part)).all(|row| row.contains("**")), "{part} without ratio:\n{table}");
     }
-    assert_eq!(table.matches(" met |").count() + table.matches("**missed**").count(), 10, "{table}");
+    assert_eq!(table.matches(" met |").count() + table.matches("**missed**").count(), 11, "{table}");
     // The temporary directory is gone.
     assert_eq!(std::fs::read_dir(parent.path()).unwrap().count(), 0);
 }
