@@ -22,7 +22,7 @@ use crate::effects::Effect;
 use crate::error::ProjectionError;
 use crate::keys;
 use crate::layers::{AppendWrite, KvWrite};
-use crate::sharded::ShardedMap;
+use crate::sharded::{ShardedMap, shrink_sparse};
 use crate::records::{self, ChatRecord, InviteRecord, MemberRecord, MessageRecord, NotifPrefs, UserRecord, decode};
 use crate::store::{MemStore, ScanRange, Store, StoreRead, collect_prefix};
 use crate::tables::Table;
@@ -56,19 +56,9 @@ fn unless_evicted<'a, K, V>(evicted: impl Fn(u64, u64) -> bool + 'a, freed: &'a 
     }
 }
 
-/// Entries below which [`shrink_sparse`] leaves a table as it is.
+/// Entries below which eviction leaves an unsharded table's room as it is
+/// ([`shrink_sparse`]).
 const SHRINK_ENTRIES_MIN: usize = 1_024;
-
-/// Gives back the room of a table that eviction left more than half empty. Entries are
-/// counted at twice their size ([`table_entry_bytes`]), which holds for a table that grew,
-/// not for one that eviction emptied: a table keeps its capacity when entries leave
-/// (issue #11: the users table of the 10M-event opening kept room for 1M users, 152 MB,
-/// long after most of them were evicted for messages).
-fn shrink_sparse<K: Eq + std::hash::Hash, V>(table: &mut HashMap<K, V>) {
-    if table.capacity() > 2 * table.len() + SHRINK_ENTRIES_MIN {
-        table.shrink_to(table.len());
-    }
-}
 
 /// Bytes of one id in a B-tree set or map entry: the key and value, with the nodes' room
 /// (at least half full) and their headers.
@@ -1234,13 +1224,13 @@ impl<S: StoreRead> ProjectionState<S> {
         self.usernames.retain(unless_evicted(evicted, &mut freed));
         self.parked_overrides.retain(unless_evicted(evicted, &mut freed));
         self.bytes -= freed;
-        shrink_sparse(&mut self.chats);
+        shrink_sparse(&mut self.chats, SHRINK_ENTRIES_MIN);
         self.messages.shrink_sparse();
         self.users.shrink_sparse();
-        shrink_sparse(&mut self.direct_chats);
-        shrink_sparse(&mut self.invites);
-        shrink_sparse(&mut self.usernames);
-        shrink_sparse(&mut self.parked_overrides);
+        shrink_sparse(&mut self.direct_chats, SHRINK_ENTRIES_MIN);
+        shrink_sparse(&mut self.invites, SHRINK_ENTRIES_MIN);
+        shrink_sparse(&mut self.usernames, SHRINK_ENTRIES_MIN);
+        shrink_sparse(&mut self.parked_overrides, SHRINK_ENTRIES_MIN);
         freed
     }
 
@@ -1440,17 +1430,23 @@ mod tests {
         assert!(state.over_budget(), "over budget with dirty records only: the engine must flush");
     }
 
-    #[test]
-    fn clean_records_are_evicted_least_recently_used_first_down_to_three_quarters_of_the_budget() {
-        let mut state = state_with_chats(50);
+    /// `chats` chats, persisted (cut 1 landed), then each used in a batch of its own: chat
+    /// 1 least recently, the last chat most (the cut used them all at one tick, which would
+    /// leave their order to the hash map's).
+    fn clean_chats_used_one_by_one(chats: u64) -> ProjectionState<MemStore> {
+        let mut state = state_with_chats(chats);
         state.take_writes(true).unwrap();
         state.mark_persisted(1);
-        // Each chat used in a batch of its own, chat 1 least recently, chat 50 most (the
-        // cut used them all at one tick, which would leave their order to the hash map's).
-        for chat in 1..=50 {
+        for chat in 1..=chats {
             state.chat(ChatId(chat)).unwrap();
             state.take_writes(false).unwrap();
         }
+        state
+    }
+
+    #[test]
+    fn clean_records_are_evicted_least_recently_used_first_down_to_three_quarters_of_the_budget() {
+        let mut state = clean_chats_used_one_by_one(50);
         assert!(state.evict() > 0);
         assert!(state.bytes() <= state.bytes_max() / 4 * 3, "{} bytes left", state.bytes());
         assert!(state.chats.contains_key(&ChatId(50)), "the most recently used chat stays");
@@ -1477,13 +1473,7 @@ mod tests {
 
     #[test]
     fn eviction_frees_what_was_asked_and_at_most_one_bucket_of_last_uses_more() {
-        let mut state = state_with_chats(4_096);
-        state.take_writes(true).unwrap();
-        state.mark_persisted(1);
-        for chat in 1..=4_096 {
-            state.chat(ChatId(chat)).unwrap();
-            state.take_writes(false).unwrap();
-        }
+        let state = clean_chats_used_one_by_one(4_096);
         let entry_bytes = state.chats[&ChatId(1)].bytes;
         let mut state = ProjectionState { bytes_max: state.bytes() / 2, ..state };
         let target = state.bytes_max / 4 * 3;
