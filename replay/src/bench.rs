@@ -26,7 +26,7 @@ use osmium_engine::log::{Durability, EventLog, ExpectedVersion, LogConfig};
 use crate::ReplayError;
 use osmium_engine::EngineError;
 use osmium_engine::maintenance::{DataDirectory, RebuildOptions};
-use osmium_engine::schema::CF_POSITION_EVENT;
+use osmium_engine::schema::{CF_POSITION_EVENT, ProjectionSlot};
 use osmium_proto::events::{self, EventEnvelope, event_envelope::Event};
 use osmium_proto::ids::{ChatId, Position, StreamId, UserId};
 use osmium_proto::prost::Message as _;
@@ -631,6 +631,73 @@ fn raw_iterate(path: &Path) -> Result<(u64, f64), EngineError> {
     }
     iter.status().map_err(storage("iterating the log"))?;
     Ok((events, started.elapsed().as_secs_f64()))
+}
+
+/// Records read into memory per table file when writing a rebuilt slot raw.
+const RAW_OUTPUT_FILE_KEYS_MAX: usize = 1 << 20;
+
+/// What writing a rebuilt slot's records raw took: a floor for any rebuild that
+/// produces that slot.
+struct RawOutput {
+    keys: u64,
+    bytes: u64,
+    seconds: f64,
+}
+
+/// Writes every record of `slot` in the directory at `path` (read beforehand, table by
+/// table, in files of at most [`RAW_OUTPUT_FILE_KEYS_MAX`] keys; the reading untimed) as
+/// sorted table files with the engine's options, each ingested into a scratch database
+/// at `scratch`, on one thread: the rebuild's output written once, no fold, no
+/// rewrites between batches.
+fn write_slot_raw(path: &Path, slot: ProjectionSlot, scratch: &Path) -> Result<RawOutput, EngineError> {
+    let options = db_options();
+    let names = DB::list_cf(&options, path).map_err(storage("listing column families"))?;
+    let source = DB::open_cf_for_read_only(&options, path, names, false).map_err(storage("opening the rebuilt directory read-only"))?;
+    let tables: Vec<&str> = osmium_projections::Table::ALL.iter().map(|&table| slot.column_family(table)).collect();
+    let files = scratch.join("files");
+    std::fs::create_dir_all(&files).map_err(|source| EngineError::Io { path: files.clone(), source })?;
+    let target = DB::open_cf(&options, scratch.join("db"), &tables).map_err(storage("opening the scratch database"))?;
+    let mut output = RawOutput { keys: 0, bytes: 0, seconds: 0.0 };
+    let mut records: Vec<(Box<[u8]>, Box<[u8]>)> = Vec::with_capacity(RAW_OUTPUT_FILE_KEYS_MAX);
+    for (number, name) in tables.iter().enumerate() {
+        let family = source.cf_handle(name).ok_or_else(|| EngineError::Corrupt {
+            what: "column families".into(),
+            expected: format!("column family {name}"),
+            found: "none".into(),
+        })?;
+        let mut iter = source.raw_iterator_cf(family);
+        iter.seek_to_first();
+        loop {
+            records.clear();
+            while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
+                records.push((key.into(), value.into()));
+                iter.next();
+                if records.len() == RAW_OUTPUT_FILE_KEYS_MAX {
+                    break;
+                }
+            }
+            iter.status().map_err(storage("reading a rebuilt table"))?;
+            if records.is_empty() {
+                break;
+            }
+            let file_path = files.join(format!("{number}-{}.sst", output.keys));
+            let started = Instant::now();
+            let mut file = rocksdb::SstFileWriter::create(&options);
+            file.open(&file_path).map_err(storage("creating a table file"))?;
+            for (key, value) in &records {
+                file.put(key, value).map_err(storage("writing a table file"))?;
+            }
+            file.finish().map_err(storage("finishing a table file"))?;
+            let mut ingest = rocksdb::IngestExternalFileOptions::default();
+            ingest.set_move_files(true);
+            let family = target.cf_handle(name).ok_or_else(missing_log_family)?;
+            target.ingest_external_file_cf_opts(family, &ingest, vec![&file_path]).map_err(storage("ingesting a table file"))?;
+            output.seconds += started.elapsed().as_secs_f64();
+            output.keys += records.len() as u64;
+            output.bytes += records.iter().map(|(key, value)| (key.len() + value.len()) as u64).sum::<u64>();
+        }
+    }
+    Ok(output)
 }
 
 // ---- the event log directly: appends and generation -------------------------------
@@ -1443,6 +1510,7 @@ fn rebuild_section(plan: &BenchPlan, root: &Path, runtime: tokio::runtime::Runti
     let meter = PartRss::start();
     let mut rebuild_rates = Vec::new();
     let mut rebuilt_events = 0;
+    let mut rebuilt_slot = ProjectionSlot::A;
     for run in 0..plan.rebuild_runs {
         progress(format!("rebuild, run {}/{}", run + 1, plan.rebuild_runs));
         let mut directory = DataDirectory::open_exclusive(&rebuild_dir)?;
@@ -1450,8 +1518,13 @@ fn rebuild_section(plan: &BenchPlan, root: &Path, runtime: tokio::runtime::Runti
         let report = directory.rebuild(RebuildOptions::default(), &mut |_, _| {})?;
         rebuild_rates.push(report.events as f64 / rebuild_started.elapsed().as_secs_f64().max(1e-9));
         rebuilt_events = report.events;
+        rebuilt_slot = report.slot;
     }
     section.rss.push(("rebuild (part 7)".into(), meter.finish()));
+    progress("the rebuilt projections written raw as table files (the rebuild's floor)".into());
+    let scratch = root.join("rebuild-output-raw");
+    let raw_output = write_slot_raw(&rebuild_dir, rebuilt_slot, &scratch)?;
+    std::fs::remove_dir_all(&scratch).map_err(|source| EngineError::Io { path: scratch.clone(), source })?;
     let disk_bytes = directory_bytes(&rebuild_dir)?;
     let big_missed = thousands(BIG_LOG_CATCH_UP_MISSED as f64);
     progress(format!("catch-up of {big_missed} updates on the {}-event log", thousands(rebuilt_events as f64)));
@@ -1474,6 +1547,18 @@ fn rebuild_section(plan: &BenchPlan, root: &Path, runtime: tokio::runtime::Runti
         Row::new(7, format!("rebuild of {events_label} events"), median(&rebuild_rates), Unit::EventsPerSecond, format!("DataDirectory::rebuild, default batches; {} run(s)", plan.rebuild_runs))
             .against("raw iteration + decode", raw_iterate_rate)
             .with_target(Target::AtLeast(0.5)),
+        Row::new(
+            7,
+            format!("the rebuilt projections of those {events_label} events written raw (a floor for any rebuild)"),
+            rebuilt_events as f64 / raw_output.seconds.max(1e-9),
+            Unit::EventsPerSecond,
+            format!(
+                "{:.1} keys and {:.0} bytes of records per event, as sorted table files ingested, one thread, no fold; read beforehand, untimed",
+                raw_output.keys as f64 / rebuilt_events.max(1) as f64,
+                raw_output.bytes as f64 / rebuilt_events.max(1) as f64,
+            ),
+        )
+        .against("raw iteration + decode", raw_iterate_rate),
         Row::new(
             7,
             format!("generating those {events_label} events"),

@@ -44,6 +44,7 @@ fn bench_prints_every_row_and_cleans_up() {
         "| 6 | mark_chat_read p50 (Sync)",
         "| 6 | mark_chat_read p99 (Sync)",
         "| 7 | rebuild of 5,000 events",
+        "| 7 | the rebuilt projections of those 5,000 events written raw",
         "| 7 | generating those 5,000 events",
         "| 7 | opening an engine on the 5,000 events",
         "| 7 | updates_since p50, 1,000 updates missed, on the 5,000-event log",
