@@ -612,12 +612,18 @@ impl RawDb {
     }
 }
 
+/// The engine's directory at `path` opened read-only by RocksDB itself, every column
+/// family with the engine's options.
+fn open_read_only(path: &Path) -> Result<DB, EngineError> {
+    let options = db_options();
+    let names = DB::list_cf(&options, path).map_err(storage("listing column families"))?;
+    DB::open_cf_for_read_only(&options, path, names, false).map_err(storage("opening the directory read-only"))
+}
+
 /// Sequential iteration of the log column family with a prost decode of every record,
 /// on a read-only open of the engine's directory: (events, seconds).
 fn raw_iterate(path: &Path) -> Result<(u64, f64), EngineError> {
-    let options = db_options();
-    let names = DB::list_cf(&options, path).map_err(storage("listing column families"))?;
-    let db = DB::open_cf_for_read_only(&options, path, names, false).map_err(storage("opening the log read-only"))?;
+    let db = open_read_only(path)?;
     let family = db.cf_handle(CF_POSITION_EVENT).ok_or_else(|| missing_family(CF_POSITION_EVENT))?;
     let started = Instant::now();
     let mut iter = db.raw_iterator_cf(family);
@@ -655,11 +661,10 @@ struct RawOutput {
 /// rewrites between batches.
 fn write_slot_raw(path: &Path, slot: ProjectionSlot, scratch: &Path) -> Result<RawOutput, EngineError> {
     let options = db_options();
-    let names = DB::list_cf(&options, path).map_err(storage("listing column families"))?;
-    let source = DB::open_cf_for_read_only(&options, path, names, false).map_err(storage("opening the rebuilt directory read-only"))?;
+    let source = open_read_only(path)?;
     let tables: Vec<&str> = osmium_projections::Table::ALL.iter().map(|&table| slot.column_family(table)).collect();
     let files = scratch.join("files");
-    std::fs::create_dir_all(&files).map_err(|source| EngineError::Io { path: files.clone(), source })?;
+    std::fs::create_dir_all(&files).map_err(io_error(&files))?;
     let target = DB::open_cf(&options, scratch.join("db"), &tables).map_err(storage("opening the scratch database"))?;
     let mut output = RawOutput { keys: 0, bytes: 0, seconds: 0.0 };
     let mut records: Vec<Record> = Vec::with_capacity(RAW_OUTPUT_FILE_KEYS_MAX);
@@ -1524,7 +1529,7 @@ fn rebuild_section(plan: &BenchPlan, root: &Path, runtime: tokio::runtime::Runti
     progress("the rebuilt projections written raw as table files (the rebuild's floor)".into());
     let scratch = root.join("rebuild-output-raw");
     let raw_output = write_slot_raw(&rebuild_dir, rebuilt_slot, &scratch)?;
-    std::fs::remove_dir_all(&scratch).map_err(|source| EngineError::Io { path: scratch.clone(), source })?;
+    std::fs::remove_dir_all(&scratch).map_err(io_error(&scratch))?;
     let disk_bytes = directory_bytes(&rebuild_dir)?;
     let big_missed = thousands(BIG_LOG_CATCH_UP_MISSED as f64);
     progress(format!("catch-up of {big_missed} updates on the {}-event log", thousands(rebuilt_events as f64)));
